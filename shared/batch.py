@@ -1,0 +1,335 @@
+"""Batch *Job - Terminate* over REST: the request, the retry loop and the one classification table."""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import requests
+from azure.core.credentials import AccessToken
+from azure.core.exceptions import AzureError
+
+from shared.errors import BatchCallFailed, ErrorDetail, Problem
+from shared.message import JOB_ID_PATTERN, TerminateRequest, format_http_date
+from shared.settings import BATCH_SCOPE, Settings
+
+log = logging.getLogger("batch_terminator.batch")
+
+CONTENT_TYPE = "application/json; odata=minimalmetadata"
+USER_AGENT = "batch-terminator/0.1 python-requests"
+
+
+class Verdict(enum.Enum):
+    """What an answer from Batch means for the message."""
+
+    TERMINATED = "terminated"
+    ALREADY_DONE = "already_terminated"
+    REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a verdict name, not a secret
+    PERMANENT = "permanent"
+    TRANSIENT = "transient"
+
+
+# CONTRACT §5 lives here and nowhere else.
+ALREADY_DONE_CODES = frozenset({"JobCompleted", "JobBeingTerminated"})
+PERMANENT_STATUSES = frozenset({400, 403, 404, 409, 412, 413})
+TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+
+
+def classify(status: int, code: str | None) -> Verdict:
+    """Map a Batch HTTP status and BatchError code to a verdict."""
+    if 200 <= status < 300:
+        return Verdict.TERMINATED
+    if status == 409 and code in ALREADY_DONE_CODES:
+        return Verdict.ALREADY_DONE
+    if status == 401:
+        return Verdict.REFRESH_TOKEN
+    if status in TRANSIENT_STATUSES:
+        return Verdict.TRANSIENT
+    if status in PERMANENT_STATUSES:
+        return Verdict.PERMANENT
+    # Outside the documented set: a server-side 5xx may heal, anything else will not.
+    return Verdict.TRANSIENT if status >= 500 else Verdict.PERMANENT
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry transient failures inside one invocation."""
+
+    max_attempts: int = 4
+    base_delay: float = 0.5
+    max_delay: float = 8.0
+    retry_after_cap: float = 15.0
+    budget_seconds: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.retry_after_cap)
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return ceiling / 2 + rng.uniform(0, ceiling / 2)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """A terminate call that left the job terminating or completed."""
+
+    job_id: str
+    verdict: Verdict
+    http_status: int
+    code: str | None
+    request_id: str | None
+    client_request_id: str
+    attempts: int
+    duration: float
+
+
+class TokenCredential(Protocol):
+    """The part of an azure-identity credential the client uses."""
+
+    def get_token(self, *scopes: str, claims: str | None = None, **kwargs: Any) -> AccessToken: ...
+
+
+class TokenProvider:
+    """Caches one bearer token per process and refreshes it before expiry or after a 401."""
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        scope: str = BATCH_SCOPE,
+        *,
+        clock: Callable[[], float] = time.time,
+        refresh_margin: float = 300.0,
+    ) -> None:
+        self._credential = credential
+        self._scope = scope
+        self._clock = clock
+        self._margin = refresh_margin
+        self._lock = threading.Lock()
+        self._token: AccessToken | None = None
+
+    def get(self) -> str:
+        """A token valid for at least the refresh margin."""
+        token = self._token
+        if token is not None and self._clock() < token.expires_on - self._margin:
+            return token.token
+        with self._lock:
+            token = self._token
+            if token is None or self._clock() >= token.expires_on - self._margin:
+                token = self._token = self._credential.get_token(self._scope)
+            return token.token
+
+    def refresh(self, rejected: str) -> str:
+        """A new token after Batch rejected `rejected`; concurrent callers share one fetch."""
+        with self._lock:
+            current = self._token
+            if current is not None and current.token != rejected:
+                return current.token
+            # A claims challenge makes MSAL skip its cache and ask the endpoint again.
+            challenge = json.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(self._clock()))}}})
+            self._token = self._credential.get_token(self._scope, claims=challenge)
+            return self._token.token
+
+
+class BatchClient:
+    """Calls Job - Terminate with retries; one instance per process, safe across threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        tokens: TokenProvider,
+        session: requests.Session,
+        *,
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings = settings
+        self._tokens = tokens
+        self._session = session
+        self._policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._base = settings.batch_account_url
+        self._query = f"?api-version={settings.batch_api_version}&timeout={settings.batch_timeout_seconds}"
+
+    def terminate(self, request: TerminateRequest, client_request_id: str) -> Outcome:
+        """Ask Batch to terminate the job; raise BatchCallFailed when it did not happen."""
+        if not JOB_ID_PATTERN.fullmatch(request.job_id):
+            raise ValueError("job id failed validation")  # parse() guarantees this; never build a bad URL
+        url = f"{self._base}/jobs/{request.job_id}/terminate{self._query}"
+        if request.force:
+            url += "&force=true"
+        body = json.dumps({"terminateReason": request.reason}).encode("utf-8")
+        started = self._clock()
+        attempt = 0
+        refreshed = False
+        while True:
+            attempt += 1
+            retry_after: float | None = None
+            try:
+                token = self._tokens.get()
+            except AzureError as exc:
+                detail = ErrorDetail("CredentialUnavailable", _first_line(exc), client_request_id=client_request_id)
+            else:
+                try:
+                    response = self._session.post(
+                        url,
+                        data=body,
+                        headers=self._headers(request, token, client_request_id),
+                        timeout=self._settings.http_timeout_seconds,
+                        allow_redirects=False,
+                    )
+                except requests.Timeout as exc:
+                    detail = _network_detail("timed out waiting for Batch", exc, client_request_id)
+                except requests.RequestException as exc:
+                    detail = _network_detail("could not reach Batch", exc, client_request_id)
+                else:
+                    detail = error_detail(response, client_request_id)
+                    verdict = classify(response.status_code, detail.code)
+                    if verdict in (Verdict.TERMINATED, Verdict.ALREADY_DONE):
+                        return Outcome(
+                            job_id=request.job_id,
+                            verdict=verdict,
+                            http_status=response.status_code,
+                            code=None if verdict is Verdict.TERMINATED else detail.code,
+                            request_id=response.headers.get("request-id"),
+                            client_request_id=response.headers.get("client-request-id") or client_request_id,
+                            attempts=attempt,
+                            duration=self._clock() - started,
+                        )
+                    if verdict is Verdict.REFRESH_TOKEN and not refreshed:
+                        refreshed = True
+                        log.warning("terminate job=%s got 401; fetching a fresh token", request.job_id)
+                        try:
+                            self._tokens.refresh(token)
+                        except AzureError as exc:
+                            detail = ErrorDetail(
+                                "CredentialUnavailable", _first_line(exc), client_request_id=client_request_id
+                            )
+                        else:
+                            continue
+                    elif verdict is not Verdict.TRANSIENT:
+                        raise BatchCallFailed(detail, attempts=attempt, transient=False)
+                    retry_after = _retry_after(response.headers)
+            elapsed = self._clock() - started
+            delay = self._policy.delay(attempt, retry_after, self._rng)
+            if attempt >= self._policy.max_attempts or elapsed + delay > self._policy.budget_seconds:
+                raise BatchCallFailed(detail, attempts=attempt, transient=True, retry_after=retry_after)
+            log.warning(
+                "terminate retry job=%s attempt=%d code=%s status=%s delay=%.2fs",
+                request.job_id,
+                attempt,
+                detail.code,
+                detail.http_status,
+                delay,
+            )
+            self._sleep(delay)
+
+    def _headers(self, request: TerminateRequest, token: str, client_request_id: str) -> dict[str, str]:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": CONTENT_TYPE,
+            "Accept": "application/json",
+            "User-Agent": USER_AGENT,
+            "client-request-id": client_request_id,
+            "return-client-request-id": "true",
+            "ocp-date": format_http_date(datetime.now(UTC)),
+        }
+        if request.if_match is not None:
+            headers["If-Match"] = request.if_match
+        if request.if_none_match is not None:
+            headers["If-None-Match"] = request.if_none_match
+        if request.if_modified_since is not None:
+            headers["If-Modified-Since"] = format_http_date(request.if_modified_since)
+        if request.if_unmodified_since is not None:
+            headers["If-Unmodified-Since"] = format_http_date(request.if_unmodified_since)
+        return headers
+
+
+def error_detail(response: requests.Response, client_request_id: str | None) -> ErrorDetail:
+    """Read a BatchError body (or describe a body that is not one)."""
+    code: str | None = None
+    message = ""
+    values: list[Problem] = []
+    try:
+        document = response.json() if response.content else None
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        raw_code = document.get("code")
+        code = raw_code if isinstance(raw_code, str) and raw_code else None
+        raw_message = document.get("message")
+        if isinstance(raw_message, dict):
+            message = str(raw_message.get("value") or "")
+        elif isinstance(raw_message, str):
+            message = raw_message
+        raw_values = document.get("values")
+        if isinstance(raw_values, list):
+            values = [
+                Problem(str(item.get("key", "")), str(item.get("value", "")))
+                for item in raw_values
+                if isinstance(item, dict)
+            ]
+    if code is None and not 200 <= response.status_code < 300:
+        code = _code_for_status(response.status_code)
+        text = response.text[:512] if response.content else ""
+        message = message or f"HTTP {response.status_code} {response.reason or ''} without a BatchError body".strip()
+        if text:
+            values.append(Problem("body", text))
+    return ErrorDetail(
+        code=code or "",
+        message=message,
+        values=tuple(values),
+        http_status=response.status_code,
+        request_id=response.headers.get("request-id"),
+        client_request_id=response.headers.get("client-request-id") or client_request_id,
+    )
+
+
+def _code_for_status(status: int) -> str:
+    return {
+        408: "OperationTimedOut",
+        429: "TooManyRequests",
+        500: "InternalError",
+        502: "BadGateway",
+        503: "ServerBusy",
+        504: "GatewayTimeout",
+    }.get(status, f"Http{status}")
+
+
+def _network_detail(what: str, exc: Exception, client_request_id: str) -> ErrorDetail:
+    return ErrorDetail(
+        code="ServiceUnavailable",
+        message=f"{what}: {type(exc).__name__}",
+        client_request_id=client_request_id,
+    )
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    raw = headers.get("Retry-After")
+    if not raw:
+        return None
+    try:
+        return max(float(raw), 0.0)
+    except ValueError:
+        try:
+            moment = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        return max((moment - datetime.now(UTC)).total_seconds(), 0.0)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else 'no detail'}"[:512]

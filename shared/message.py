@@ -1,0 +1,206 @@
+"""The terminate message: parsed once at the edge into a frozen TerminateRequest."""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import format_datetime, parsedate_to_datetime
+from typing import Any
+
+from shared.errors import InvalidMessage, Problem
+
+JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+REQUEST_ID_PATTERN = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", re.ASCII)
+# ETags are quoted printable ASCII; anything else could smuggle header syntax.
+HEADER_VALUE_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?", re.ASCII)
+DEFAULT_REASON = "UserTerminate"
+MAX_REASON_LENGTH = 1024
+_REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5c1e-4f0e-4a53-9c61-2b8f6d1c0a7e")
+_STRING_HEADERS = {"ifMatch": "if_match", "ifNoneMatch": "if_none_match"}
+_DATE_HEADERS = {"ifModifiedSince": "if_modified_since", "ifUnmodifiedSince": "if_unmodified_since"}
+
+
+@dataclass(frozen=True)
+class TerminateRequest:
+    """A valid terminate request: what the function asks Batch to do."""
+
+    job_id: str
+    reason: str = DEFAULT_REASON
+    force: bool = False
+    if_match: str | None = None
+    if_none_match: str | None = None
+    if_modified_since: datetime | None = None
+    if_unmodified_since: datetime | None = None
+    request_id: str | None = None
+
+    @classmethod
+    def parse(cls, body: bytes | str) -> TerminateRequest:
+        """Parse a queue message body; raise InvalidMessage listing every problem found."""
+        document = _load_object(body)
+        problems: list[Problem] = []
+        fields: dict[str, Any] = {}
+        raw_job_id = document.get("jobId")
+        job_id = raw_job_id if isinstance(raw_job_id, str) else None
+        raw_reason = document.get("reason")
+        reason = raw_reason if isinstance(raw_reason, str) else None
+
+        for key in sorted(document.duplicates):
+            problems.append(Problem(key, "appears more than once"))
+        problem = job_id_problem(raw_job_id)
+        if problem:
+            problems.append(Problem("jobId", problem))
+        else:
+            fields["job_id"] = raw_job_id
+        if raw_reason is not None:
+            if not isinstance(raw_reason, str):
+                problems.append(Problem("reason", f"must be a string, got {_json_type(raw_reason)}"))
+            elif len(raw_reason) > MAX_REASON_LENGTH:
+                problems.append(Problem("reason", f"must be at most {MAX_REASON_LENGTH} characters"))
+            elif raw_reason:
+                fields["reason"] = raw_reason
+        force = document.get("force")
+        if force is not None and not isinstance(force, bool):
+            problems.append(Problem("force", f"must be a boolean, got {_json_type(force)}"))
+        elif force:
+            fields["force"] = True
+        for key, attribute in _STRING_HEADERS.items():
+            value = document.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not HEADER_VALUE_PATTERN.fullmatch(value):
+                problems.append(Problem(key, "must be a non-empty string of printable ASCII"))
+            else:
+                fields[attribute] = value
+        for key, attribute in _DATE_HEADERS.items():
+            value = document.get(key)
+            if value is None:
+                continue
+            parsed = parse_http_date(value) if isinstance(value, str) else None
+            if parsed is None:
+                problems.append(Problem(key, "must be an ISO 8601 or RFC 1123 date"))
+            else:
+                fields[attribute] = parsed
+        request_id = document.get("requestId")
+        if request_id is not None:
+            if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.fullmatch(request_id):
+                problems.append(Problem("requestId", "must be a UUID such as 9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"))
+            else:
+                fields["request_id"] = request_id
+
+        if problems:
+            raise InvalidMessage(problems, job_id=job_id, reason=reason)
+        return cls(**fields)
+
+    def client_request_id(self, message_id: str | None, body: bytes | str = b"") -> str:
+        """The client-request-id to send: the one asked for, else one stable per queue message."""
+        if self.request_id:
+            return self.request_id
+        seed = message_id if message_id else (body.decode("utf-8", "replace") if isinstance(body, bytes) else body)
+        return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, seed))
+
+    def to_message(self) -> dict[str, Any]:
+        """The message document for this request (what a producer enqueues)."""
+        document: dict[str, Any] = {"jobId": self.job_id}
+        if self.reason != DEFAULT_REASON:
+            document["reason"] = self.reason
+        if self.force:
+            document["force"] = True
+        for key, attribute in _STRING_HEADERS.items():
+            if getattr(self, attribute) is not None:
+                document[key] = getattr(self, attribute)
+        for key, attribute in _DATE_HEADERS.items():
+            if getattr(self, attribute) is not None:
+                document[key] = format_http_date(getattr(self, attribute))
+        if self.request_id:
+            document["requestId"] = self.request_id
+        return document
+
+
+def job_id_problem(value: object) -> str | None:
+    """Say what is wrong with a job id, or None when Batch would accept it."""
+    if value is None:
+        return "is required"
+    if not isinstance(value, str):
+        return f"must be a string, got {_json_type(value)}"
+    if not value:
+        return "must not be empty"
+    if len(value) > 64:
+        return f"must be at most 64 characters, got {len(value)}"
+    if not JOB_ID_PATTERN.fullmatch(value):
+        return "may contain only letters, digits, hyphens and underscores"
+    return None
+
+
+def parse_http_date(text: str) -> datetime | None:
+    """Parse an ISO 8601 or RFC 1123 date into an aware UTC datetime; None when it is neither."""
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            parsed = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
+
+
+def format_http_date(moment: datetime) -> str:
+    """Format a datetime as RFC 1123 in GMT, as HTTP date headers want."""
+    return format_datetime(moment.astimezone(UTC), usegmt=True)
+
+
+class _Document(dict[str, Any]):
+    """A JSON object that remembers which keys it saw twice."""
+
+    duplicates: frozenset[str] = frozenset()
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> _Document:
+    document = _Document(pairs)
+    if len(document) != len(pairs):
+        seen: set[str] = set()
+        document.duplicates = frozenset(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return document
+
+
+def _load_object(body: bytes | str) -> _Document:
+    if isinstance(body, bytes):
+        try:
+            text = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidMessage([Problem("message", f"is not UTF-8 text (byte {exc.start})")]) from exc
+    else:
+        text = body
+    text = text.removeprefix("\ufeff")
+    if not text.strip():
+        raise InvalidMessage([Problem("message", "is empty")])
+    try:
+        document = json.loads(text, object_pairs_hook=_object_pairs)
+    except RecursionError as exc:
+        raise InvalidMessage([Problem("message", "is nested too deeply")]) from exc
+    except ValueError as exc:
+        raise InvalidMessage([Problem("message", f"is not JSON ({exc})")]) from exc
+    if not isinstance(document, _Document):
+        raise InvalidMessage([Problem("message", f"must be a JSON object, got {_json_type(document)}")])
+    return document
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"

@@ -1,0 +1,128 @@
+"""Poison records (CONTRACT §6) and the writer that puts them on the poison queue."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.storage.queue import QueueClient
+
+from shared.errors import ErrorDetail, PoisonWriteFailed, Problem
+
+log = logging.getLogger("batch_terminator.poison")
+
+# A queue message holds 64 KiB; base64 needs 4 bytes per 3, so the JSON must stay under 48 KiB.
+MAX_RECORD_BYTES = 48 * 1024
+
+
+@dataclass(frozen=True)
+class PoisonRecord:
+    """Why a terminate message failed, with the message itself so an operator can replay it."""
+
+    error: ErrorDetail
+    attempts: int
+    message_id: str | None
+    original_message: bytes
+    job_id: str | None = None
+    reason: str | None = None
+    failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def to_document(self) -> dict[str, Any]:
+        """The record as the JSON object of CONTRACT §6."""
+        document: dict[str, Any] = {
+            "jobId": self.job_id,
+            "reason": self.reason,
+            "error": {
+                "code": self.error.code,
+                "message": self.error.message,
+                "values": [{"key": v.key, "value": v.value} for v in self.error.values],
+                "httpStatus": self.error.http_status,
+                "requestId": self.error.request_id,
+                "clientRequestId": self.error.client_request_id,
+            },
+            "attempts": self.attempts,
+            "messageId": self.message_id,
+            "failedAt": self.failed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        try:
+            document["originalMessage"] = self.original_message.decode("utf-8")
+        except UnicodeDecodeError:
+            # Not text: keep it exact and say how it is stored, so replay restores the same bytes.
+            document["originalMessage"] = base64.b64encode(self.original_message).decode("ascii")
+            document["originalMessageEncoding"] = "base64"
+        return document
+
+    def to_json(self) -> str:
+        """The record serialised for the poison queue, shortened to fit in one queue message."""
+        document = self.to_document()
+        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        excess = len(text.encode("utf-8")) - MAX_RECORD_BYTES
+        if excess > 0:
+            # Only a message that is invalid anyway gets here; keep the diagnosis, flag the cut.
+            original = document["originalMessage"]
+            document["originalMessage"] = original[: max(len(original) - excess - 256, 0) // 2]
+            document["originalMessageTruncated"] = True
+            text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        return text
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> PoisonRecord:
+        """Rebuild a record read back from the poison queue."""
+        error = document.get("error") or {}
+        original = document.get("originalMessage") or ""
+        raw = (
+            base64.b64decode(original)
+            if document.get("originalMessageEncoding") == "base64"
+            else str(original).encode("utf-8")
+        )
+        failed_at = document.get("failedAt")
+        return cls(
+            error=ErrorDetail(
+                code=str(error.get("code") or ""),
+                message=str(error.get("message") or ""),
+                values=tuple(Problem(str(v.get("key")), str(v.get("value"))) for v in error.get("values") or ()),
+                http_status=error.get("httpStatus"),
+                request_id=error.get("requestId"),
+                client_request_id=error.get("clientRequestId"),
+            ),
+            attempts=int(document.get("attempts") or 0),
+            message_id=document.get("messageId"),
+            original_message=raw,
+            job_id=document.get("jobId"),
+            reason=document.get("reason"),
+            failed_at=(datetime.fromisoformat(failed_at.replace("Z", "+00:00")) if failed_at else datetime.now(UTC)),
+        )
+
+
+class PoisonWriter:
+    """Sends poison records; creates the poison queue on first need."""
+
+    def __init__(self, queue: QueueClient) -> None:
+        self._queue = queue
+
+    @property
+    def queue_name(self) -> str:
+        """The poison queue's name."""
+        return self._queue.queue_name
+
+    def write(self, record: PoisonRecord) -> None:
+        """Put the record on the queue, or raise PoisonWriteFailed."""
+        text = record.to_json()
+        try:
+            try:
+                self._queue.send_message(text)
+            except ResourceNotFoundError:
+                with contextlib.suppress(ResourceExistsError):  # another instance created it first
+                    self._queue.create_queue()
+                self._queue.send_message(text)
+        except AzureError as exc:
+            raise PoisonWriteFailed(
+                f"could not write poison record to {self._queue.queue_name}: {type(exc).__name__}"
+            ) from exc

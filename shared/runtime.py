@@ -1,0 +1,94 @@
+"""Process-wide objects, built once on first use: settings, credential, HTTP session, clients."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+
+import requests
+from azure.core.credentials import TokenCredential
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from requests.adapters import HTTPAdapter
+
+from shared.batch import BatchClient, TokenProvider
+from shared.poison import PoisonWriter
+from shared.settings import Settings, StorageSettings
+from shared.terminator import Terminator
+
+log = logging.getLogger("batch_terminator")
+_lock = threading.Lock()
+# The host runs up to batchSize + newBatchThreshold invocations at once; keep that many connections warm.
+POOL_SIZE = 64
+
+
+def batch_credential(client_id: str | None) -> TokenCredential:
+    """Managed identity where the platform provides one; the developer's chain elsewhere."""
+    if os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("MSI_ENDPOINT") or os.environ.get("WEBSITE_INSTANCE_ID"):
+        # Our own loop retries token failures with backoff; a second layer would only stretch them.
+        return ManagedIdentityCredential(client_id=client_id, retry_total=0)
+    return DefaultAzureCredential(managed_identity_client_id=client_id)
+
+
+def http_session() -> requests.Session:
+    """A pooled session for Batch calls; requests retries nothing on its own (we do)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return session
+
+
+def queue_client(storage: StorageSettings, queue_name: str, message_encoding: str) -> QueueClient:
+    """A queue client that encodes messages the way host.json says the trigger decodes them."""
+    options: dict[str, object] = {
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+    }
+    if message_encoding == "base64":
+        options["message_encode_policy"] = TextBase64EncodePolicy()
+        options["message_decode_policy"] = TextBase64DecodePolicy()
+    if storage.connection_string:
+        return QueueClient.from_connection_string(storage.connection_string, queue_name, **options)
+    credential: TokenCredential
+    if storage.credential == "managedidentity" or storage.client_id:
+        credential = ManagedIdentityCredential(client_id=storage.client_id)
+    else:
+        credential = DefaultAzureCredential()
+    assert storage.queue_service_uri is not None
+    return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **options)
+
+
+def build_terminator(settings: Settings) -> Terminator:
+    """Wire the production objects together for these settings."""
+    tokens = TokenProvider(batch_credential(settings.azure_client_id))
+    client = BatchClient(settings, tokens, http_session())
+    poison = PoisonWriter(queue_client(settings.storage, settings.poison_queue_name, settings.queues.message_encoding))
+    return Terminator(client, poison, max_dequeue_count=settings.max_dequeue_count)
+
+
+@functools.cache
+def _cached_terminator() -> Terminator:
+    settings = Settings.from_env()
+    log.info(
+        "batch-terminator ready: batch=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d",
+        settings.batch_account_url,
+        settings.batch_api_version,
+        settings.terminate_queue_name,
+        settings.poison_queue_name,
+        settings.max_dequeue_count,
+    )
+    return build_terminator(settings)
+
+
+def get_terminator() -> Terminator:
+    """The process's Terminator; settings are read on the first call (a failure is not cached)."""
+    with _lock:
+        return _cached_terminator()
+
+
+def reset() -> None:
+    """Forget the process's objects so the next call re-reads settings (tests, reconfiguration)."""
+    with _lock:
+        _cached_terminator.cache_clear()

@@ -1,0 +1,30 @@
+"""Queue trigger: terminate the Azure Batch job named in the message."""
+
+from __future__ import annotations
+
+import logging
+
+import azure.functions as func
+
+from shared.errors import PoisonWriteFailed, RetryLater
+from shared.runtime import get_terminator
+from shared.terminator import Delivery, Result
+
+log = logging.getLogger("batch_terminator")
+
+
+def main(msg: func.QueueMessage) -> None:
+    """Finish the message, or raise so the host delivers it again."""
+    delivery = Delivery(body=msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    try:
+        handled = get_terminator().handle(delivery)
+    except RetryLater as exc:
+        log.warning("%s", exc)
+        raise
+    except PoisonWriteFailed as exc:
+        log.error("terminate message_id=%s outcome=poison_write_failed: %s", msg.id, exc)
+        raise
+    if handled.result is Result.POISONED:
+        log.error("%s poison_queue=%s", handled.describe(), "written")
+    else:
+        log.info("%s", handled.describe())
