@@ -1,0 +1,199 @@
+"""TerminateRequest.parse: CONTRACT §3, field by field."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+
+from shared.errors import InvalidMessage
+from shared.message import DEFAULT_REASON, TerminateRequest, format_http_date, parse_http_date
+
+
+def parse(document: object) -> TerminateRequest:
+    return TerminateRequest.parse(json.dumps(document).encode())
+
+
+def problems_of(body: bytes | str) -> dict[str, str]:
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse(body)
+    return {p.key: p.value for p in caught.value.problems}
+
+
+def test_minimal_message_uses_user_terminate_reason() -> None:
+    request = parse({"jobId": "nightly-render_42"})
+    assert request == TerminateRequest(job_id="nightly-render_42", reason=DEFAULT_REASON)
+
+
+def test_all_fields_are_read() -> None:
+    request = parse(
+        {
+            "jobId": "job-1",
+            "reason": "budget exceeded",
+            "force": True,
+            "ifMatch": '"0x8D4EDFEBFADF4AB"',
+            "ifNoneMatch": '"0x1"',
+            "ifModifiedSince": "2026-11-25T10:00:00Z",
+            "ifUnmodifiedSince": "Wed, 25 Nov 2026 11:00:00 GMT",
+            "requestId": "9C4D50EE-2D56-4CD3-8152-34347DC9F2B0",
+        }
+    )
+    assert request.reason == "budget exceeded"
+    assert request.force is True
+    assert request.if_match == '"0x8D4EDFEBFADF4AB"'
+    assert request.if_none_match == '"0x1"'
+    assert request.if_modified_since == datetime(2026, 11, 25, 10, tzinfo=UTC)
+    assert request.if_unmodified_since == datetime(2026, 11, 25, 11, tzinfo=UTC)
+    assert request.request_id == "9C4D50EE-2D56-4CD3-8152-34347DC9F2B0"
+
+
+def test_empty_reason_becomes_user_terminate() -> None:
+    assert parse({"jobId": "a", "reason": ""}).reason == DEFAULT_REASON
+
+
+def test_null_optional_fields_count_as_absent() -> None:
+    request = parse({"jobId": "a", "reason": None, "force": None, "ifMatch": None, "requestId": None})
+    assert request == TerminateRequest(job_id="a")
+
+
+def test_unknown_fields_are_ignored() -> None:
+    assert parse({"jobId": "a", "priority": 7, "nested": {"x": [1]}}) == TerminateRequest(job_id="a")
+
+
+def test_force_false_adds_nothing() -> None:
+    assert parse({"jobId": "a", "force": False}).force is False
+
+
+def test_job_id_of_64_characters_is_accepted() -> None:
+    assert parse({"jobId": "x" * 64}).job_id == "x" * 64
+
+
+@pytest.mark.parametrize(
+    ("job_id", "expected"),
+    [
+        ("", "must not be empty"),
+        ("x" * 65, "must be at most 64 characters, got 65"),
+        ("a/b", "may contain only"),
+        ("a?b", "may contain only"),
+        ("a%2Fb", "may contain only"),
+        ("..", "may contain only"),
+        ("a b", "may contain only"),
+        (" a", "may contain only"),
+        ("a\n", "may contain only"),
+        ("jöb", "may contain only"),
+        ("ｊob", "may contain only"),  # fullwidth look-alike  # noqa: RUF001
+        ("a#b", "may contain only"),
+        ("a\\b", "may contain only"),
+    ],
+)
+def test_job_id_outside_batch_rule_is_invalid(job_id: str, expected: str) -> None:
+    assert expected in problems_of(json.dumps({"jobId": job_id}))["jobId"]
+
+
+@pytest.mark.parametrize(
+    ("document", "key", "expected"),
+    [
+        ({}, "jobId", "is required"),
+        ({"jobId": None}, "jobId", "is required"),
+        ({"jobId": 42}, "jobId", "must be a string, got number"),
+        ({"jobId": ["a"]}, "jobId", "must be a string, got array"),
+        ({"jobId": "a", "reason": 5}, "reason", "must be a string, got number"),
+        ({"jobId": "a", "reason": "r" * 1025}, "reason", "at most 1024"),
+        ({"jobId": "a", "force": "true"}, "force", "must be a boolean, got string"),
+        ({"jobId": "a", "force": 1}, "force", "must be a boolean, got number"),
+        ({"jobId": "a", "ifMatch": 3}, "ifMatch", "non-empty string"),
+        ({"jobId": "a", "ifMatch": ""}, "ifMatch", "non-empty string"),
+        ({"jobId": "a", "ifNoneMatch": "x\r\nX-Evil: 1"}, "ifNoneMatch", "non-empty string"),
+        ({"jobId": "a", "ifModifiedSince": "yesterday"}, "ifModifiedSince", "ISO 8601 or RFC 1123"),
+        ({"jobId": "a", "ifUnmodifiedSince": 1700000000}, "ifUnmodifiedSince", "ISO 8601 or RFC 1123"),
+        ({"jobId": "a", "requestId": "not-a-uuid"}, "requestId", "must be a UUID"),
+        ({"jobId": "a", "requestId": "{9c4d50ee-2d56-4cd3-8152-34347dc9f2b0}"}, "requestId", "must be a UUID"),
+    ],
+)
+def test_wrong_field_is_reported_by_name(document: dict[str, object], key: str, expected: str) -> None:
+    assert expected in problems_of(json.dumps(document))[key]
+
+
+def test_reason_of_1024_characters_is_accepted() -> None:
+    assert len(parse({"jobId": "a", "reason": "r" * 1024}).reason) == 1024
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = problems_of(json.dumps({"jobId": "a/b", "force": "yes", "ifModifiedSince": "never"}))
+    assert set(problems) == {"jobId", "force", "ifModifiedSince"}
+
+
+def test_invalid_message_keeps_what_could_be_read() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse(json.dumps({"jobId": "a/b", "reason": "cost", "force": "x"}))
+    assert caught.value.job_id == "a/b"
+    assert caught.value.reason == "cost"
+
+
+def test_invalid_message_without_readable_fields_has_none() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse(json.dumps({"jobId": 7, "reason": ["x"]}))
+    assert caught.value.job_id is None
+    assert caught.value.reason is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"\xff\xfe\x00", "is not UTF-8"),
+        (b"", "is empty"),
+        (b"   ", "is empty"),
+        (b"{jobId: 1}", "is not JSON"),
+        (b"[]", "must be a JSON object, got array"),
+        (b'"job-1"', "must be a JSON object, got string"),
+        (b"null", "must be a JSON object, got null"),
+        (b"42", "must be a JSON object, got number"),
+        (b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_invalid(body: bytes, expected: str) -> None:
+    assert expected in problems_of(body)["message"]
+
+
+def test_duplicate_keys_are_invalid() -> None:
+    assert problems_of(b'{"jobId": "a", "jobId": "b"}')["jobId"] == "appears more than once"
+
+
+def test_utf8_bom_is_tolerated() -> None:
+    assert TerminateRequest.parse("\ufeff".encode() + b'{"jobId": "a"}').job_id == "a"
+
+
+def test_str_body_is_accepted() -> None:
+    assert TerminateRequest.parse('{"jobId": "a"}').job_id == "a"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-11-25T12:00:00Z", "2026-11-25T13:00:00+01:00", "2026-11-25T12:00:00", "Wed, 25 Nov 2026 12:00:00 GMT"],
+)
+def test_dates_are_read_as_utc(text: str) -> None:
+    assert parse_http_date(text) == datetime(2026, 11, 25, 12, tzinfo=UTC)
+
+
+def test_dates_format_as_rfc1123() -> None:
+    assert format_http_date(datetime(2026, 11, 25, 12, tzinfo=UTC)) == "Wed, 25 Nov 2026 12:00:00 GMT"
+
+
+def test_client_request_id_is_stable_per_queue_message() -> None:
+    request = parse({"jobId": "a"})
+    first = request.client_request_id("message-1")
+    assert first == request.client_request_id("message-1")
+    assert first != request.client_request_id("message-2")
+
+
+def test_client_request_id_prefers_the_one_asked_for() -> None:
+    request = parse({"jobId": "a", "requestId": "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"})
+    assert request.client_request_id("message-1") == "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
+
+
+def test_to_message_round_trips() -> None:
+    original = parse(
+        {"jobId": "a", "reason": "r", "force": True, "ifMatch": "e", "ifModifiedSince": "2026-11-25T12:00:00Z"}
+    )
+    assert TerminateRequest.parse(json.dumps(original.to_message())) == original
