@@ -152,8 +152,10 @@ class BatchClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        http_timeout: float | None = None,
     ) -> None:
         self._settings = settings
+        self._http_timeout = http_timeout or settings.http_timeout_seconds
         self._tokens = tokens
         self._session = session
         self._policy = policy or RetryPolicy()
@@ -187,7 +189,7 @@ class BatchClient:
                         url,
                         data=body,
                         headers=self._headers(request, token, client_request_id),
-                        timeout=self._settings.http_timeout_seconds,
+                        timeout=self._http_timeout,
                         allow_redirects=False,
                     )
                 except requests.Timeout as exc:

@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 import threading
+import time
+from collections.abc import Callable
 
 import requests
 from azure.core.credentials import TokenCredential
@@ -60,16 +62,29 @@ def queue_client(storage: StorageSettings, queue_name: str, message_encoding: st
     return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **options)
 
 
-def build_terminator(settings: Settings) -> Terminator:
+def build_terminator(
+    settings: Settings,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    http_timeout: float | None = None,
+    poison: PoisonWriter | None = None,
+) -> Terminator:
     """Wire the production objects together for these settings."""
     tokens = TokenProvider(batch_credential(settings.azure_client_id))
-    client = BatchClient(settings, tokens, http_session())
-    poison = PoisonWriter(queue_client(settings.storage, settings.poison_queue_name, settings.queues.message_encoding))
+    client = BatchClient(settings, tokens, http_session(), sleep=sleep, http_timeout=http_timeout)
+    if poison is None:
+        encoding = settings.queues.message_encoding
+        poison = PoisonWriter(queue_client(settings.storage, settings.poison_queue_name, encoding))
     return Terminator(client, poison, max_dequeue_count=settings.max_dequeue_count)
+
+
+_installed: Terminator | None = None
 
 
 @functools.cache
 def _cached_terminator() -> Terminator:
+    if _installed is not None:
+        return _installed
     settings = Settings.from_env()
     log.info(
         "batch-terminator ready: batch=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d",
@@ -88,7 +103,14 @@ def get_terminator() -> Terminator:
         return _cached_terminator()
 
 
+def install(terminator: Terminator | None) -> None:
+    """Use this Terminator for the process (a host that wires its own); None goes back to settings."""
+    global _installed
+    with _lock:
+        _installed = terminator
+        _cached_terminator.cache_clear()
+
+
 def reset() -> None:
     """Forget the process's objects so the next call re-reads settings (tests, reconfiguration)."""
-    with _lock:
-        _cached_terminator.cache_clear()
+    install(None)

@@ -1,0 +1,142 @@
+"""Shared fixtures: Azurite, the Batch emulator, the managed-identity endpoint, queue messages."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import azure.functions as func
+import pytest
+from azure.functions.queue import QueueMessage
+from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+from local.azurite import Azurite
+from local.batch_emulator import BatchEmulator
+from local.identity import IdentityEndpoint
+from shared import runtime
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Azurite]:
+    """One in-memory Azurite queue service for the whole run."""
+    with Azurite() as service:
+        yield service
+
+
+@dataclass
+class Queues:
+    """A fresh trigger queue and its poison queue on Azurite."""
+
+    connection_string: str
+    trigger: str
+    poison: str
+
+    def client(self, name: str) -> QueueClient:
+        return QueueClient.from_connection_string(
+            self.connection_string,
+            name,
+            message_encode_policy=TextBase64EncodePolicy(),
+            message_decode_policy=TextBase64DecodePolicy(),
+        )
+
+    def poison_records(self) -> list[dict[str, Any]]:
+        """Every poison record, decoded, without removing them."""
+        client = self.client(self.poison)
+        try:
+            messages = client.peek_messages(max_messages=32)
+        except Exception:  # the queue does not exist yet: nothing was poisoned
+            return []
+        return [json.loads(m.content) for m in messages]
+
+
+@pytest.fixture
+def queues(azurite: Azurite) -> Queues:
+    name = f"t-{uuid.uuid4().hex[:20]}"
+    made = Queues(azurite.connection_string, name, f"{name}-poison")
+    made.client(name).create_queue()
+    return made
+
+
+@pytest.fixture
+def identity(monkeypatch: pytest.MonkeyPatch) -> Iterator[IdentityEndpoint]:
+    """The App Service managed-identity endpoint, wired into azure-identity through the environment."""
+    with IdentityEndpoint() as endpoint:
+        for name, value in endpoint.environ().items():
+            monkeypatch.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture
+def batch(identity: IdentityEndpoint) -> Iterator[BatchEmulator]:
+    """A Batch account on loopback that only accepts tokens the identity endpoint issued."""
+    with BatchEmulator(authorize=identity.is_valid) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def function_env(
+    monkeypatch: pytest.MonkeyPatch, queues: Queues, batch: BatchEmulator, identity: IdentityEndpoint
+) -> Iterator[dict[str, str]]:
+    """App settings for terminate_job pointing at Azurite, the emulator and the identity endpoint."""
+    env = {
+        "BATCH_ACCOUNT_URL": batch.url,
+        "TERMINATE_QUEUE_NAME": queues.trigger,
+        "AzureWebJobsStorage": queues.connection_string,
+        "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "5",
+    }
+    for name in ("POISON_QUEUE_NAME", "BATCH_API_VERSION", "BATCH_TIMEOUT_SECONDS", "AZURE_CLIENT_ID"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    runtime.reset()
+    yield env
+    runtime.reset()
+
+
+@pytest.fixture
+def no_sleep(function_env: dict[str, str]) -> Iterator[list[float]]:
+    """Install the production wiring with a sleep that records instead of waiting."""
+    slept: list[float] = []
+    runtime.install(runtime.build_terminator(runtime.Settings.from_env(), sleep=slept.append))
+    yield slept
+    runtime.reset()
+
+
+MessageFactory = Callable[..., func.QueueMessage]
+
+
+@pytest.fixture
+def make_message() -> MessageFactory:
+    """Build a real azure.functions QueueMessage, as the host hands it to main()."""
+
+    def make(body: object, *, dequeue_count: int = 1, message_id: str | None = None) -> func.QueueMessage:
+        if isinstance(body, bytes):
+            raw = body
+        elif isinstance(body, str):
+            raw = body.encode()
+        else:
+            raw = json.dumps(body).encode()
+        return QueueMessage(
+            id=message_id or str(uuid.uuid4()),
+            body=raw,
+            dequeue_count=dequeue_count,
+            pop_receipt="pr",
+        )
+
+    return make
+
+
+@pytest.fixture
+def captured_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    """Capture every record at every level, azure SDK loggers included."""
+    caplog.set_level(logging.DEBUG)
+    return caplog
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()

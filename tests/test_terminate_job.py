@@ -1,0 +1,496 @@
+"""terminate_job.main end to end: real QueueMessage, Azurite, Batch emulator, azure-identity over loopback."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+
+import pytest
+from azure.storage.queue import QueueClient
+
+import terminate_job
+from local.batch_emulator import BatchEmulator, Fault, JobState
+from local.identity import IdentityEndpoint
+from shared import runtime
+from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
+from shared.poison import PoisonWriter
+from tests.conftest import MessageFactory, Queues
+
+pytestmark = pytest.mark.integration
+
+FAILED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+RECORD_KEYS = {"jobId", "reason", "error", "attempts", "messageId", "failedAt", "originalMessage"}
+ERROR_KEYS = {"code", "message", "values", "httpStatus", "requestId", "clientRequestId"}
+
+
+def terminate_requests(batch: BatchEmulator) -> list:
+    return [r for r in batch.requests if r.method == "POST"]
+
+
+def only_record(queues: Queues) -> dict:
+    records = queues.poison_records()
+    assert len(records) == 1, records
+    record = records[0]
+    assert set(record) >= RECORD_KEYS
+    assert set(record["error"]) == ERROR_KEYS
+    assert FAILED_AT.fullmatch(record["failedAt"])
+    return record
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_active_job_is_terminated_with_the_contract_request(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues, captured_logs
+) -> None:
+    batch.add_job("nightly-render-42")
+    msg = make_message({"jobId": "nightly-render-42", "reason": "budget exceeded"}, message_id="m-1")
+
+    assert terminate_job.main(msg) is None
+
+    job = batch.job("nightly-render-42")
+    assert job is not None
+    assert job.state in (JobState.TERMINATING, JobState.COMPLETED)
+    assert job.terminate_reason == "budget exceeded"
+    [sent] = terminate_requests(batch)
+    assert sent.path == "/jobs/nightly-render-42/terminate"
+    assert sent.query == {"api-version": "2023-11-01.18.0", "timeout": "30"}
+    assert sent.headers["authorization"] == f"Bearer {identity.issued[0]}"
+    assert sent.headers["content-type"] == "application/json; odata=minimalmetadata"
+    assert sent.headers["client-request-id"] == str(uuid.UUID(sent.headers["client-request-id"]))
+    assert sent.headers["return-client-request-id"] == "true"
+    assert abs(parsedate_to_datetime(sent.headers["ocp-date"]) - datetime.now(UTC)) < timedelta(minutes=1)
+    assert json.loads(sent.body) == {"terminateReason": "budget exceeded"}
+    assert "if-match" not in sent.headers
+    line = next(r.getMessage() for r in captured_logs.records if "outcome=terminated" in r.getMessage())
+    assert "job=nightly-render-42" in line
+    assert "status=202" in line
+    assert f"client_request_id={sent.headers['client-request-id']}" in line
+    assert re.search(r"request_id=[0-9a-f-]{36}", line)
+    assert "duration_ms=" in line
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_options_become_query_and_headers(batch: BatchEmulator, make_message: MessageFactory) -> None:
+    job = batch.add_job("job-1")
+    msg = make_message(
+        {
+            "jobId": "job-1",
+            "force": True,
+            "ifMatch": job.etag,
+            "ifUnmodifiedSince": "2099-01-01T00:00:00Z",
+            "requestId": "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0",
+        }
+    )
+    terminate_job.main(msg)
+
+    [sent] = terminate_requests(batch)
+    assert sent.query["force"] == "true"
+    assert sent.headers["if-match"] == job.etag
+    assert sent.headers["if-unmodified-since"] == "Thu, 01 Jan 2099 00:00:00 GMT"
+    assert sent.headers["client-request-id"] == "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
+    assert json.loads(sent.body) == {"terminateReason": "UserTerminate"}
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_client_request_id_is_stable_across_deliveries_of_one_message(
+    batch: BatchEmulator, make_message: MessageFactory
+) -> None:
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1"}, message_id="same-id"))
+    terminate_job.main(make_message({"jobId": "job-1"}, message_id="same-id", dequeue_count=2))
+    first, second = terminate_requests(batch)
+    assert first.headers["client-request-id"] == second.headers["client-request-id"]
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize(
+    ("state", "code"), [(JobState.COMPLETED, "JobCompleted"), (JobState.TERMINATING, "JobBeingTerminated")]
+)
+def test_already_terminated_job_counts_as_success(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, captured_logs, state: JobState, code: str
+) -> None:
+    batch.add_job("done-job", state=state)
+    terminate_job.main(make_message({"jobId": "done-job"}))
+    assert queues.poison_records() == []
+    assert len(terminate_requests(batch)) == 1
+    assert any(
+        "outcome=already_terminated" in r.getMessage() and f"code={code}" in r.getMessage()
+        for r in captured_logs.records
+    )
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize(
+    ("body", "keys"),
+    [
+        (b"\xff\xfe not utf-8", {"message"}),
+        (b"not json", {"message"}),
+        (b'["job-1"]', {"message"}),
+        (b'{"reason": "x"}', {"jobId"}),
+        (b'{"jobId": "a/b"}', {"jobId"}),
+        (b'{"jobId": "../etc"}', {"jobId"}),
+        (b'{"jobId": "a%2Fb"}', {"jobId"}),
+        (b'{"jobId": "a?b=c"}', {"jobId"}),
+        (('{"jobId": "' + "x" * 65 + '"}').encode(), {"jobId"}),
+        (b'{"jobId": ""}', {"jobId"}),
+        (b'{"jobId": 5, "force": "yes", "ifModifiedSince": "soon"}', {"jobId", "force", "ifModifiedSince"}),
+    ],
+)
+def test_invalid_message_is_poisoned_without_calling_batch(
+    batch: BatchEmulator,
+    identity: IdentityEndpoint,
+    make_message: MessageFactory,
+    queues: Queues,
+    body: bytes,
+    keys: set[str],
+) -> None:
+    msg = make_message(body, message_id="bad-1", dequeue_count=1)
+
+    assert terminate_job.main(msg) is None
+
+    record = only_record(queues)
+    assert record["error"]["code"] == "InvalidMessage"
+    assert {v["key"] for v in record["error"]["values"]} == keys
+    assert all(v["value"] for v in record["error"]["values"])
+    assert record["error"]["httpStatus"] is None
+    assert record["error"]["requestId"] is None
+    assert record["messageId"] == "bad-1"
+    assert record["attempts"] == 1
+    if record.get("originalMessageEncoding") == "base64":
+        assert base64.b64decode(record["originalMessage"]) == body
+    else:
+        assert record["originalMessage"] == body.decode()
+    assert batch.requests == []
+    assert identity.fetches == 0
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_invalid_message_record_keeps_readable_job_id_and_reason(make_message: MessageFactory, queues: Queues) -> None:
+    terminate_job.main(make_message({"jobId": "bad/id", "reason": "cost"}))
+    record = only_record(queues)
+    assert (record["jobId"], record["reason"]) == ("bad/id", "cost")
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_unreadable_message_record_has_null_job_id_and_reason(make_message: MessageFactory, queues: Queues) -> None:
+    terminate_job.main(make_message(b"garbage"))
+    record = only_record(queues)
+    assert (record["jobId"], record["reason"]) == (None, None)
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_missing_job_is_poisoned_with_batch_error(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    terminate_job.main(make_message({"jobId": "ghost", "reason": "budget exceeded"}, message_id="m-404"))
+
+    record = only_record(queues)
+    assert record["jobId"] == "ghost"
+    assert record["reason"] == "budget exceeded"
+    assert record["error"]["code"] == "JobNotFound"
+    assert record["error"]["message"].startswith("The specified job does not exist.")
+    assert record["error"]["httpStatus"] == 404
+    assert record["error"]["requestId"]
+    sent = terminate_requests(batch)
+    assert len(sent) == 1, "permanent errors are not retried"
+    assert record["error"]["clientRequestId"] == sent[0].headers["client-request-id"]
+    assert record["messageId"] == "m-404"
+    assert json.loads(record["originalMessage"]) == {"jobId": "ghost", "reason": "budget exceeded"}
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_job_being_deleted_is_poisoned(batch: BatchEmulator, make_message: MessageFactory, queues: Queues) -> None:
+    batch.add_job("going", state=JobState.DELETING)
+    terminate_job.main(make_message({"jobId": "going"}))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("JobBeingDeleted", 409)
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_failed_condition_is_poisoned_with_values(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1", "ifMatch": '"0xstale"'}))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("ConditionNotMet", 412)
+    assert batch.job("job-1").state is JobState.ACTIVE
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, "InvalidRequestBody"), (403, "AuthorizationFailure"), (413, "RequestBodyTooLarge"), (409, "JobDisabled")],
+)
+def test_other_batch_errors_are_poisoned_once_with_values(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, status: int, code: str
+) -> None:
+    batch.add_job("job-1")
+    values = [{"key": "Reason", "value": "because"}, {"key": "Detail", "value": "more"}]
+    batch.inject(Fault.status(status, code, message=f"{code} happened", values=values))
+
+    terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=1))
+
+    record = only_record(queues)
+    assert record["error"]["code"] == code
+    assert record["error"]["message"].startswith(f"{code} happened")
+    assert record["error"]["values"] == values
+    assert record["error"]["httpStatus"] == status
+    assert len(terminate_requests(batch)) == 1
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_unauthorized_fetches_a_fresh_token_and_tries_once_more(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues
+) -> None:
+    batch.add_job("job-1")
+    batch.add_job("job-2")
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    identity.revoke_all()
+
+    terminate_job.main(make_message({"jobId": "job-2"}))
+
+    assert identity.fetches == 2
+    assert batch.job("job-2").state is not JobState.ACTIVE
+    first, second = terminate_requests(batch)[1:]
+    assert first.headers["authorization"] != second.headers["authorization"]
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_unauthorized_twice_is_poisoned(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(Fault.status(401, "AuthenticationFailed", message="Server failed to authenticate"), times=2)
+
+    terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=1))
+
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("AuthenticationFailed", 401)
+    assert len(terminate_requests(batch)) == 2
+    assert identity.fetches == 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.status(503, "ServerBusy"),
+        Fault.status(500, "InternalError"),
+        Fault.status(502, "BadGateway"),
+        Fault.status(504, "GatewayTimeout"),
+        Fault.status(408, "OperationTimedOut"),
+        Fault.drop(),
+    ],
+)
+def test_transient_failure_is_retried_inside_the_invocation(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, no_sleep: list[float], fault: Fault
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(fault, times=2)
+
+    terminate_job.main(make_message({"jobId": "job-1"}))
+
+    assert batch.job("job-1").state is not JobState.ACTIVE
+    assert len(terminate_requests(batch)) == 3
+    assert len(no_sleep) == 2
+    assert 0 < no_sleep[0] < no_sleep[1], "backoff grows"
+    assert queues.poison_records() == []
+
+
+@pytest.mark.parametrize(("retry_after", "expected"), [(3, 3.0), (600, 15.0)])
+def test_retry_after_is_honoured_with_a_cap(
+    batch: BatchEmulator, make_message: MessageFactory, no_sleep: list[float], retry_after: int, expected: float
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(Fault.status(429, "TooManyRequests", retry_after=retry_after))
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert no_sleep == [expected]
+    assert batch.job("job-1").state is not JobState.ACTIVE
+
+
+def test_transient_failure_with_attempts_left_raises_for_redelivery(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, no_sleep: list[float]
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(Fault.status(503, "ServerBusy"), times=10)
+
+    with pytest.raises(RetryLater):
+        terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=4))
+
+    assert queues.poison_records() == []
+    assert 2 <= len(terminate_requests(batch)) <= 6, "bounded retries inside one invocation"
+
+
+@pytest.mark.parametrize(
+    ("fault", "code", "status"),
+    [(Fault.status(503, "ServerBusy"), "ServerBusy", 503), (Fault.drop(), "ServiceUnavailable", None)],
+)
+def test_transient_failure_on_last_attempt_is_poisoned(
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    no_sleep: list[float],
+    fault: Fault,
+    code: str,
+    status: int | None,
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(fault, times=10)
+
+    assert terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=5)) is None
+
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == (code, status)
+    assert record["attempts"] == 5
+
+
+def test_read_timeout_is_transient(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, function_env: dict[str, str]
+) -> None:
+    settings = runtime.Settings.from_env()
+    # The real client timeout is 35 s; a short one keeps the test quick.
+    runtime.install(runtime.build_terminator(settings, sleep=lambda _: None, http_timeout=0.3))
+    batch.add_job("job-1")
+    batch.inject(Fault.delay(2.0, apply=False), times=10)
+
+    terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=5))
+
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("ServiceUnavailable", None)
+    assert "timed out" in record["error"]["message"]
+
+
+def test_token_endpoint_failure_is_retried(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, no_sleep: list[float]
+) -> None:
+    batch.add_job("job-1")
+    identity.fail_next(1, status=500)
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert batch.job("job-1").state is not JobState.ACTIVE
+    assert len(no_sleep) == 1
+
+
+def test_token_endpoint_failure_on_last_attempt_is_poisoned(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues, no_sleep
+) -> None:
+    batch.add_job("job-1")
+    identity.fail_next(20, status=500)
+
+    terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=5))
+
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("CredentialUnavailable", None)
+    assert terminate_requests(batch) == []
+
+
+def test_token_endpoint_failure_with_attempts_left_raises(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues, no_sleep
+) -> None:
+    batch.add_job("job-1")
+    identity.fail_next(20, status=500)
+    with pytest.raises(RetryLater):
+        terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=1))
+    assert queues.poison_records() == []
+
+
+def test_failed_poison_write_raises_so_the_message_stays(
+    batch: BatchEmulator, make_message: MessageFactory, function_env: dict[str, str]
+) -> None:
+    settings = runtime.Settings.from_env()
+    unreachable = QueueClient.from_connection_string(
+        "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
+        "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;",
+        "nowhere-poison",
+        retry_total=0,
+    )
+    runtime.install(runtime.build_terminator(settings, sleep=lambda _: None, poison=PoisonWriter(unreachable)))
+
+    with pytest.raises(PoisonWriteFailed):
+        terminate_job.main(make_message({"jobId": "ghost"}))
+    with pytest.raises(PoisonWriteFailed):
+        terminate_job.main(make_message(b"not json"))
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_poison_record_is_base64_encoded_like_the_trigger_queue(make_message: MessageFactory, queues: Queues) -> None:
+    terminate_job.main(make_message(b"not json"))
+    raw = QueueClient.from_connection_string(queues.connection_string, queues.poison).peek_messages()[0].content
+    assert json.loads(base64.b64decode(raw))["error"]["code"] == "InvalidMessage"
+
+
+def test_poison_queue_name_setting_is_used(
+    monkeypatch: pytest.MonkeyPatch, make_message: MessageFactory, queues: Queues, function_env: dict[str, str]
+) -> None:
+    monkeypatch.setenv("POISON_QUEUE_NAME", f"{queues.trigger}-custom")
+    runtime.reset()
+    terminate_job.main(make_message(b"not json"))
+    custom = Queues(queues.connection_string, queues.trigger, f"{queues.trigger}-custom")
+    assert [r["error"]["code"] for r in custom.poison_records()] == ["InvalidMessage"]
+    assert queues.poison_records() == []
+
+
+def test_settings_are_read_on_first_invocation_and_cached(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, function_env: dict[str, str]
+) -> None:
+    batch.add_job("job-1")
+    batch.add_job("job-2")
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    monkeypatch.setenv("BATCH_API_VERSION", "2099-01-01.99.0")
+    terminate_job.main(make_message({"jobId": "job-2"}))
+    assert {r.query["api-version"] for r in terminate_requests(batch)} == {"2023-11-01.18.0"}
+
+
+@pytest.mark.parametrize("url", ["http://batch.example.com", "https://user:secret@acct.batch.azure.com"])
+def test_refused_batch_url_fails_before_any_token_is_requested(
+    monkeypatch: pytest.MonkeyPatch,
+    identity: IdentityEndpoint,
+    make_message: MessageFactory,
+    function_env: dict[str, str],
+    url: str,
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNT_URL", url)
+    runtime.reset()
+    with pytest.raises(ConfigurationError, match="BATCH_ACCOUNT_URL"):
+        terminate_job.main(make_message({"jobId": "job-1"}))
+    assert identity.requests == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_concurrent_invocations_terminate_each_job_once_with_one_token(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues
+) -> None:
+    ids = [f"job-{n}" for n in range(60)]
+    for job_id in ids:
+        batch.add_job(job_id)
+    messages = [make_message({"jobId": job_id}) for job_id in ids]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        assert list(pool.map(terminate_job.main, messages)) == [None] * len(ids)
+
+    assert sorted(t.job_id for t in batch.terminations) == sorted(ids)
+    assert identity.fetches == 1
+    assert queues.poison_records() == []
+
+
+def test_no_log_record_contains_the_token_or_the_storage_key(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, captured_logs, no_sleep
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(Fault.status(401, "AuthenticationFailed"))
+    batch.inject(Fault.status(503, "ServerBusy"))
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    terminate_job.main(make_message({"jobId": "ghost"}))
+    terminate_job.main(make_message(b"not json"))
+
+    assert len(identity.issued) == 2
+    text = "\n".join(f"{r.getMessage()} {r.args!r} {r.__dict__!r}" for r in captured_logs.records)
+    assert captured_logs.records, "the flow logged something"
+    for token in identity.issued:
+        assert token not in text
+    assert "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq" not in text
