@@ -43,7 +43,13 @@ def http_session() -> requests.Session:
     return session
 
 
-def queue_client(storage: StorageSettings, queue_name: str, message_encoding: str) -> QueueClient:
+def queue_client(
+    storage: StorageSettings,
+    queue_name: str,
+    message_encoding: str,
+    *,
+    credential: TokenCredential | None = None,
+) -> QueueClient:
     """A queue client that encodes messages the way host.json says the trigger decodes them."""
     options: dict[str, object] = {
         "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
@@ -53,10 +59,9 @@ def queue_client(storage: StorageSettings, queue_name: str, message_encoding: st
         options["message_decode_policy"] = TextBase64DecodePolicy()
     if storage.connection_string:
         return QueueClient.from_connection_string(storage.connection_string, queue_name, **options)
-    credential: TokenCredential
-    if storage.credential == "managedidentity" or storage.client_id:
+    if credential is None and (storage.credential == "managedidentity" or storage.client_id):
         credential = ManagedIdentityCredential(client_id=storage.client_id)
-    else:
+    elif credential is None:
         credential = DefaultAzureCredential()
     assert storage.queue_service_uri is not None
     return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **options)

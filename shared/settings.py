@@ -191,6 +191,13 @@ def _required(env: Mapping[str, str], name: str) -> str:
     return value
 
 
+def queue_name_setting(env: Mapping[str, str], name: str) -> str:
+    """A required queue-name setting, validated by Azure's naming rule."""
+    value = _queue_name(env, name, required=True)
+    assert value is not None
+    return value
+
+
 def _queue_name(env: Mapping[str, str], name: str, *, required: bool) -> str | None:
     value = env.get(name, "").strip()
     if not value:

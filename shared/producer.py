@@ -1,0 +1,116 @@
+"""The one way to enqueue terminate requests: validated with the function's own rules, encoded to match."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import AzureError, ResourceNotFoundError
+from azure.storage.queue import QueueClient
+
+from shared.errors import InvalidMessage, TerminatorError
+from shared.message import TerminateRequest, format_http_date
+from shared.runtime import queue_client
+from shared.settings import StorageSettings, queue_name_setting, queue_options, storage_from_env
+
+
+class EnqueueFailed(TerminatorError):
+    """The queue did not take the message."""
+
+
+def build_request(
+    job_id: str,
+    reason: str | None = None,
+    *,
+    force: bool = False,
+    if_match: str | None = None,
+    if_none_match: str | None = None,
+    if_modified_since: datetime | str | None = None,
+    if_unmodified_since: datetime | str | None = None,
+    request_id: str | None = None,
+) -> TerminateRequest:
+    """A TerminateRequest checked by the same parser the function uses; raises InvalidMessage."""
+    document: dict[str, Any] = {"jobId": job_id, "reason": reason, "force": force or None}
+    document["ifMatch"] = if_match
+    document["ifNoneMatch"] = if_none_match
+    for key, value in (("ifModifiedSince", if_modified_since), ("ifUnmodifiedSince", if_unmodified_since)):
+        document[key] = format_http_date(value) if isinstance(value, datetime) else value
+    document["requestId"] = request_id
+    return TerminateRequest.parse(json.dumps({k: v for k, v in document.items() if v is not None}))
+
+
+class TerminateQueue:
+    """A trigger queue that accepts TerminateRequests; thread-safe, reuse one per process."""
+
+    def __init__(self, queue: QueueClient) -> None:
+        self._queue = queue
+
+    @classmethod
+    def connect(
+        cls,
+        queue_name: str,
+        *,
+        connection_string: str | None = None,
+        account_url: str | None = None,
+        credential: TokenCredential | None = None,
+        message_encoding: str | None = None,
+    ) -> TerminateQueue:
+        """Open the queue by connection string, or by account URL + azure-identity credential."""
+        encoding = message_encoding or queue_options({}).message_encoding
+        if connection_string:
+            storage = StorageSettings(connection_string=connection_string)
+        elif account_url:
+            storage = StorageSettings(queue_service_uri=account_url.rstrip("/"))
+        else:
+            raise ValueError("give connection_string, or account_url (with a credential or the default chain)")
+        return cls(queue_client(storage, queue_name, encoding, credential=credential))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> TerminateQueue:
+        """Open the app's trigger queue from the same settings the function reads."""
+        env = os.environ if environ is None else environ
+        name = queue_name_setting(env, "TERMINATE_QUEUE_NAME")
+        return cls(queue_client(storage_from_env(env), name, queue_options(env).message_encoding))
+
+    @property
+    def queue_name(self) -> str:
+        """The trigger queue's name."""
+        return self._queue.queue_name
+
+    @property
+    def client(self) -> QueueClient:
+        """The underlying queue client (encoding policies included)."""
+        return self._queue
+
+    def enqueue(self, request: TerminateRequest) -> str:
+        """Send one request; return the queue message id."""
+        text = json.dumps(request.to_message(), ensure_ascii=False, separators=(",", ":"))
+        try:
+            return str(self._queue.send_message(text).id)
+        except ResourceNotFoundError as exc:
+            raise EnqueueFailed(f"queue {self.queue_name} does not exist") from exc
+        except AzureError as exc:
+            raise EnqueueFailed(f"could not enqueue to {self.queue_name}: {type(exc).__name__}") from exc
+
+    def enqueue_terminate(self, job_id: str, reason: str | None = None, **options: Any) -> str:
+        """Validate and send one terminate request; raise InvalidMessage before touching the queue."""
+        return self.enqueue(build_request(job_id, reason, **options))
+
+
+def enqueue_terminate(
+    job_id: str,
+    reason: str | None = None,
+    *,
+    queue: TerminateQueue | None = None,
+    **options: Any,
+) -> str:
+    """Enqueue a terminate request on `queue`, or on the app's trigger queue read from the environment."""
+    target = queue or TerminateQueue.from_env()
+    return target.enqueue_terminate(job_id, reason, **options)
+
+
+__all__ = ["EnqueueFailed", "InvalidMessage", "TerminateQueue", "build_request", "enqueue_terminate"]

@@ -1,0 +1,59 @@
+"""The producer API: same rules as the function, same encoding as the trigger."""
+
+from __future__ import annotations
+
+import base64
+import json
+from datetime import UTC, datetime
+
+import pytest
+from azure.storage.queue import QueueClient
+
+from shared.errors import InvalidMessage
+from shared.message import TerminateRequest
+from shared.producer import EnqueueFailed, TerminateQueue, build_request, enqueue_terminate
+from tests.conftest import Queues
+
+pytestmark = pytest.mark.integration
+
+
+def test_enqueued_message_is_base64_json_the_function_parses(queues: Queues) -> None:
+    queue = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
+    message_id = queue.enqueue_terminate(
+        "job-1", "budget exceeded", force=True, if_modified_since=datetime(2026, 11, 25, 12, tzinfo=UTC)
+    )
+    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).peek_messages()
+    assert message_id
+    document = json.loads(base64.b64decode(raw.content))
+    assert document == {
+        "jobId": "job-1",
+        "reason": "budget exceeded",
+        "force": True,
+        "ifModifiedSince": "Wed, 25 Nov 2026 12:00:00 GMT",
+    }
+    assert TerminateRequest.parse(base64.b64decode(raw.content)).force is True
+
+
+@pytest.mark.parametrize(
+    ("job_id", "options"),
+    [("a/b", {}), ("x" * 65, {}), ("ok", {"request_id": "nope"}), ("ok", {"if_match": "bad\r\nheader"})],
+)
+def test_invalid_request_is_refused_before_the_queue(queues: Queues, job_id: str, options: dict) -> None:
+    queue = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
+    with pytest.raises(InvalidMessage):
+        queue.enqueue_terminate(job_id, **options)
+    assert list(queue.client.peek_messages()) == []
+
+
+def test_enqueue_reads_the_app_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> None:
+    monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
+    monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
+    enqueue_terminate("job-7")
+    [raw] = queues.client(queues.trigger).peek_messages()
+    assert json.loads(raw.content) == {"jobId": "job-7"}
+
+
+def test_missing_queue_is_a_clear_error(queues: Queues) -> None:
+    queue = TerminateQueue.connect("no-such-queue", connection_string=queues.connection_string)
+    with pytest.raises(EnqueueFailed, match="no-such-queue"):
+        queue.enqueue(build_request("job-1"))
