@@ -69,6 +69,8 @@ class RetryPolicy:
     max_delay: float = 8.0
     retry_after_cap: float = 15.0
     budget_seconds: float = 120.0
+    # MSAL answers repeat token requests from a cached failure for 5 s after a 5xx; retrying sooner is wasted.
+    credential_delay: float = 5.0
 
     def delay(self, attempt: int, retry_after: float | None, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number `attempt` (1-based)."""
@@ -183,6 +185,7 @@ class BatchClient:
                 token = self._tokens.get()
             except AzureError as exc:
                 detail = ErrorDetail("CredentialUnavailable", _first_line(exc), client_request_id=client_request_id)
+                retry_after = self._policy.credential_delay
             else:
                 try:
                     response = self._session.post(
@@ -219,11 +222,13 @@ class BatchClient:
                             detail = ErrorDetail(
                                 "CredentialUnavailable", _first_line(exc), client_request_id=client_request_id
                             )
+                            retry_after = self._policy.credential_delay
                         else:
                             continue
-                    elif verdict is not Verdict.TRANSIENT:
+                    elif verdict is Verdict.TRANSIENT:
+                        retry_after = _retry_after(response.headers)
+                    else:
                         raise BatchCallFailed(detail, attempts=attempt, transient=False)
-                    retry_after = _retry_after(response.headers)
             elapsed = self._clock() - started
             delay = self._policy.delay(attempt, retry_after, self._rng)
             if attempt >= self._policy.max_attempts or elapsed + delay > self._policy.budget_seconds:

@@ -231,15 +231,14 @@ def test_other_batch_errors_are_poisoned_once_with_values(
     batch: BatchEmulator, make_message: MessageFactory, queues: Queues, status: int, code: str
 ) -> None:
     batch.add_job("job-1")
-    values = [{"key": "Reason", "value": "because"}, {"key": "Detail", "value": "more"}]
-    batch.inject(Fault.status(status, code, message=f"{code} happened", values=values))
+    batch.inject(Fault.status(status, code, message=f"{code} happened", values={"Reason": "because", "Detail": "more"}))
 
     terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=1))
 
     record = only_record(queues)
     assert record["error"]["code"] == code
     assert record["error"]["message"].startswith(f"{code} happened")
-    assert record["error"]["values"] == values
+    assert record["error"]["values"] == [{"key": "Reason", "value": "because"}, {"key": "Detail", "value": "more"}]
     assert record["error"]["httpStatus"] == status
     assert len(terminate_requests(batch)) == 1
 
@@ -366,14 +365,27 @@ def test_read_timeout_is_transient(
     assert "timed out" in record["error"]["message"]
 
 
-def test_token_endpoint_failure_is_retried(
-    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, no_sleep: list[float]
+@pytest.mark.usefixtures("function_env")
+def test_token_endpoint_failure_is_retried_after_msal_throttle_window(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory
 ) -> None:
+    # Real sleep: MSAL serves a cached failure for 5 s, so only a real wait proves the retry works.
     batch.add_job("job-1")
     identity.fail_next(1, status=500)
     terminate_job.main(make_message({"jobId": "job-1"}))
     assert batch.job("job-1").state is not JobState.ACTIVE
-    assert len(no_sleep) == 1
+    assert (len(identity.requests), identity.fetches) == (2, 1)
+
+
+def test_token_endpoint_failure_backs_off_at_least_the_throttle_window(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, no_sleep: list[float]
+) -> None:
+    batch.add_job("job-1")
+    identity.fail_next(20, status=500)
+    with pytest.raises(RetryLater):
+        terminate_job.main(make_message({"jobId": "job-1"}))
+    assert no_sleep
+    assert min(no_sleep) >= 5.0
 
 
 def test_token_endpoint_failure_on_last_attempt_is_poisoned(
