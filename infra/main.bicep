@@ -1,0 +1,223 @@
+// batch-terminator: everything the Function App needs, in one resource group, with one user-assigned
+// managed identity used for host storage, the queues, telemetry and Batch. Deploy with `azd up` or
+// `az deployment group create` (docs/DEPLOY.md). The Batch account is NOT created here: it is an existing
+// account (possibly in another resource group of the same subscription) that the identity is granted
+// "Azure Batch Job Submitter" on.
+targetScope = 'resourceGroup'
+
+// --- environment -------------------------------------------------------------------------------------------
+@minLength(1)
+@maxLength(64)
+@description('Environment name (azd: AZURE_ENV_NAME); seeds resource names and the azd-env-name tag.')
+param environmentName string
+
+@minLength(1)
+@description('Region for all resources. Must offer the Flex Consumption plan.')
+param location string = resourceGroup().location
+
+@description('Optional: override the function app name (default func-<token>).')
+param functionAppName string = ''
+
+@description('Optional: override the storage account name (default st<token>).')
+param storageAccountName string = ''
+
+@description('Optional: object id of the person or pipeline deploying (azd: AZURE_PRINCIPAL_ID). Gets Storage Queue Data Contributor so it can send messages and read the poison queue. Empty: no grant.')
+param principalId string = ''
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+@description('Type of principalId.')
+param principalType string = 'User'
+
+// --- the existing Batch account ----------------------------------------------------------------------------
+@minLength(3)
+@maxLength(24)
+@description('Name of the EXISTING Batch account whose jobs the app terminates.')
+param batchAccountName string
+
+@minLength(1)
+@description('Resource group of the existing Batch account (same subscription).')
+param batchAccountResourceGroup string
+
+// --- contract settings (shared/CONTRACT.md section 2) -------------------------------------------------------
+@minLength(3)
+@maxLength(56) // the poison queue appends "-poison" and queue names are at most 63 characters
+@description('Trigger queue name (TERMINATE_QUEUE_NAME). The poison queue is "<name>-poison".')
+param terminateQueueName string = 'batch-terminate'
+
+@description('Batch REST api-version (BATCH_API_VERSION).')
+param batchApiVersion string = '2023-11-01.18.0'
+
+@minValue(1)
+@maxValue(30)
+@description('Server-side Batch timeout in seconds (BATCH_TIMEOUT_SECONDS).')
+param batchTimeoutSeconds int = 30
+
+@minValue(1)
+@maxValue(100)
+@description('Attempts per message before the host moves it to the poison queue (overrides host.json).')
+param maxDequeueCount int = 5
+
+// --- scale -------------------------------------------------------------------------------------------------
+@allowed([
+  512
+  2048
+  4096
+])
+@description('Flex Consumption instance memory in MB.')
+param instanceMemoryMB int = 2048
+
+@minValue(1)
+@maxValue(1000)
+@description('Flex Consumption maximum instance count (caps parallel Batch calls together with host.json batchSize).')
+param maximumInstanceCount int = 40
+
+@allowed([
+  'Standard_LRS'
+  'Standard_ZRS'
+  'Standard_GRS'
+  'Standard_GZRS'
+  'Standard_RAGRS'
+  'Standard_RAGZRS'
+])
+@description('Storage account redundancy.')
+param storageSkuName string = 'Standard_LRS'
+
+@description('Allow SCM (Kudu) basic-auth publishing credentials (off: azd and Core Tools publish with Entra ID).')
+param scmBasicAuthEnabled bool = false
+
+// --- settings for functions that may be added to this app later ---------------------------------------------
+@description('ALERT_JOB_ID_DIMENSION: alert dimension that carries the Batch job id.')
+param alertJobIdDimension string = 'jobId'
+
+@description('ALERT_RULES_ALLOWED: comma-separated alert rule names accepted (empty: none configured).')
+param alertRulesAllowed string = ''
+
+@description('SWEEP_SCHEDULE: NCRONTAB schedule of the sweep timer.')
+param sweepSchedule string = '0 */15 * * * *'
+
+@minValue(1)
+@description('SWEEP_MAX_AGE_HOURS: jobs older than this are sweep candidates.')
+param sweepMaxAgeHours int = 24
+
+@minValue(1)
+@description('SWEEP_IDLE_MINUTES: jobs idle this long are sweep candidates.')
+param sweepIdleMinutes int = 60
+
+@description('SWEEP_JOB_ID_PREFIX: only jobs whose id starts with this prefix are swept (empty: all).')
+param sweepJobIdPrefix string = ''
+
+@description('SWEEP_DRY_RUN: log what would be terminated without terminating.')
+param sweepDryRun bool = true
+
+// --- names ---------------------------------------------------------------------------------------------------
+var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
+var tags = {
+  'azd-env-name': environmentName
+}
+var serviceName = 'terminator'
+var appName = !empty(functionAppName) ? functionAppName : 'func-${resourceToken}'
+var poisonQueueName = '${terminateQueueName}-poison'
+var deploymentContainerName = 'app-package-${resourceToken}'
+
+// --- identity --------------------------------------------------------------------------------------------------
+resource identity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: 'id-${resourceToken}'
+  location: location
+  tags: tags
+}
+
+// --- monitoring ------------------------------------------------------------------------------------------------
+module monitoring 'modules/monitoring.bicep' = {
+  name: 'monitoring'
+  params: {
+    location: location
+    tags: tags
+    logAnalyticsName: 'log-${resourceToken}'
+    applicationInsightsName: 'appi-${resourceToken}'
+    publisherPrincipalId: identity.properties.principalId
+  }
+}
+
+// --- storage: host storage, queues, deployment container, storage roles ----------------------------------------
+module storage 'modules/storage.bicep' = {
+  name: 'storage'
+  params: {
+    location: location
+    tags: tags
+    name: !empty(storageAccountName) ? storageAccountName : 'st${resourceToken}'
+    skuName: storageSkuName
+    terminateQueueName: terminateQueueName
+    poisonQueueName: poisonQueueName
+    deploymentContainerName: deploymentContainerName
+    logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
+    appPrincipalId: identity.properties.principalId
+    operatorPrincipalId: principalId
+    operatorPrincipalType: principalType
+  }
+}
+
+// --- Batch: Job Submitter on the existing account, deployed at that account's resource group ---------------------
+module batchRole 'modules/batch-role.bicep' = {
+  name: 'batch-role-${resourceToken}'
+  scope: resourceGroup(batchAccountResourceGroup)
+  params: {
+    batchAccountName: batchAccountName
+    principalId: identity.properties.principalId
+  }
+}
+
+// --- the function app (depends on the role assignments through the storage and batchRole outputs) ---------------
+module functionApp 'modules/function-app.bicep' = {
+  name: 'function-app'
+  params: {
+    location: location
+    tags: tags
+    serviceName: serviceName
+    name: appName
+    planName: 'plan-${resourceToken}'
+    identityId: identity.id
+    identityClientId: identity.properties.clientId
+    storageBlobEndpoint: storage.outputs.blobEndpoint
+    storageQueueEndpoint: storage.outputs.queueEndpoint
+    storageTableEndpoint: storage.outputs.tableEndpoint
+    deploymentContainerName: storage.outputs.deploymentContainerName
+    applicationInsightsConnectionString: monitoring.outputs.applicationInsightsConnectionString
+    instanceMemoryMB: instanceMemoryMB
+    maximumInstanceCount: maximumInstanceCount
+    scmBasicAuthEnabled: scmBasicAuthEnabled
+    batchAccountUrl: 'https://${batchRole.outputs.accountEndpoint}'
+    batchApiVersion: batchApiVersion
+    batchTimeoutSeconds: batchTimeoutSeconds
+    terminateQueueName: terminateQueueName
+    poisonQueueName: poisonQueueName
+    maxDequeueCount: maxDequeueCount
+    alertJobIdDimension: alertJobIdDimension
+    alertRulesAllowed: alertRulesAllowed
+    sweepSchedule: sweepSchedule
+    sweepMaxAgeHours: sweepMaxAgeHours
+    sweepIdleMinutes: sweepIdleMinutes
+    sweepJobIdPrefix: sweepJobIdPrefix
+    sweepDryRun: sweepDryRun
+  }
+}
+
+// --- outputs (azd stores these in .azure/<env>/.env) --------------------------------------------------------------
+output AZURE_LOCATION string = location
+output AZURE_TENANT_ID string = tenant().tenantId
+output AZURE_RESOURCE_GROUP string = resourceGroup().name
+output AZURE_FUNCTION_APP_NAME string = functionApp.outputs.name
+output AZURE_FUNCTION_APP_HOSTNAME string = functionApp.outputs.defaultHostName
+output AZURE_MANAGED_IDENTITY_NAME string = identity.name
+output AZURE_MANAGED_IDENTITY_CLIENT_ID string = identity.properties.clientId
+output AZURE_MANAGED_IDENTITY_PRINCIPAL_ID string = identity.properties.principalId
+output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
+output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.queueEndpoint
+output TERMINATE_QUEUE_NAME string = storage.outputs.terminateQueueName
+output POISON_QUEUE_NAME string = storage.outputs.poisonQueueName
+output BATCH_ACCOUNT_URL string = 'https://${batchRole.outputs.accountEndpoint}'
+output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
+output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsWorkspaceId

@@ -1,0 +1,185 @@
+// Function App on the Flex Consumption plan (FC1), Python 3.11, running as a user-assigned managed identity.
+// The app settings below are the ONE place the deployed configuration is defined (docs/DEPLOY.md explains
+// each one); they contain no keys, secrets or connection strings with credentials.
+
+@description('Azure region.')
+param location string
+
+@description('Tags applied to every resource.')
+param tags object = {}
+
+@description('azd service name (azure.yaml) the function app is tagged with.')
+param serviceName string
+
+@description('Function app name.')
+param name string
+
+@description('Flex Consumption plan name.')
+param planName string
+
+@description('Resource id of the user-assigned managed identity.')
+param identityId string
+
+@description('Client id of the user-assigned managed identity.')
+param identityClientId string
+
+@description('Storage account blob endpoint, e.g. https://<account>.blob.core.windows.net/')
+param storageBlobEndpoint string
+
+@description('Storage account queue endpoint.')
+param storageQueueEndpoint string
+
+@description('Storage account table endpoint.')
+param storageTableEndpoint string
+
+@description('Blob container holding the deployment package.')
+param deploymentContainerName string
+
+@description('Application Insights connection string (ingestion endpoint; local auth is disabled on the component).')
+param applicationInsightsConnectionString string
+
+@description('Flex Consumption instance memory (MB).')
+@allowed([
+  512
+  2048
+  4096
+])
+param instanceMemoryMB int = 2048
+
+@description('Flex Consumption maximum number of instances the app scales out to.')
+@minValue(1)
+@maxValue(1000)
+param maximumInstanceCount int = 40
+
+@description('Allow SCM (Kudu) basic-auth publishing credentials. azd and Core Tools publish with Entra ID.')
+param scmBasicAuthEnabled bool = false
+
+// --- contract settings (shared/CONTRACT.md section 2) ---
+param batchAccountUrl string
+param batchApiVersion string
+param batchTimeoutSeconds int
+param terminateQueueName string
+param poisonQueueName string
+param maxDequeueCount int
+
+// --- settings of functions that may be added to this app later ---
+param alertJobIdDimension string
+param alertRulesAllowed string
+param sweepSchedule string
+param sweepMaxAgeHours int
+param sweepIdleMinutes int
+param sweepJobIdPrefix string
+param sweepDryRun bool
+
+resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
+  name: planName
+  location: location
+  tags: tags
+  kind: 'functionapp'
+  sku: {
+    name: 'FC1'
+    tier: 'FlexConsumption'
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  name: name
+  location: location
+  tags: union(tags, {
+    'azd-service-name': serviceName
+  })
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${identityId}': {}
+    }
+  }
+  properties: {
+    serverFarmId: plan.id
+    httpsOnly: true
+    clientAffinityEnabled: false
+    keyVaultReferenceIdentity: identityId
+    siteConfig: {
+      minTlsVersion: '1.2'
+      scmMinTlsVersion: '1.2'
+      ftpsState: 'Disabled'
+      http20Enabled: true
+    }
+    functionAppConfig: {
+      deployment: {
+        storage: {
+          type: 'blobContainer'
+          value: '${storageBlobEndpoint}${deploymentContainerName}'
+          authentication: {
+            type: 'UserAssignedIdentity'
+            userAssignedIdentityResourceId: identityId
+          }
+        }
+      }
+      scaleAndConcurrency: {
+        instanceMemoryMB: instanceMemoryMB
+        maximumInstanceCount: maximumInstanceCount
+      }
+      runtime: {
+        name: 'python'
+        version: '3.11'
+      }
+    }
+  }
+}
+
+resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
+  parent: functionApp
+  name: 'appsettings'
+  properties: {
+    // Host storage, identity based (no AzureWebJobsStorage connection string).
+    AzureWebJobsStorage__blobServiceUri: storageBlobEndpoint
+    AzureWebJobsStorage__queueServiceUri: storageQueueEndpoint
+    AzureWebJobsStorage__tableServiceUri: storageTableEndpoint
+    AzureWebJobsStorage__credential: 'managedidentity'
+    AzureWebJobsStorage__clientId: identityClientId
+    // Telemetry, Entra-authenticated as the same identity.
+    APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
+    APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    // Batch token credential (azure-identity ManagedIdentityCredential / DefaultAzureCredential).
+    AZURE_CLIENT_ID: identityClientId
+    BATCH_ACCOUNT_URL: batchAccountUrl
+    BATCH_API_VERSION: batchApiVersion
+    BATCH_TIMEOUT_SECONDS: string(batchTimeoutSeconds)
+    TERMINATE_QUEUE_NAME: terminateQueueName
+    POISON_QUEUE_NAME: poisonQueueName
+    AzureFunctionsJobHost__extensions__queues__maxDequeueCount: string(maxDequeueCount)
+    ALERT_JOB_ID_DIMENSION: alertJobIdDimension
+    ALERT_RULES_ALLOWED: alertRulesAllowed
+    SWEEP_SCHEDULE: sweepSchedule
+    SWEEP_MAX_AGE_HOURS: string(sweepMaxAgeHours)
+    SWEEP_IDLE_MINUTES: string(sweepIdleMinutes)
+    SWEEP_JOB_ID_PREFIX: sweepJobIdPrefix
+    SWEEP_DRY_RUN: sweepDryRun ? 'true' : 'false'
+  }
+}
+
+// No FTP at all; SCM basic auth off unless explicitly enabled.
+resource ftpPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'ftp'
+  properties: {
+    allow: false
+  }
+}
+
+resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
+  parent: functionApp
+  name: 'scm'
+  properties: {
+    allow: scmBasicAuthEnabled
+  }
+}
+
+output name string = functionApp.name
+output defaultHostName string = functionApp.properties.defaultHostName
+output planName string = plan.name
