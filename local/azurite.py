@@ -15,7 +15,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite-queue"
 # Azurite's documented well-known development account; not a secret.
 ACCOUNT_NAME = "devstoreaccount1"
-ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # noqa: S105
+ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 _LISTENING = re.compile(r"Queue service successfully listens on http://[^:]+:(\d+)")
 
 
@@ -78,7 +78,8 @@ class Azurite:
         return self
 
     def _pump(self, ready: threading.Event) -> None:
-        assert self._process is not None and self._process.stdout is not None
+        assert self._process is not None
+        assert self._process.stdout is not None
         for line in self._process.stdout:
             self._output.append(line)
             match = _LISTENING.search(line)
