@@ -14,6 +14,7 @@ from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 from requests.adapters import HTTPAdapter
+from requests.utils import get_environ_proxies, get_netrc_auth
 
 from shared.batch import BatchClient, TokenProvider
 from shared.poison import PoisonWriter
@@ -34,13 +35,27 @@ def batch_credential(client_id: str | None) -> TokenCredential:
     return DefaultAzureCredential(managed_identity_client_id=client_id)
 
 
-def http_session() -> requests.Session:
+def http_session(account_url: str | None = None) -> requests.Session:
     """A pooled session for Batch calls; requests retries nothing on its own (we do)."""
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
+    if account_url is not None:
+        pin_environment(session, account_url)
     return session
+
+
+def pin_environment(session: requests.Session, url: str) -> None:
+    """Resolve once what requests reads from the environment on every request to this URL's host."""
+    # requests scans os.environ twice per request for proxy settings (~140 us a call with 36 variables, more
+    # with a Function App's); the answer depends only on the host and the environment, both fixed for the process.
+    session.proxies.update(get_environ_proxies(url))
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    netrc_auth = get_netrc_auth(url)
+    if netrc_auth is not None:
+        session.auth = netrc_auth
+    session.trust_env = False
 
 
 def queue_client(
@@ -76,7 +91,8 @@ def build_terminator(
 ) -> Terminator:
     """Wire the production objects together for these settings."""
     tokens = TokenProvider(batch_credential(settings.azure_client_id))
-    client = BatchClient(settings, tokens, http_session(), sleep=sleep, http_timeout=http_timeout)
+    session = http_session(settings.batch_account_url)
+    client = BatchClient(settings, tokens, session, sleep=sleep, http_timeout=http_timeout)
     if poison is None:
         encoding = settings.queues.message_encoding
         poison = PoisonWriter(queue_client(settings.storage, settings.poison_queue_name, encoding))
