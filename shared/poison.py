@@ -62,14 +62,14 @@ class PoisonRecord:
     def to_json(self) -> str:
         """The record serialised for the poison queue, shortened to fit in one queue message."""
         document = self.to_document()
-        text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+        text = _dumps(document)
         excess = len(text.encode("utf-8")) - MAX_RECORD_BYTES
         if excess > 0:
             # Only a message that is invalid anyway gets here; keep the diagnosis, flag the cut.
             original = document["originalMessage"]
             document["originalMessage"] = original[: max(len(original) - excess - 256, 0) // 2]
             document["originalMessageTruncated"] = True
-            text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+            text = _dumps(document)
         return text
 
     @classmethod
@@ -99,6 +99,17 @@ class PoisonRecord:
             reason=document.get("reason"),
             failed_at=(datetime.fromisoformat(failed_at.replace("Z", "+00:00")) if failed_at else datetime.now(UTC)),
         )
+
+
+def _dumps(document: Mapping[str, Any]) -> str:
+    """Compact JSON that is always valid UTF-8 text."""
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (a "\ud800" escape in the message) has no UTF-8 form: keep such text escaped.
+        text = json.dumps(document, separators=(",", ":"))
+    return text
 
 
 class PoisonWriter:
