@@ -20,6 +20,8 @@ log = logging.getLogger("batch_terminator.poison")
 
 # A queue message holds 64 KiB; base64 needs 4 bytes per 3, so the JSON must stay under 48 KiB.
 MAX_RECORD_BYTES = 48 * 1024
+# jobId and reason are echoed from the message; cut them to this when the record would not fit.
+MAX_ECHOED_CHARS = 1024
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,20 @@ class PoisonRecord:
         excess = len(text.encode("utf-8")) - MAX_RECORD_BYTES
         if excess > 0:
             # Only a message that is invalid anyway gets here; keep the diagnosis, flag the cut.
-            original = document["originalMessage"]
-            document["originalMessage"] = original[: max(len(original) - excess - 256, 0) // 2]
+            for key in ("jobId", "reason"):  # an over-long jobId or reason is echoed back here too
+                value = document[key]
+                if isinstance(value, str) and len(value) > MAX_ECHOED_CHARS:
+                    document[key] = value[:MAX_ECHOED_CHARS]
             document["originalMessageTruncated"] = True
-            text = _dumps(document)
+            while excess > 0 and document["originalMessage"]:
+                # Each character dropped frees at least one byte, so this ends in one or two rounds.
+                original = document["originalMessage"]
+                keep = max(len(original) - excess, 0)
+                if document.get("originalMessageEncoding") == "base64":
+                    keep -= keep % 4  # stay decodable
+                document["originalMessage"] = original[:keep]
+                text = _dumps(document)
+                excess = len(text.encode("utf-8")) - MAX_RECORD_BYTES
         return text
 
     @classmethod
