@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,8 @@ BATCH_SCOPE = "https://batch.core.windows.net//.default"
 MAX_DEQUEUE_ENV = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
 ENCODING_ENV = "AzureFunctionsJobHost__extensions__queues__messageEncoding"
 LOOPBACK_HOSTS = frozenset({"localhost"})
+_DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_DNS_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}", re.ASCII | re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,10 @@ def validate_batch_url(raw: str) -> str:
         )
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError(setting, "must not contain credentials")
+    if not _is_host(host) or any(c.isspace() or not c.isprintable() for c in raw.strip()):
+        raise ConfigurationError(setting, "must name an ASCII DNS host or an IP address")
+    if port == 0:
+        raise ConfigurationError(setting, "port must be between 1 and 65535")
     if parts.path not in ("", "/") or parts.query or parts.fragment or raw.strip().endswith(("?", "#")):
         raise ConfigurationError(setting, "must be the account URL only, without path, query or fragment")
     if parts.scheme == "http" and not _is_loopback(host):
@@ -230,6 +237,17 @@ def _bounded(name: str, raw: object, low: int, high: int) -> int:
     if not low <= value <= high:
         raise ConfigurationError(name, f"must be between {low} and {high}, got {value}")
     return value
+
+
+def _is_host(host: str) -> bool:
+    """Whether `host` (as urlsplit gives it) is an ASCII DNS name or an IP address."""
+    if _DNS_NAME.fullmatch(host):
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:
