@@ -167,6 +167,11 @@ class BatchClient:
         self._base = settings.batch_account_url
         self._query = f"?api-version={settings.batch_api_version}&timeout={settings.batch_timeout_seconds}"
 
+    @property
+    def account_url(self) -> str:
+        """The Batch account URL every request goes to (no trailing slash)."""
+        return self._base
+
     def terminate(self, request: TerminateRequest, client_request_id: str) -> Outcome:
         """Ask Batch to terminate the job; raise BatchCallFailed when it did not happen."""
         if not JOB_ID_PATTERN.fullmatch(request.job_id):
@@ -175,6 +180,54 @@ class BatchClient:
         if request.force:
             url += "&force=true"
         body = json.dumps({"terminateReason": request.reason}).encode("utf-8")
+        started = self._clock()
+        response, detail, verdict, attempts = self._send(
+            "POST",
+            url,
+            body=body,
+            headers={"Content-Type": CONTENT_TYPE, **_conditional_headers(request)},
+            client_request_id=client_request_id,
+            accept=_TERMINATE_ACCEPTS,
+            label=f"terminate job={request.job_id}",
+        )
+        return Outcome(
+            job_id=request.job_id,
+            verdict=verdict,
+            http_status=response.status_code,
+            code=None if verdict is Verdict.TERMINATED else detail.code,
+            request_id=response.headers.get("request-id"),
+            client_request_id=response.headers.get("client-request-id") or client_request_id,
+            attempts=attempts,
+            duration=self._clock() - started,
+        )
+
+    def get(self, url: str, client_request_id: str, *, label: str) -> requests.Response:
+        """GET a Batch resource with terminate's token, retry and classification; a 2xx answer or BatchCallFailed."""
+        if not url.startswith(f"{self._base}/"):
+            raise ValueError("refusing to send the Batch token outside the configured account")
+        response, _, _, _ = self._send(
+            "GET",
+            url,
+            body=None,
+            headers={},
+            client_request_id=client_request_id,
+            accept=_READ_ACCEPTS,
+            label=label,
+        )
+        return response
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        client_request_id: str,
+        accept: frozenset[Verdict],
+        label: str,
+    ) -> tuple[requests.Response, ErrorDetail, Verdict, int]:
+        """The one retry loop: token, 401 refresh, transient backoff; returns an answer whose verdict is accepted."""
         started = self._clock()
         attempt = 0
         refreshed = False
@@ -188,10 +241,11 @@ class BatchClient:
                 retry_after = self._policy.credential_delay
             else:
                 try:
-                    response = self._session.post(
+                    response = self._session.request(
+                        method,
                         url,
                         data=body,
-                        headers=self._headers(request, token, client_request_id),
+                        headers={**self._headers(token, client_request_id), **headers},
                         timeout=self._http_timeout,
                         allow_redirects=False,
                     )
@@ -202,20 +256,11 @@ class BatchClient:
                 else:
                     detail = error_detail(response, client_request_id)
                     verdict = classify(response.status_code, detail.code)
-                    if verdict in (Verdict.TERMINATED, Verdict.ALREADY_DONE):
-                        return Outcome(
-                            job_id=request.job_id,
-                            verdict=verdict,
-                            http_status=response.status_code,
-                            code=None if verdict is Verdict.TERMINATED else detail.code,
-                            request_id=response.headers.get("request-id"),
-                            client_request_id=response.headers.get("client-request-id") or client_request_id,
-                            attempts=attempt,
-                            duration=self._clock() - started,
-                        )
+                    if verdict in accept:
+                        return response, detail, verdict, attempt
                     if verdict is Verdict.REFRESH_TOKEN and not refreshed:
                         refreshed = True
-                        log.warning("terminate job=%s got 401; fetching a fresh token", request.job_id)
+                        log.warning("%s got 401; fetching a fresh token", label)
                         try:
                             self._tokens.refresh(token)
                         except AzureError as exc:
@@ -234,8 +279,8 @@ class BatchClient:
             if attempt >= self._policy.max_attempts or elapsed + delay > self._policy.budget_seconds:
                 raise BatchCallFailed(detail, attempts=attempt, transient=True, retry_after=retry_after)
             log.warning(
-                "terminate retry job=%s attempt=%d code=%s status=%s delay=%.2fs",
-                request.job_id,
+                "%s retry attempt=%d code=%s status=%s delay=%.2fs",
+                label,
                 attempt,
                 detail.code,
                 detail.http_status,
@@ -243,25 +288,34 @@ class BatchClient:
             )
             self._sleep(delay)
 
-    def _headers(self, request: TerminateRequest, token: str, client_request_id: str) -> dict[str, str]:
-        headers = {
+    @staticmethod
+    def _headers(token: str, client_request_id: str) -> dict[str, str]:
+        return {
             "Authorization": f"Bearer {token}",
-            "Content-Type": CONTENT_TYPE,
             "Accept": "application/json",
             "User-Agent": USER_AGENT,
             "client-request-id": client_request_id,
             "return-client-request-id": "true",
             "ocp-date": format_http_date(datetime.now(UTC)),
         }
-        if request.if_match is not None:
-            headers["If-Match"] = request.if_match
-        if request.if_none_match is not None:
-            headers["If-None-Match"] = request.if_none_match
-        if request.if_modified_since is not None:
-            headers["If-Modified-Since"] = format_http_date(request.if_modified_since)
-        if request.if_unmodified_since is not None:
-            headers["If-Unmodified-Since"] = format_http_date(request.if_unmodified_since)
-        return headers
+
+
+# Terminate is done when Batch accepted it or the job already is where it was asked to go; a read only on 2xx.
+_TERMINATE_ACCEPTS = frozenset({Verdict.TERMINATED, Verdict.ALREADY_DONE})
+_READ_ACCEPTS = frozenset({Verdict.TERMINATED})
+
+
+def _conditional_headers(request: TerminateRequest) -> dict[str, str]:
+    headers: dict[str, str] = {}
+    if request.if_match is not None:
+        headers["If-Match"] = request.if_match
+    if request.if_none_match is not None:
+        headers["If-None-Match"] = request.if_none_match
+    if request.if_modified_since is not None:
+        headers["If-Modified-Since"] = format_http_date(request.if_modified_since)
+    if request.if_unmodified_since is not None:
+        headers["If-Unmodified-Since"] = format_http_date(request.if_unmodified_since)
+    return headers
 
 
 def error_detail(response: requests.Response, client_request_id: str | None) -> ErrorDetail:
