@@ -1,0 +1,272 @@
+"""Azure Monitor alerts (common alert schema) and plain {"jobId", "reason"} bodies → validated terminate requests."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from shared.errors import ConfigurationError, InvalidMessage, Problem, TerminatorError
+from shared.message import MAX_REASON_LENGTH, TerminateRequest
+from shared.producer import build_request
+
+COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
+DIMENSION_SETTING = "ALERT_JOB_ID_DIMENSION"
+RULES_SETTING = "ALERT_RULES_ALLOWED"
+DEFAULT_DIMENSION = "jobId"
+MAX_BODY_BYTES = 64 * 1024
+# One alert names a handful of jobs; a body listing thousands is a mistake or an attack, not a use case.
+MAX_JOB_IDS = 100
+FIRED = "Fired"
+RESOLVED = "Resolved"
+_SHOWN = 80  # characters of a rejected value echoed back
+
+
+class AlertRejected(TerminatorError):
+    """The request cannot be acted on; carries the HTTP status and a BatchError-like error body."""
+
+    def __init__(self, status: int, code: str, message: str, values: tuple[Problem, ...] = ()) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.values = values
+
+    def document(self) -> dict[str, Any]:
+        """The JSON error answer."""
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "values": [{"key": p.key, "value": p.value} for p in self.values],
+            }
+        }
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    """ALERT_JOB_ID_DIMENSION and ALERT_RULES_ALLOWED."""
+
+    job_id_dimension: str = DEFAULT_DIMENSION
+    rules_allowed: frozenset[str] = frozenset()  # casefolded; empty = every rule
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> AlertSettings:
+        """Read the ALERT_* settings."""
+        env = os.environ if environ is None else environ
+        dimension = env.get(DIMENSION_SETTING, "").strip() or DEFAULT_DIMENSION
+        if len(dimension) > 256:
+            raise ConfigurationError(DIMENSION_SETTING, "must be a dimension name (at most 256 characters)")
+        rules = frozenset(r.strip().casefold() for r in env.get(RULES_SETTING, "").split(",") if r.strip())
+        return cls(job_id_dimension=dimension, rules_allowed=rules)
+
+    def allows(self, rule: str | None) -> bool:
+        """Whether an alert from this rule may terminate jobs (alert rule names are case-insensitive)."""
+        return not self.rules_allowed or (rule is not None and rule.casefold() in self.rules_allowed)
+
+
+@dataclass(frozen=True)
+class AlertRequest:
+    """What one HTTP call asks for: the requests to enqueue (empty when the alert resolved)."""
+
+    source: str  # "alert" (common alert schema) or "plain"
+    monitor_condition: str
+    rule: str | None
+    severity: str | None
+    requests: tuple[TerminateRequest, ...]
+
+    @property
+    def fired(self) -> bool:
+        """Whether the requests should be enqueued."""
+        return self.monitor_condition == FIRED
+
+    @property
+    def job_ids(self) -> list[str]:
+        """The job ids, in order, without duplicates."""
+        return [r.job_id for r in self.requests]
+
+
+def read_alert(body: bytes, settings: AlertSettings) -> AlertRequest:
+    """Parse and validate a request body completely; raise AlertRejected (400/403/413) before anything is enqueued."""
+    if len(body) > MAX_BODY_BYTES:
+        raise AlertRejected(413, "RequestBodyTooLarge", f"the body must be at most {MAX_BODY_BYTES} bytes")
+    document = _load(body)
+    if "schemaId" in document or "data" in document:
+        return _common_alert(document, settings)
+    return _plain(document)
+
+
+def alert_reason(rule: str | None, severity: str | None) -> str:
+    """The terminate reason for a fired alert, cut to the message limit."""
+    return f"Alert '{rule or 'unnamed'}' fired ({severity or 'no severity'})"[:MAX_REASON_LENGTH]
+
+
+def _load(body: bytes) -> dict[str, Any]:
+    try:
+        text = body.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise AlertRejected(400, "InvalidJson", f"the body is not UTF-8 (byte {exc.start})") from exc
+    if not text.strip():
+        raise AlertRejected(400, "InvalidJson", "the body is empty")
+    try:
+        document = json.loads(text)
+    except RecursionError as exc:
+        raise AlertRejected(400, "InvalidJson", "the body is nested too deeply") from exc
+    except ValueError as exc:
+        raise AlertRejected(400, "InvalidJson", f"the body is not JSON ({exc})") from exc
+    if not isinstance(document, dict):
+        raise AlertRejected(400, "InvalidAlert", f"the body must be a JSON object, got {_type(document)}")
+    return document
+
+
+def _plain(document: dict[str, Any]) -> AlertRequest:
+    """{"jobId": "...", "reason": "..."} from a caller that is not Azure Monitor (unknown fields are ignored)."""
+    job_id = document.get("jobId")
+    reason = document.get("reason")
+    if job_id is None:
+        raise AlertRejected(
+            400,
+            "InvalidAlert",
+            f'expected the Azure Monitor common alert schema (schemaId "{COMMON_SCHEMA_ID}") '
+            'or a {"jobId": "...", "reason": "..."} body',
+        )
+    if reason is not None and not isinstance(reason, str):
+        raise AlertRejected(400, "InvalidRequest", "reason must be a string", (Problem("reason", _type(reason)),))
+    requests = _validated([job_id], reason or None)
+    return AlertRequest("plain", FIRED, None, None, requests)
+
+
+def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertRequest:
+    schema = document.get("schemaId")
+    if schema != COMMON_SCHEMA_ID:
+        raise AlertRejected(
+            400,
+            "UnsupportedSchema",
+            f'schemaId must be "{COMMON_SCHEMA_ID}": enable the common alert schema on the action group\'s action',
+            (Problem("schemaId", _show(schema)),),
+        )
+    data = _object(document.get("data"), "data")
+    essentials = _object(data.get("essentials"), "data.essentials")
+    rule = _optional_string(essentials, "alertRule", "data.essentials")
+    severity = _optional_string(essentials, "severity", "data.essentials")
+    condition = essentials.get("monitorCondition")
+    if condition not in (FIRED, RESOLVED):
+        raise AlertRejected(
+            400,
+            "InvalidAlert",
+            "data.essentials.monitorCondition must be Fired or Resolved",
+            (Problem("monitorCondition", _show(condition)),),
+        )
+    if not settings.allows(rule):
+        raise AlertRejected(
+            403, "RuleNotAllowed", "this alert rule is not in ALERT_RULES_ALLOWED", (Problem("alertRule", _show(rule)),)
+        )
+    if condition == RESOLVED:
+        return AlertRequest("alert", RESOLVED, rule, severity, ())
+    context = data.get("alertContext")
+    context = context if isinstance(context, dict) else {}
+    job_ids = _from_properties(data.get("customProperties"), "data.customProperties")
+    if not job_ids:
+        # Log search alerts (v2) carry the rule's custom properties in alertContext.properties.
+        job_ids = _from_properties(context.get("properties"), "data.alertContext.properties")
+    if not job_ids:
+        job_ids = list(_from_dimensions(context, settings.job_id_dimension))
+    if not job_ids:
+        raise AlertRejected(
+            400,
+            "NoJobId",
+            "the alert names no job: set the custom property jobId or jobIds on the alert rule's action, "
+            f"or split the alert by the dimension {settings.job_id_dimension!r}",
+        )
+    return AlertRequest("alert", FIRED, rule, severity, _validated(job_ids, alert_reason(rule, severity)))
+
+
+def _from_properties(properties: object, path: str) -> list[object]:
+    """jobId, then jobIds (comma-separated) from a custom-properties object."""
+    if properties is None:
+        return []
+    if not isinstance(properties, dict):
+        raise AlertRejected(400, "InvalidAlert", f"{path} must be an object, got {_type(properties)}")
+    found: list[object] = []
+    single = properties.get("jobId")
+    if single is not None:
+        found.append(single)
+    several = properties.get("jobIds")
+    if several is not None:
+        if not isinstance(several, str):
+            raise AlertRejected(
+                400, "InvalidJobId", f"{path}.jobIds must be a comma-separated string, got {_type(several)}"
+            )
+        found.extend(part.strip() for part in several.split(",") if part.strip())
+    return found
+
+
+def _from_dimensions(context: dict[str, Any], name: str) -> Iterator[object]:
+    """Values of the dimension `name` in alertContext.condition.allOf[] (metric and log search v2 alerts)."""
+    wanted = name.casefold()
+    condition = context.get("condition")
+    criteria = condition.get("allOf") if isinstance(condition, dict) else None
+    for criterion in criteria if isinstance(criteria, list) else []:
+        dimensions = criterion.get("dimensions") if isinstance(criterion, dict) else None
+        for dimension in dimensions if isinstance(dimensions, list) else []:
+            if isinstance(dimension, dict) and str(dimension.get("name", "")).casefold() == wanted:
+                yield dimension.get("value")
+
+
+def _validated(job_ids: list[object], reason: str | None) -> tuple[TerminateRequest, ...]:
+    """Every id checked by the producer API's own rules; any bad id rejects the whole call."""
+    unique: dict[str, object] = {}
+    for job_id in job_ids:
+        # Batch ids are case-insensitive: Job-1 and job-1 are one job.
+        key = job_id.casefold() if isinstance(job_id, str) else repr(job_id)
+        unique.setdefault(key, job_id)
+    if len(unique) > MAX_JOB_IDS:
+        raise AlertRejected(400, "TooManyJobIds", f"at most {MAX_JOB_IDS} job ids per call, got {len(unique)}")
+    requests: list[TerminateRequest] = []
+    problems: list[Problem] = []
+    for job_id in unique.values():
+        if not isinstance(job_id, str):
+            problems.append(Problem("jobId", f"{_show(job_id)}: must be a string, got {_type(job_id)}"))
+            continue
+        try:
+            requests.append(build_request(job_id, reason))
+        except InvalidMessage as exc:
+            problems.extend(Problem(p.key, f"{_show(job_id)}: {p.value}") for p in exc.problems)
+    if problems:
+        code = "InvalidJobId" if all(p.key == "jobId" for p in problems) else "InvalidRequest"
+        raise AlertRejected(400, code, f"nothing was enqueued: {len(problems)} problem(s), see values", tuple(problems))
+    return tuple(requests)
+
+
+def _object(value: object, path: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise AlertRejected(400, "InvalidAlert", f"{path} must be an object, got {_type(value)}")
+    return value
+
+
+def _optional_string(container: dict[str, Any], key: str, path: str) -> str | None:
+    value = container.get(key)
+    if value is not None and not isinstance(value, str):
+        raise AlertRejected(400, "InvalidAlert", f"{path}.{key} must be a string, got {_type(value)}")
+    return value
+
+
+def _show(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
+
+
+def _type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "object"
