@@ -1,0 +1,487 @@
+"""The operator CLI (`python -m shared.cli`) over Azurite: output, queue effects, exit codes."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient
+
+from shared import cli
+from shared.errors import ConfigurationError, ErrorDetail, Problem
+from shared.poison import PoisonRecord, PoisonWriter
+from shared.runtime import queue_client
+from shared.settings import PROJECT_ROOT, StorageSettings
+from tests.conftest import Queues
+
+pytestmark = pytest.mark.integration
+
+REQUEST_ID = "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
+Run = Callable[..., tuple[int, str, str]]
+
+
+@pytest.fixture
+def run(capsys: pytest.CaptureFixture[str]) -> Run:
+    """Call cli.main in-process; return (exit code, stdout, stderr)."""
+
+    def invoke(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = cli.main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return invoke
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
+    """The function's settings in the environment, pointing at this test's queues."""
+    for name in list(os.environ):
+        if name.startswith(("AzureWebJobsStorage", "AzureFunctionsJobHost__")) or name in (
+            "TERMINATE_QUEUE_NAME",
+            "POISON_QUEUE_NAME",
+        ):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
+    monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
+    return queues
+
+
+@pytest.fixture
+def writer(queues: Queues) -> PoisonWriter:
+    """The function's own poison writer on this test's poison queue."""
+    storage = StorageSettings(connection_string=queues.connection_string)
+    return PoisonWriter(queue_client(storage, queues.poison, "base64"))
+
+
+def record(
+    original: bytes | str,
+    *,
+    job_id: str | None = "job-1",
+    code: str = "JobNotFound",
+    status: int | None = 404,
+    attempts: int = 1,
+) -> PoisonRecord:
+    """A poison record as the function writes it."""
+    body = original.encode() if isinstance(original, str) else original
+    detail = ErrorDetail(code, f"{code} happened", (Problem("k", "v"),), status, "req-1", "client-1")
+    return PoisonRecord(error=detail, attempts=attempts, message_id="m-1", original_message=body, job_id=job_id)
+
+
+def trigger_bodies(queues: Queues) -> list[bytes]:
+    """The trigger queue's messages as the function would receive them (bytes), without removing them."""
+    client = QueueClient.from_connection_string(
+        queues.connection_string, queues.trigger, message_decode_policy=BinaryBase64DecodePolicy()
+    )
+    return [m.content for m in client.peek_messages(max_messages=32)]
+
+
+def message_count(queues: Queues, name: str) -> int:
+    """Azurite's (exact) message count, hidden messages included."""
+    return int(queues.client(name).get_queue_properties().approximate_message_count)
+
+
+# --- enqueue -----------------------------------------------------------------------------------------------
+
+
+def test_enqueue_prints_the_message_id_and_sends_every_option(env: Queues, run: Run) -> None:
+    code, out, err = run(
+        "enqueue",
+        "job-1",
+        "--reason",
+        "budget exceeded",
+        "--force",
+        "--if-match",
+        '"0x8D"',
+        "--if-none-match",
+        '"0x8E"',
+        "--if-modified-since",
+        "2026-11-25T12:00:00Z",
+        "--if-unmodified-since",
+        "Wed, 25 Nov 2026 13:00:00 GMT",
+        "--request-id",
+        REQUEST_ID,
+    )
+    assert (code, err) == (0, "")
+    [message] = env.client(env.trigger).peek_messages()
+    assert out == f"{message.id}\n"
+    assert json.loads(message.content) == {
+        "jobId": "job-1",
+        "reason": "budget exceeded",
+        "force": True,
+        "ifMatch": '"0x8D"',
+        "ifNoneMatch": '"0x8E"',
+        "ifModifiedSince": "Wed, 25 Nov 2026 12:00:00 GMT",
+        "ifUnmodifiedSince": "Wed, 25 Nov 2026 13:00:00 GMT",
+        "requestId": REQUEST_ID,
+    }
+
+
+def test_enqueue_json_and_explicit_connection_options(
+    monkeypatch: pytest.MonkeyPatch, queues: Queues, run: Run
+) -> None:
+    monkeypatch.delenv("AzureWebJobsStorage", raising=False)
+    code, out, _ = run(
+        "--connection-string", queues.connection_string, "--queue", queues.trigger, "enqueue", "j-2", "--json"
+    )
+    assert code == 0
+    document = json.loads(out)
+    assert document["queue"] == queues.trigger
+    assert document["message"] == {"jobId": "j-2"}
+    [message] = queues.client(queues.trigger).peek_messages()
+    assert document["messageId"] == message.id
+
+
+@pytest.mark.parametrize("job_id", ["a/b", "x" * 65, "job 1"])
+def test_invalid_job_id_exits_2_naming_jobid_and_leaves_the_queue_alone(env: Queues, run: Run, job_id: str) -> None:
+    code, out, err = run("enqueue", job_id)
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("error: jobId: ")
+    assert message_count(env, env.trigger) == 0
+
+
+def test_invalid_option_is_named_by_field_and_option(env: Queues, run: Run) -> None:
+    code, _, err = run("enqueue", "job-1", "--request-id", "nope", "--if-modified-since", "yesterday")
+    assert code == 2
+    assert "ifModifiedSince (--if-modified-since)" in err
+    assert "requestId (--request-id)" in err
+    assert err.count("\n") == 1
+    assert message_count(env, env.trigger) == 0
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        (),
+        ("enqueue",),
+        ("enqueue", "job-1", "--file", "ids.txt"),
+        ("enqueue", "job-1", "--no-such-option"),
+        ("poison", "purge"),
+        ("poison", "purge", "--all", "--code", "JobNotFound"),
+        ("poison", "list", "--limit", "-1"),
+        ("--queue", "Bad_Name", "enqueue", "job-1"),
+    ],
+)
+def test_usage_errors_exit_2(env: Queues, run: Run, argv: tuple[str, ...]) -> None:
+    code, out, err = run(*argv)
+    assert code == 2
+    assert out == ""
+    assert "error" in err
+    assert "Traceback" not in err
+
+
+def test_file_with_a_bad_line_refuses_the_whole_file(env: Queues, run: Run, tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("# nightly\njob-1\n\nbad/id\n  job-2  \n" + "y" * 65 + "\n", encoding="utf-8")
+    code, out, err = run("enqueue", "--file", str(ids))
+    assert code == 2
+    assert out == ""
+    assert "2 invalid line(s); nothing was enqueued" in err
+    assert "line 4: jobId:" in err
+    assert "line 6: jobId:" in err
+    assert "line 2" not in err
+    assert message_count(env, env.trigger) == 0
+
+
+def test_file_skips_comments_and_blank_lines_and_applies_the_options(env: Queues, run: Run, tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\ufeff# header\n\njob-a\n   # indented comment\njob-b\n", encoding="utf-8")
+    code, out, err = run("enqueue", "--file", str(ids), "--reason", "cleanup", "--force", "--json")
+    assert code == 0
+    assert err == ""  # few lines, stderr is not a TTY: no progress
+    document = json.loads(out)
+    assert document["enqueued"] == 2
+    assert [(m["line"], m["jobId"]) for m in document["messages"]] == [(3, "job-a"), (5, "job-b")]
+    bodies = sorted((json.loads(b) for b in trigger_bodies(env)), key=lambda d: d["jobId"])
+    assert bodies == [{"jobId": j, "reason": "cleanup", "force": True} for j in ("job-a", "job-b")]
+
+
+def test_file_refuses_per_job_options(env: Queues, run: Run, tmp_path: Path) -> None:
+    ids = tmp_path / "ids.txt"
+    ids.write_text("job-1\n", encoding="utf-8")
+    code, _, err = run("enqueue", "--file", str(ids), "--request-id", REQUEST_ID)
+    assert code == 2
+    assert "--request-id" in err
+    assert message_count(env, env.trigger) == 0
+
+
+def test_file_of_250_ids_enqueues_250_with_progress(env: Queues, run: Run, tmp_path: Path) -> None:
+    wanted = [f"job-{n:03d}" for n in range(250)]
+    ids = tmp_path / "ids.txt"
+    ids.write_text("\n".join(wanted) + "\n", encoding="utf-8")
+    code, out, err = run("enqueue", "--file", str(ids))
+    assert code == 0
+    assert out == f"enqueued 250 terminate request(s) to {env.trigger}\n"
+    assert "enqueued 250/250 (100%)" in err.splitlines()  # a line per 10% when stderr is not a TTY
+    assert len(err.splitlines()) == 10
+    client = env.client(env.trigger)
+    received = [json.loads(m.content)["jobId"] for m in client.receive_messages(messages_per_page=32)]
+    assert sorted(received) == wanted
+
+
+def test_missing_file_is_a_usage_error(env: Queues, run: Run, tmp_path: Path) -> None:
+    code, _, err = run("enqueue", "--file", str(tmp_path / "nope.txt"))
+    assert code == 2
+    assert "nope.txt" in err
+
+
+def test_progress_redraws_in_place_on_a_tty() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Tty()
+    progress = cli.Progress(3, stream)
+    for _ in range(3):
+        progress.advance()
+    progress.close()
+    assert stream.getvalue().startswith("\renqueued 1/3 (33%)")
+    assert stream.getvalue().endswith("\renqueued 3/3 (100%)\n")
+
+
+# --- poison list / show ------------------------------------------------------------------------------------
+
+
+def test_poison_list_is_a_table_of_records_and_host_moved_messages(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-1"}', job_id="job-1"))
+    writer.write(record('{"jobId":"job-2"}', job_id="job-2", code="ConditionNotMet", status=412, attempts=3))
+    env.client(env.poison).send_message('{"jobId":"job-3"}')  # what the host moves after maxDequeueCount
+    code, out, err = run("poison", "list")
+    assert (code, err) == (0, "")
+    header, *rows = out.splitlines()
+    assert header.split() == ["ID", "JOB", "ID", "CODE", "HTTP", "ATTEMPTS", "FAILED", "AT"]
+    assert [row.split()[1:5] for row in rows] == [
+        ["job-1", "JobNotFound", "404", "1"],
+        ["job-2", "ConditionNotMet", "412", "3"],
+        ["job-3", "(moved", "by", "host)"],
+    ]
+    ids = [m.id for m in env.client(env.poison).peek_messages(max_messages=32)]
+    assert [row.split()[0] for row in rows] == ids
+    assert len(env.poison_records()) == 3  # peeked, not dequeued
+
+    code, out, _ = run("poison", "list", "--code", "conditionnotmet", "--json")
+    assert code == 0
+    [row] = json.loads(out)
+    assert row | {"id": None, "failedAt": None} == {
+        "id": None,
+        "kind": "record",
+        "jobId": "job-2",
+        "code": "ConditionNotMet",
+        "httpStatus": 412,
+        "attempts": 3,
+        "failedAt": None,
+        "replayable": True,
+    }
+    code, out, _ = run("--json", "poison", "list", "--job-id", "job-3")
+    assert [r["kind"] for r in json.loads(out)] == ["message"]
+
+
+def test_poison_list_reads_past_the_32_peek_limit_and_leaves_every_record_visible(
+    env: Queues, run: Run, writer: PoisonWriter
+) -> None:
+    for n in range(40):
+        writer.write(record(f'{{"jobId":"job-{n}"}}', job_id=f"job-{n}", code="JobNotFound" if n % 2 else "Other"))
+    code, out, _ = run("poison", "list", "--limit", "0", "--json")
+    assert code == 0
+    assert sorted(r["jobId"] for r in json.loads(out)) == sorted(f"job-{n}" for n in range(40))
+    assert len(env.client(env.poison).peek_messages(max_messages=32)) == 32  # released, visible again
+    code, out, _ = run("poison", "list", "--code", "JobNotFound", "--json")
+    assert len(json.loads(out)) == 20
+    code, out, err = run("poison", "list", "--limit", "5")
+    assert len(out.splitlines()) == 6
+    assert "showing 5 of about 40" in err
+
+
+def test_poison_show_prints_the_full_record(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-1"}'))
+    [peeked] = env.client(env.poison).peek_messages()
+    code, out, _ = run("poison", "show", peeked.id)
+    assert code == 0
+    assert out.startswith("{\n  ")  # pretty-printed
+    assert json.loads(out) == json.loads(peeked.content)
+    code, out, _ = run("--json", "poison", "show", peeked.id)
+    assert out.count("\n") == 1
+    assert json.loads(out)["error"]["code"] == "JobNotFound"
+
+
+def test_poison_show_of_an_unknown_id_exits_1(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-1"}'))
+    code, out, err = run("poison", "show", "00000000-0000-0000-0000-000000000000")
+    assert (code, out) == (1, "")
+    assert "no poison record" in err
+
+
+def test_missing_poison_queue_exits_3(env: Queues, run: Run) -> None:
+    code, _, err = run("poison", "list")
+    assert code == 3
+    assert err == f"error: queue {env.poison} does not exist at {cli.endpoint_of(env.client(env.poison))}\n"
+
+
+# --- poison replay / purge ---------------------------------------------------------------------------------
+
+
+def test_replay_re_enqueues_the_exact_original_text_and_deletes_the_record(
+    env: Queues, run: Run, writer: PoisonWriter
+) -> None:
+    original = ' { "jobId" : "job-9",  "reason": "h\u00e9llo \u2603" }\n'
+    writer.write(record(original, job_id="job-9"))
+    writer.write(record('{"jobId":"job-keep"}', job_id="job-keep", code="ConditionNotMet", status=412))
+    code, out, err = run("poison", "replay", "--code", "JobNotFound")
+    assert (code, err) == (0, "")
+    assert out.splitlines()[-1] == f"replayed 1 record(s) to {env.trigger}; skipped 0"
+    assert trigger_bodies(env) == [original.encode("utf-8")]
+    [kept] = env.poison_records()
+    assert kept["jobId"] == "job-keep"
+    assert len(env.client(env.poison).peek_messages(max_messages=32)) == 1  # the other one is visible again
+
+
+def test_replay_dry_run_changes_nothing(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-1"}'))
+    writer.write(record('{"jobId":"job-2"}', job_id="job-2"))
+    before = [(m.id, m.dequeue_count) for m in env.client(env.poison).peek_messages(max_messages=32)]
+    code, out, _ = run("poison", "replay", "--dry-run", "--json")
+    assert code == 0
+    document = json.loads(out)
+    assert document["dryRun"] is True
+    assert [r["jobId"] for r in document["replayed"]] == ["job-1", "job-2"]
+    assert [(m.id, m.dequeue_count) for m in env.client(env.poison).peek_messages(max_messages=32)] == before
+    assert message_count(env, env.trigger) == 0
+
+
+def test_replay_restores_a_non_utf8_original_byte_for_byte(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    original = b'\xff\xfe{"jobId":"job-1"}\x00'
+    writer.write(record(original, job_id=None, code="InvalidMessage", status=None))
+    assert env.poison_records()[0]["originalMessageEncoding"] == "base64"
+    code, _, err = run("poison", "replay", "--code", "InvalidMessage")
+    assert code == 0
+    assert "it will fail again" in err  # an invalid original is replayed as asked, with a warning
+    assert trigger_bodies(env) == [original]
+    assert env.poison_records() == []
+
+
+def test_replay_of_a_host_moved_message_sends_it_back_unchanged(env: Queues, run: Run) -> None:
+    env.client(env.poison).create_queue()
+    env.client(env.poison).send_message('{"jobId":"job-3"}')
+    code, _, _ = run("poison", "replay", "--job-id", "JOB-3")
+    assert code == 0
+    assert trigger_bodies(env) == [b'{"jobId":"job-3"}']
+    assert env.poison_records() == []
+
+
+def test_replay_skips_a_truncated_record_and_keeps_it(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record(b'{"jobId":"big","reason":"' + b"x" * 60000 + b'"}', job_id="big", code="InvalidMessage"))
+    assert env.poison_records()[0]["originalMessageTruncated"] is True
+    code, out, err = run("poison", "replay")
+    assert code == 1  # nothing replayed
+    assert "skipped" in err
+    assert "truncated" in err
+    assert out.splitlines()[-1] == f"replayed 0 record(s) to {env.trigger}; skipped 1"
+    assert len(env.poison_records()) == 1
+    assert message_count(env, env.trigger) == 0
+
+
+def test_replay_with_nothing_matching_exits_1(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-1"}'))
+    code, _, err = run("poison", "replay", "--job-id", "other")
+    assert code == 1
+    assert "no matching poison records" in err
+    assert len(env.poison_records()) == 1
+
+
+def test_replay_to_a_missing_trigger_queue_exits_3_and_keeps_the_records(
+    env: Queues, run: Run, writer: PoisonWriter
+) -> None:
+    writer.write(record('{"jobId":"job-1"}'))
+    code, _, err = run("--queue", "no-such-queue", "--poison-queue", env.poison, "poison", "replay")
+    assert code == 3
+    assert "queue no-such-queue does not exist" in err
+    assert len(env.client(env.poison).peek_messages()) == 1
+
+
+def test_purge_deletes_the_matching_records(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-1"}'))
+    writer.write(record('{"jobId":"job-2"}', job_id="job-2"))
+    writer.write(record('{"jobId":"job-3"}', job_id="job-3", code="ConditionNotMet", status=412))
+    code, out, _ = run("poison", "purge", "--code", "JobNotFound")
+    assert code == 0
+    assert out == f"purged 2 record(s) from {env.poison}\n"
+    assert [r["jobId"] for r in env.poison_records()] == ["job-3"]
+    code, out, _ = run("poison", "purge", "--code", "JobNotFound", "--json")
+    assert (code, json.loads(out)["purged"]) == (1, 0)
+    code, out, _ = run("poison", "purge", "--all")
+    assert (code, out) == (0, f"purged 1 record(s) from {env.poison}\n")
+    assert env.poison_records() == []
+
+
+# --- storage failures and settings -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [("enqueue", "job-1"), ("poison", "list"), ("poison", "replay")])
+def test_unreachable_storage_exits_3_fast_with_one_line(
+    monkeypatch: pytest.MonkeyPatch, run: Run, argv: tuple[str, ...]
+) -> None:
+    key = base64.b64encode(b"not-a-real-key").decode()
+    dead = f"DefaultEndpointsProtocol=http;AccountName=dead;AccountKey={key};QueueEndpoint=http://127.0.0.1:9/dead;"
+    monkeypatch.setenv("AzureWebJobsStorage", dead)
+    monkeypatch.setenv("TERMINATE_QUEUE_NAME", "batch-terminate")
+    started = time.monotonic()
+    code, out, err = run(*argv)
+    assert time.monotonic() - started < 5
+    assert code == 3
+    assert out == ""
+    assert err == "error: cannot reach storage at http://127.0.0.1:9 (connection refused)\n"
+    assert key not in err
+
+
+def test_settings_come_from_the_environment_then_the_settings_files(tmp_path: Path) -> None:
+    sample = {"Values": {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "TERMINATE_QUEUE_NAME": "from-sample"}}
+    (tmp_path / "local.settings.sample.json").write_text(json.dumps(sample), encoding="utf-8")
+    (tmp_path / "host.json").write_text('{"extensions": {"queues": {"messageEncoding": "none"}}}', encoding="utf-8")
+    target = cli.resolve_target(environ={}, root=tmp_path)
+    assert target == cli.Target(
+        StorageSettings(connection_string="UseDevelopmentStorage=true"), "from-sample", "from-sample-poison", "none"
+    )
+    # UseDevelopmentStorage=true is Azurite on 10001, the local run command's, with the well-known account
+    assert cli.open_queue(target.storage, "q").url == "http://127.0.0.1:10001/devstoreaccount1/q"
+
+    local = {"Values": {"TERMINATE_QUEUE_NAME": "from-local", "POISON_QUEUE_NAME": "dead-letters"}}
+    (tmp_path / "local.settings.json").write_text(json.dumps(local), encoding="utf-8")
+    env = {"AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net", "POISON_QUEUE_NAME": ""}
+    target = cli.resolve_target(environ=env, root=tmp_path)
+    assert (target.queue, target.poison_queue) == ("from-local", "dead-letters")
+    assert target.storage.connection_string is None  # storage settings are never mixed across sources
+    assert target.storage.queue_service_uri == "https://acct.queue.core.windows.net"
+    assert target.encoding == "none"
+
+    target = cli.resolve_target(queue="other", environ=env, root=tmp_path)
+    assert (target.queue, target.poison_queue) == ("other", "other-poison")
+
+
+def test_missing_storage_setting_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
+        cli.resolve_target(environ={"TERMINATE_QUEUE_NAME": "q-1"}, root=tmp_path)
+
+
+def test_help_runs_as_a_module() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "--help"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert "enqueue" in result.stdout
+    assert "poison" in result.stdout
+    assert "Exit codes" in result.stdout
