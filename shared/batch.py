@@ -31,7 +31,7 @@ USER_AGENT = "batch-terminator/0.1 python-requests"
 class Verdict(enum.Enum):
     """What an answer from Batch means for the message."""
 
-    TERMINATED = "terminated"
+    SUCCEEDED = "succeeded"
     ALREADY_DONE = "already_terminated"
     REFRESH_TOKEN = "refresh_token"  # noqa: S105 - a verdict name, not a secret
     PERMANENT = "permanent"
@@ -47,7 +47,7 @@ TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 def classify(status: int, code: str | None) -> Verdict:
     """Map a Batch HTTP status and BatchError code to a verdict."""
     if 200 <= status < 300:
-        return Verdict.TERMINATED
+        return Verdict.SUCCEEDED
     if status == 409 and code in ALREADY_DONE_CODES:
         return Verdict.ALREADY_DONE
     if status == 401:
@@ -194,7 +194,7 @@ class BatchClient:
             job_id=request.job_id,
             verdict=verdict,
             http_status=response.status_code,
-            code=None if verdict is Verdict.TERMINATED else detail.code,
+            code=None if verdict is Verdict.SUCCEEDED else detail.code,
             request_id=response.headers.get("request-id"),
             client_request_id=response.headers.get("client-request-id") or client_request_id,
             attempts=attempts,
@@ -301,8 +301,8 @@ class BatchClient:
 
 
 # Terminate is done when Batch accepted it or the job already is where it was asked to go; a read only on 2xx.
-_TERMINATE_ACCEPTS = frozenset({Verdict.TERMINATED, Verdict.ALREADY_DONE})
-_READ_ACCEPTS = frozenset({Verdict.TERMINATED})
+_TERMINATE_ACCEPTS = frozenset({Verdict.SUCCEEDED, Verdict.ALREADY_DONE})
+_READ_ACCEPTS = frozenset({Verdict.SUCCEEDED})
 
 
 def _conditional_headers(request: TerminateRequest) -> dict[str, str]:

@@ -96,7 +96,7 @@ class Terminator:
             return self._poisoned(delivery, exc.detail, request.job_id, request.reason, started)
 
         return Handled(
-            result=Result.TERMINATED if outcome.verdict is Verdict.TERMINATED else Result.ALREADY_TERMINATED,
+            result=Result.TERMINATED if outcome.verdict is Verdict.SUCCEEDED else Result.ALREADY_TERMINATED,
             job_id=outcome.job_id,
             http_status=outcome.http_status,
             code=outcome.code,

@@ -17,7 +17,7 @@ from shared.batch import RetryPolicy, TokenProvider, Verdict, classify, error_de
 @pytest.mark.parametrize(
     ("status", "code", "verdict"),
     [
-        (202, None, Verdict.TERMINATED),
+        (202, None, Verdict.SUCCEEDED),
         (409, "JobCompleted", Verdict.ALREADY_DONE),
         (409, "JobBeingTerminated", Verdict.ALREADY_DONE),
         (409, "JobBeingDeleted", Verdict.PERMANENT),
