@@ -93,19 +93,17 @@ param scmBasicAuthEnabled bool = false
 @description('ALERT_JOB_ID_DIMENSION: alert dimension that carries the Batch job id.')
 param alertJobIdDimension string = 'jobId'
 
-@description('ALERT_RULES_ALLOWED: comma-separated alert rule names accepted (empty: none configured).')
+@description('ALERT_RULES_ALLOWED: comma-separated alert rule names accepted (empty: every rule is accepted).')
 param alertRulesAllowed string = ''
 
 @description('SWEEP_SCHEDULE: NCRONTAB schedule of the sweep timer.')
 param sweepSchedule string = '0 */15 * * * *'
 
-@minValue(1)
-@description('SWEEP_MAX_AGE_HOURS: jobs older than this are sweep candidates.')
-param sweepMaxAgeHours int = 24
+@description('SWEEP_MAX_AGE_HOURS: jobs active longer than this many hours are swept (empty: policy off).')
+param sweepMaxAgeHours string = ''
 
-@minValue(1)
-@description('SWEEP_IDLE_MINUTES: jobs idle this long are sweep candidates.')
-param sweepIdleMinutes int = 60
+@description('SWEEP_IDLE_MINUTES: jobs with no active or running tasks, created more than this many minutes ago, are swept (empty: policy off).')
+param sweepIdleMinutes string = ''
 
 @description('SWEEP_JOB_ID_PREFIX: only jobs whose id starts with this prefix are swept (empty: all).')
 param sweepJobIdPrefix string = ''

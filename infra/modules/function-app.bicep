@@ -66,8 +66,8 @@ param maxDequeueCount int
 param alertJobIdDimension string
 param alertRulesAllowed string
 param sweepSchedule string
-param sweepMaxAgeHours int
-param sweepIdleMinutes int
+param sweepMaxAgeHours string
+param sweepIdleMinutes string
 param sweepJobIdPrefix string
 param sweepDryRun bool
 
@@ -156,8 +156,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     ALERT_JOB_ID_DIMENSION: alertJobIdDimension
     ALERT_RULES_ALLOWED: alertRulesAllowed
     SWEEP_SCHEDULE: sweepSchedule
-    SWEEP_MAX_AGE_HOURS: string(sweepMaxAgeHours)
-    SWEEP_IDLE_MINUTES: string(sweepIdleMinutes)
+    SWEEP_MAX_AGE_HOURS: sweepMaxAgeHours
+    SWEEP_IDLE_MINUTES: sweepIdleMinutes
     SWEEP_JOB_ID_PREFIX: sweepJobIdPrefix
     SWEEP_DRY_RUN: sweepDryRun ? 'true' : 'false'
   }
