@@ -73,7 +73,8 @@ class PoisonRecord:
                 if isinstance(value, str) and len(value) > MAX_ECHOED_CHARS:
                     document[key] = value[:MAX_ECHOED_CHARS]
             document["originalMessageTruncated"] = True
-            excess = len(_dumps(document).encode("utf-8")) - MAX_RECORD_BYTES
+            text = _dumps(document)
+            excess = len(text.encode("utf-8")) - MAX_RECORD_BYTES
             while excess > 0 and document["originalMessage"]:
                 # Each character dropped frees at least one byte, so this ends in one or two rounds.
                 original = document["originalMessage"]
