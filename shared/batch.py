@@ -231,11 +231,16 @@ class BatchClient:
         started = self._clock()
         attempt = 0
         refreshed = False
+        rejected: str | None = None  # a token Batch answered 401 to, while its refresh has not succeeded
         while True:
             attempt += 1
             retry_after: float | None = None
             try:
-                token = self._tokens.get()
+                if rejected is None:
+                    token = self._tokens.get()
+                else:  # the refresh failed last time: ask again rather than resend the rejected token
+                    token = self._tokens.refresh(rejected)
+                    rejected = None
             except AzureError as exc:
                 detail = ErrorDetail("CredentialUnavailable", _first_line(exc), client_request_id=client_request_id)
                 retry_after = self._policy.credential_delay
@@ -260,9 +265,11 @@ class BatchClient:
                         return response, detail, verdict, attempt
                     if verdict is Verdict.REFRESH_TOKEN and not refreshed:
                         refreshed = True
+                        rejected = token
                         log.warning("%s got 401; fetching a fresh token", label)
                         try:
                             self._tokens.refresh(token)
+                            rejected = None
                         except AzureError as exc:
                             detail = ErrorDetail(
                                 "CredentialUnavailable", _first_line(exc), client_request_id=client_request_id
