@@ -10,7 +10,6 @@ import os
 import shlex
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,13 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
-from unittest import mock
 
 import requests
 from azure.core.exceptions import AzureError, ResourceExistsError
 from azure.storage.queue import QueueClient
 
-import local.azurite
 from local.azurite import ACCOUNT_NAME, Azurite, connection_string
 from local.batch_emulator import BatchEmulator, Termination
 from local.host import Invocation, Outcome, QueueHost
@@ -46,7 +43,6 @@ DEFAULT_EMULATOR_PORT = 8045
 DEMO_JOBS = ("demo-job-1", "demo-job-2", "demo-job-3")
 SMOKE_TIMEOUT = 60.0
 CLI = ".venv/bin/python -m shared.cli"
-_POPEN = subprocess.Popen
 
 
 class RunError(Exception):
@@ -150,16 +146,9 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return probe.connect_ex((host, port)) == 0
 
 
-def _detached_popen(*args: Any, **kwargs: Any) -> subprocess.Popen[str]:
-    return _POPEN(*args, start_new_session=True, **kwargs)
-
-
 def start_azurite(port: int, location: Path | None) -> Azurite:
-    """Start Azurite in its own session, so Ctrl-C reaches only us and the host can drain before it stops."""
-    azurite = Azurite(port, location=location)
-    # local.azurite starts Azurite in our process group, where the terminal's Ctrl-C would stop it at once.
-    with mock.patch.object(local.azurite.subprocess, "Popen", _detached_popen):
-        return azurite.start()
+    """Start Azurite (in its own session, so Ctrl-C reaches only us and the host can drain before it stops)."""
+    return Azurite(port, location=location).start()
 
 
 def create_queues(settings: Settings, names: Sequence[str]) -> None:

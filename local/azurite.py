@@ -55,7 +55,15 @@ class Azurite:
     def start(self, timeout: float = 60.0) -> Azurite:
         """Start Azurite and wait until it listens."""
         binary = ensure_installed()
-        args = [str(binary), "--queueHost", self.host, "--queuePort", str(self.port), "--skipApiVersionCheck"]
+        args = [
+            str(binary),
+            "--queueHost",
+            self.host,
+            "--queuePort",
+            str(self.port),
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+        ]
         if self.location is None:
             args.append("--inMemoryPersistence")
         else:
@@ -68,6 +76,8 @@ class Azurite:
             text=True,
             cwd=PROJECT_ROOT,
             env={**os.environ, "NODE_NO_WARNINGS": "1"},
+            # Its own session: a terminal's Ctrl-C reaches the host, which drains before stopping Azurite.
+            start_new_session=True,
         )
         ready = threading.Event()
         threading.Thread(target=self._pump, args=(ready,), daemon=True).start()

@@ -14,7 +14,7 @@ from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 from requests.adapters import HTTPAdapter
-from requests.utils import get_environ_proxies, get_netrc_auth
+from requests.utils import get_environ_proxies
 
 from shared.batch import BatchClient, TokenProvider
 from shared.poison import PoisonWriter
@@ -23,8 +23,6 @@ from shared.terminator import Terminator
 
 log = logging.getLogger("batch_terminator")
 _lock = threading.Lock()
-# The host runs up to batchSize + newBatchThreshold invocations at once; keep that many connections warm.
-POOL_SIZE = 64
 
 
 def batch_credential(client_id: str | None) -> TokenCredential:
@@ -35,10 +33,10 @@ def batch_credential(client_id: str | None) -> TokenCredential:
     return DefaultAzureCredential(managed_identity_client_id=client_id)
 
 
-def http_session(account_url: str | None = None) -> requests.Session:
+def http_session(account_url: str | None = None, *, pool_size: int = 24) -> requests.Session:
     """A pooled session for Batch calls; requests retries nothing on its own (we do)."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     if account_url is not None:
@@ -52,9 +50,7 @@ def pin_environment(session: requests.Session, url: str) -> None:
     # with a Function App's); the answer depends only on the host and the environment, both fixed for the process.
     session.proxies.update(get_environ_proxies(url))
     session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    netrc_auth = get_netrc_auth(url)
-    if netrc_auth is not None:
-        session.auth = netrc_auth
+    # trust_env=False also drops ~/.netrc basic auth, which would overwrite the bearer token anyway.
     session.trust_env = False
 
 
@@ -91,7 +87,9 @@ def build_terminator(
 ) -> Terminator:
     """Wire the production objects together for these settings."""
     tokens = TokenProvider(batch_credential(settings.azure_client_id))
-    session = http_session(settings.batch_account_url)
+    session = http_session(
+        settings.batch_account_url, pool_size=settings.queues.batch_size + settings.queues.new_batch_threshold
+    )
     client = BatchClient(settings, tokens, session, sleep=sleep, http_timeout=http_timeout)
     if poison is None:
         encoding = settings.queues.message_encoding
