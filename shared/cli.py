@@ -48,12 +48,13 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
-from azure.storage.queue import LinearRetry, QueueClient, QueueMessage, TextBase64EncodePolicy
+from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
 
 from shared.errors import ConfigurationError, InvalidMessage
 from shared.message import TerminateRequest
 from shared.poison import PoisonRecord
 from shared.producer import EnqueueFailed, TerminateQueue, build_request
+from shared.runtime import queue_client
 from shared.settings import PROJECT_ROOT, StorageSettings, queue_name_setting, queue_options, storage_from_env
 
 T = TypeVar("T")
@@ -188,26 +189,24 @@ def open_queue(
     storage: StorageSettings, name: str, *, text_base64: bool = False, credential: TokenCredential | None = None
 ) -> QueueClient:
     """A queue client that fails fast: short connect timeout, one retry; base64 text encoding when asked."""
-    options: dict[str, Any] = {
-        "retry_policy": LinearRetry(backoff=1, random_jitter_range=0.5, retry_total=1),
-        "connection_timeout": CONNECT_TIMEOUT_SECONDS,
-        "read_timeout": READ_TIMEOUT_SECONDS,
-    }
-    if text_base64:
-        options["message_encode_policy"] = TextBase64EncodePolicy()
-    if storage.connection_string:
-        try:
-            return QueueClient.from_connection_string(storage.connection_string, name, **options)
-        except ValueError:
-            raise ConfigurationError(
-                f"{STORAGE_SETTING} / --connection-string", "is not a valid storage connection string"
-            ) from None
-    if credential is None:
+    if storage.queue_service_uri and credential is None:
         from azure.identity import DefaultAzureCredential  # an operator's az login, or the managed identity
 
         credential = DefaultAzureCredential(managed_identity_client_id=storage.client_id)
-    assert storage.queue_service_uri is not None
-    return QueueClient(storage.queue_service_uri, name, credential=credential, **options)
+    try:
+        return queue_client(
+            storage,
+            name,
+            "base64" if text_base64 else "none",
+            credential=credential,
+            retry_policy=LinearRetry(backoff=1, random_jitter_range=0.5, retry_total=1),
+            connection_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+        )
+    except ValueError:
+        raise ConfigurationError(
+            f"{STORAGE_SETTING} / --connection-string", "is not a valid storage connection string"
+        ) from None
 
 
 # --- storage errors -----------------------------------------------------------------------------------------
@@ -772,7 +771,9 @@ def cmd_poison_replay(args: argparse.Namespace, target: Target) -> int:
             try:
                 poison.refresh(entry)
                 with storage_errors(trigger):
-                    message_id = str(trigger.send_message(_encode(entry.original or b"", target.encoding)).id)
+                    message_id = str(
+                        trigger.send_message(_encode(entry.original or b"", target.encoding), time_to_live=-1).id
+                    )
             except CliError as exc:
                 failure = exc
                 break

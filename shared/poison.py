@@ -140,13 +140,14 @@ class PoisonWriter:
     def write(self, record: PoisonRecord) -> None:
         """Put the record on the queue, or raise PoisonWriteFailed."""
         text = record.to_json()
+        # time_to_live=-1: a record waits for its operator; the queue's 7-day default would silently drop it.
         try:
             try:
-                self._queue.send_message(text)
+                self._queue.send_message(text, time_to_live=-1)
             except ResourceNotFoundError:
                 with contextlib.suppress(ResourceExistsError):  # another instance created it first
                     self._queue.create_queue()
-                self._queue.send_message(text)
+                self._queue.send_message(text, time_to_live=-1)
         except AzureError as exc:
             raise PoisonWriteFailed(
                 f"could not write poison record to {self._queue.queue_name}: {type(exc).__name__}"

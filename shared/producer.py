@@ -90,7 +90,8 @@ class TerminateQueue:
         """Send one request; return the queue message id."""
         text = json.dumps(request.to_message(), ensure_ascii=False, separators=(",", ":"))
         try:
-            return str(self._queue.send_message(text).id)
+            # Never expire: a request waiting out an outage must still be there afterwards (the default is 7 days).
+            return str(self._queue.send_message(text, time_to_live=-1).id)
         except ResourceNotFoundError as exc:
             raise EnqueueFailed(f"queue {self.queue_name} does not exist") from exc
         except AzureError as exc:

@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import requests
 from azure.core.credentials import TokenCredential
@@ -60,10 +61,12 @@ def queue_client(
     message_encoding: str,
     *,
     credential: TokenCredential | None = None,
+    **client_options: Any,
 ) -> QueueClient:
     """A queue client that encodes messages the way host.json says the trigger decodes them."""
-    options: dict[str, object] = {
+    options: dict[str, Any] = {
         "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+        **client_options,
     }
     if message_encoding == "base64":
         options["message_encode_policy"] = TextBase64EncodePolicy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from azure.storage.queue import QueueClient
@@ -22,8 +22,9 @@ def test_enqueued_message_is_base64_json_the_function_parses(queues: Queues) -> 
     message_id = queue.enqueue_terminate(
         "job-1", "budget exceeded", force=True, if_modified_since=datetime(2026, 11, 25, 12, tzinfo=UTC)
     )
-    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).peek_messages()
+    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).receive_messages()
     assert message_id
+    assert raw.expires_on - datetime.now(UTC) > timedelta(days=365), "a request outlives a long outage"
     document = json.loads(base64.b64decode(raw.content))
     assert document == {
         "jobId": "job-1",

@@ -430,10 +430,13 @@ def test_failed_poison_write_raises_so_the_message_stays(
 
 
 @pytest.mark.usefixtures("no_sleep")
-def test_poison_record_is_base64_encoded_like_the_trigger_queue(make_message: MessageFactory, queues: Queues) -> None:
+def test_poison_record_is_base64_encoded_like_the_trigger_queue_and_never_expires(
+    make_message: MessageFactory, queues: Queues
+) -> None:
     terminate_job.main(make_message(b"not json"))
-    raw = QueueClient.from_connection_string(queues.connection_string, queues.poison).peek_messages()[0].content
-    assert json.loads(base64.b64decode(raw))["error"]["code"] == "InvalidMessage"
+    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.poison).receive_messages()
+    assert json.loads(base64.b64decode(raw.content))["error"]["code"] == "InvalidMessage"
+    assert raw.expires_on - datetime.now(UTC) > timedelta(days=365), "poison records never expire"
 
 
 def test_poison_queue_name_setting_is_used(
