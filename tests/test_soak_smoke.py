@@ -1,0 +1,185 @@
+"""The soak in miniature (200 messages, every fault, restarts) plus focused tests for what the soak relies on."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from azure.storage.queue import QueueClient
+
+import terminate_job
+from local import soak
+from local.azurite import Azurite
+from local.batch_emulator import BatchEmulator, Fault, HttpRequest, JobState
+from local.soak import HOST_MOVED, Report, SentMessage, reconcile
+from shared import runtime
+from shared.settings import PROJECT_ROOT, Settings
+from tests.conftest import MessageFactory, Queues
+
+pytestmark = pytest.mark.integration
+
+
+def test_soak_of_200_messages_loses_nothing() -> None:
+    """`./dev soak --messages 200`: exit 0 and `lost 0`, with Azurite restarted and the host killed midway."""
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "local.soak", "--messages", "200", "--timeout", "45"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert re.search(r"^lost\s+0$", output, re.MULTILINE), output
+    assert re.search(r"^sent\s+200$", output, re.MULTILINE), output
+    assert "Azurite restarted" in output, output
+    assert "host killed (SIGKILL) and restarted" in output, output
+    assert time.monotonic() - started < 60
+
+
+# --------------------------------------------------------------------------- the reconciliation itself
+
+
+def _record(message: SentMessage, code: str) -> dict[str, object]:
+    """A function poison record for this message."""
+    return {"jobId": message.job_id, "error": {"code": code}, "messageId": message.message_id}
+
+
+@pytest.fixture
+def ledger_batch() -> Iterator[BatchEmulator]:
+    """An emulator used only for its jobs and ledger (requests are handed to it directly)."""
+    with BatchEmulator() as emulator:
+        yield emulator
+
+
+def _terminate(batch: BatchEmulator, job_id: str) -> None:
+    """Apply a terminate the way a request would, through the emulator's own handler."""
+    request = HttpRequest(
+        method="POST",
+        path=f"/jobs/{job_id}/terminate",
+        query={"api-version": "2023-11-01.18.0"},
+        headers={"authorization": "Bearer t", "content-type": "application/json"},
+        body=b"{}",
+    )
+    batch.handle(request)
+
+
+def test_reconcile_accounts_each_outcome_once(ledger_batch: BatchEmulator) -> None:
+    """Terminated, already done and poisoned are counted; nothing is lost."""
+    active = SentMessage("job-a", "active", "m-a")
+    done = SentMessage("job-c", "completed", "m-c")
+    missing = SentMessage("job-m", "missing", "m-m")
+    ledger_batch.add_job("job-a")
+    ledger_batch.add_job("job-c", JobState.COMPLETED)
+    _terminate(ledger_batch, "job-a")
+    _terminate(ledger_batch, "job-a")  # a redelivery: 409 JobBeingTerminated/JobCompleted
+    _terminate(ledger_batch, "job-c")
+    report = Report()
+
+    reconcile([active, done, missing], ledger_batch, [_record(missing, "JobNotFound")], 0, report)
+
+    assert (report.terminated, report.already_done, dict(report.poisoned)) == (1, 1, {"JobNotFound": 1})
+    assert report.lost == []
+    assert report.batch_duplicates == 1
+    assert report.ok
+    assert not report.unexpected
+
+
+def test_reconcile_reports_lost_messages(ledger_batch: BatchEmulator) -> None:
+    """An active job never terminated and without a poison record is lost, and the run fails."""
+    ledger_batch.add_job("job-a")
+    ledger_batch.add_job("job-c", JobState.COMPLETED)
+    report = Report()
+
+    reconcile(
+        [SentMessage("job-a", "active", "m-a"), SentMessage("job-c", "completed", "m-c")], ledger_batch, [], 2, report
+    )
+
+    assert len(report.lost) == 2
+    assert not report.ok
+    assert re.search(r"^lost\s+2$", report.table(), re.MULTILINE)
+
+
+def test_reconcile_counts_duplicate_and_host_moved_poison(ledger_batch: BatchEmulator) -> None:
+    """Two records for one message count once (and as a duplicate); a message the host moved is accounted too."""
+    first = SentMessage("job-1", "missing", "m-1")
+    second = SentMessage("job-2", "missing", "m-2")
+    moved = {"jobId": "job-2"}  # the original message, moved unchanged by the host
+    report = Report()
+
+    reconcile(
+        [first, second], ledger_batch, [_record(first, "JobNotFound"), _record(first, "JobNotFound"), moved], 0, report
+    )
+
+    assert dict(report.poisoned) == {"JobNotFound": 1, HOST_MOVED: 1}
+    assert report.duplicate_poison_records == 1
+    assert report.ok
+
+
+# --------------------------------------------------------------------------- focused tests of soak faults
+
+
+def test_azurite_restart_keeps_queued_messages(tmp_path: Path) -> None:
+    """Azurite restarted on the same port and location still has the messages, and their ids."""
+    service = Azurite(location=tmp_path / "azurite").start()
+    try:
+        queue = QueueClient.from_connection_string(service.connection_string, "restart-me")
+        queue.create_queue()
+        sent = {queue.send_message(f"m{n}").id for n in range(3)}
+        port = service.port
+        service.stop()
+        service.start()
+        assert service.port == port
+        received = {m.id for m in queue.receive_messages(messages_per_page=32)}
+        assert received == sent
+    finally:
+        service.stop()
+
+
+@pytest.fixture
+def short_timeout(function_env: dict[str, str]) -> Iterator[list[float]]:
+    """The production wiring with a 0.3 s client timeout and recorded sleeps, as in the soak."""
+    slept: list[float] = []
+    runtime.install(runtime.build_terminator(Settings.from_env(), sleep=slept.append, http_timeout=0.3))
+    yield slept
+    runtime.reset()
+
+
+@pytest.mark.usefixtures("short_timeout")
+def test_answer_slower_than_the_client_timeout_after_terminating_counts_as_done(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    """Batch terminates, answers after the timeout; the retry's 409 JobBeingTerminated finishes the message."""
+    batch.add_job("slow-1")
+    batch.inject(Fault.delay(0.6, apply=True))
+
+    terminate_job.main(make_message({"jobId": "slow-1"}))
+
+    assert queues.poison_records() == []
+    assert [t.job_id for t in batch.terminations] == ["slow-1"]
+    assert batch.job("slow-1").terminate_count == 2
+    assert batch.job("slow-1").state is not JobState.ACTIVE
+
+
+def test_soak_poison_reader_decodes_both_kinds_of_poison_message(queues: Queues) -> None:
+    """The soak reads function records and host-moved originals from the same base64 poison queue."""
+    client = QueueClient.from_connection_string(queues.connection_string, soak.POISON_QUEUE_NAME)
+    client.create_queue()
+    try:
+        for document in ({"jobId": "a", "error": {"code": "X"}, "messageId": "m"}, {"jobId": "b"}):
+            client.send_message(base64.b64encode(json.dumps(document).encode()).decode())
+        client.send_message("not base64 !")
+        documents = soak.read_poison(queues.connection_string)
+    finally:
+        client.delete_queue()
+    assert {d.get("jobId") for d in documents} == {"a", "b", None}
+    assert any("unreadable" in d for d in documents)
