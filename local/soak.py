@@ -39,11 +39,9 @@ from local.batch_emulator import BatchEmulator, JobState
 from local.host import Invocation, QueueHost
 from local.identity import IdentityEndpoint
 from shared import runtime
-from shared.batch import BatchClient, RetryPolicy, TokenProvider
-from shared.poison import PoisonWriter
+from shared.batch import RetryPolicy
 from shared.producer import TerminateQueue
 from shared.settings import PROJECT_ROOT, QueueOptions, Settings
-from shared.terminator import Terminator
 
 log = logging.getLogger("local.soak")
 
@@ -249,17 +247,6 @@ class HostProcess:
         return self._process is not None and self._process.poll() is None
 
 
-def build_soak_terminator(settings: Settings, *, http_timeout: float, policy: RetryPolicy) -> Terminator:
-    """runtime.build_terminator's wiring, with the soak's small retry policy and client timeout."""
-    tokens = TokenProvider(runtime.batch_credential(settings.azure_client_id))
-    client = BatchClient(
-        settings, tokens, runtime.http_session(settings.batch_account_url), policy=policy, http_timeout=http_timeout
-    )
-    encoding = settings.queues.message_encoding
-    poison = PoisonWriter(runtime.queue_client(settings.storage, settings.poison_queue_name, encoding))
-    return Terminator(client, poison, max_dequeue_count=settings.max_dequeue_count)
-
-
 def run_worker(config_path: Path, generation: int) -> int:
     """Child process: install the function with the soak's settings and pump the trigger queue until SIGTERM."""
     document = json.loads(config_path.read_text(encoding="utf-8"))
@@ -273,7 +260,7 @@ def run_worker(config_path: Path, generation: int) -> int:
     config = SoakConfig(**document["config"])
     options = config.queue_options()
     settings = replace(Settings.from_env(), queues=options)
-    runtime.install(build_soak_terminator(settings, http_timeout=config.http_timeout, policy=config.policy()))
+    runtime.install(runtime.build_terminator(settings, http_timeout=config.http_timeout, policy=config.policy()))
     outcomes = (log_dir / f"deliveries-{generation}.jsonl").open("a", encoding="utf-8", buffering=1)
     lock = threading.Lock()
 

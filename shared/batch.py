@@ -235,6 +235,7 @@ class BatchClient:
         while True:
             attempt += 1
             retry_after: float | None = None
+            floor = 0.0
             try:
                 if rejected is None:
                     token = self._tokens.get()
@@ -243,7 +244,7 @@ class BatchClient:
                     rejected = None
             except AzureError as exc:
                 detail = ErrorDetail("CredentialUnavailable", _first_line(exc), client_request_id=client_request_id)
-                retry_after = self._policy.credential_delay
+                floor = self._policy.credential_delay
             else:
                 try:
                     response = self._session.request(
@@ -274,7 +275,7 @@ class BatchClient:
                             detail = ErrorDetail(
                                 "CredentialUnavailable", _first_line(exc), client_request_id=client_request_id
                             )
-                            retry_after = self._policy.credential_delay
+                            floor = self._policy.credential_delay
                         else:
                             continue
                     elif verdict is Verdict.TRANSIENT:
@@ -282,7 +283,7 @@ class BatchClient:
                     else:
                         raise BatchCallFailed(detail, attempts=attempt, transient=False)
             elapsed = self._clock() - started
-            delay = self._policy.delay(attempt, retry_after, self._rng)
+            delay = max(self._policy.delay(attempt, retry_after, self._rng), floor)
             if attempt >= self._policy.max_attempts or elapsed + delay > self._policy.budget_seconds:
                 raise BatchCallFailed(detail, attempts=attempt, transient=True, retry_after=retry_after)
             log.warning(

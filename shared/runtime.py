@@ -17,7 +17,7 @@ from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodeP
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
-from shared.batch import BatchClient, TokenProvider
+from shared.batch import BatchClient, RetryPolicy, TokenProvider
 from shared.poison import PoisonWriter
 from shared.settings import Settings, StorageSettings
 from shared.terminator import Terminator
@@ -86,6 +86,7 @@ def build_terminator(
     *,
     sleep: Callable[[float], None] = time.sleep,
     http_timeout: float | None = None,
+    policy: RetryPolicy | None = None,
     poison: PoisonWriter | None = None,
 ) -> Terminator:
     """Wire the production objects together for these settings."""
@@ -93,7 +94,7 @@ def build_terminator(
     session = http_session(
         settings.batch_account_url, pool_size=settings.queues.batch_size + settings.queues.new_batch_threshold
     )
-    client = BatchClient(settings, tokens, session, sleep=sleep, http_timeout=http_timeout)
+    client = BatchClient(settings, tokens, session, policy=policy, sleep=sleep, http_timeout=http_timeout)
     if poison is None:
         encoding = settings.queues.message_encoding
         poison = PoisonWriter(queue_client(settings.storage, settings.poison_queue_name, encoding))

@@ -10,8 +10,12 @@ from typing import Any
 import pytest
 import requests
 from azure.core.credentials import AccessToken
+from azure.core.exceptions import ClientAuthenticationError
 
-from shared.batch import RetryPolicy, TokenProvider, Verdict, classify, error_detail
+from shared.batch import BatchClient, RetryPolicy, TokenProvider, Verdict, classify, error_detail
+from shared.errors import BatchCallFailed
+from shared.message import TerminateRequest
+from shared.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -135,3 +139,31 @@ def test_error_without_batch_error_body_gets_a_code_and_keeps_the_body() -> None
     detail = error_detail(response(502, b"<html>bad gateway</html>"), None)
     assert detail.code == "BadGateway"
     assert [(v.key, v.value) for v in detail.values] == [("body", "<html>bad gateway</html>")]
+
+
+class FailingCredential:
+    """A token endpoint that is down."""
+
+    def get_token(self, *scopes: str, claims: str | None = None, **kwargs: Any) -> AccessToken:
+        raise ClientAuthenticationError("token endpoint answered 500")
+
+
+def test_token_failure_waits_out_msal_failure_cache_even_under_a_small_retry_after_cap() -> None:
+    settings = Settings.from_env(
+        {
+            "BATCH_ACCOUNT_URL": "http://127.0.0.1:9",
+            "TERMINATE_QUEUE_NAME": "batch-terminate",
+            "AzureWebJobsStorage": "UseDevelopmentStorage=true",
+        }
+    )
+    slept: list[float] = []
+    policy = RetryPolicy(retry_after_cap=1.0, credential_delay=5.0, max_attempts=3)
+    client = BatchClient(
+        settings, TokenProvider(FailingCredential()), requests.Session(), policy=policy, sleep=slept.append
+    )
+    with pytest.raises(BatchCallFailed) as caught:
+        client.terminate(TerminateRequest(job_id="job-1"), "c-1")
+    assert caught.value.transient
+    assert caught.value.detail.code == "CredentialUnavailable"
+    assert len(slept) == 2
+    assert min(slept) >= 5.0

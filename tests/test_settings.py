@@ -80,6 +80,8 @@ def test_loopback_may_use_http(url: str) -> None:
         "https://",
         "http://10.0.0.1",
         "http://127.0.0.1.evil.com",
+        "http://127.0.0.2:8045",
+        "http://0.0.0.0:8045",
         "https://acct.batch.azure.com:notaport",
     ],
 )
