@@ -1,4 +1,4 @@
-"""`./dev run`: Azurite, the local queue host and Batch (the local emulator unless BATCH_ACCOUNT_URL is set)."""
+"""`./dev run`: Azurite, local queue, HTTP and timer hosts, and Batch (the emulator unless BATCH_ACCOUNT_URL is set)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,11 +26,15 @@ from azure.storage.queue import QueueClient
 from local.azurite import ACCOUNT_NAME, Azurite, connection_string
 from local.batch_emulator import BatchEmulator, Termination
 from local.host import Invocation, Outcome, QueueHost
+from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
+from local.http_host import HttpHost
 from local.identity import IdentityEndpoint
+from local.timer_host import TimerHost, TimerNotLoaded, format_moment, timer_functions
 from shared import runtime
 from shared.errors import ConfigurationError, TerminatorError
 from shared.producer import TerminateQueue
 from shared.settings import HOST_JSON, PROJECT_ROOT, Settings
+from shared.sweep import SweepPolicy
 
 log = logging.getLogger("local.run")
 
@@ -43,6 +47,8 @@ DEFAULT_EMULATOR_PORT = 8045
 DEMO_JOBS = ("demo-job-1", "demo-job-2", "demo-job-3")
 SMOKE_TIMEOUT = 60.0
 CLI = ".venv/bin/python -m shared.cli"
+ALERT_FUNCTION = "alert_terminate"
+SWEEP_FUNCTION = "sweep_jobs"
 
 
 class RunError(Exception):
@@ -58,8 +64,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """The run command's flags."""
     parser = argparse.ArgumentParser(
         prog="./dev run",
-        description="Run batch-terminator on this machine: Azurite, the local queue-trigger host, and Batch "
-        "(the local emulator unless BATCH_ACCOUNT_URL names a real account).",
+        description="Run batch-terminator on this machine: Azurite, the local queue-trigger, HTTP and timer hosts, "
+        "and Batch (the local emulator unless BATCH_ACCOUNT_URL names a real account).",
     )
     parser.add_argument(
         "--azurite-port",
@@ -73,14 +79,31 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_EMULATOR_PORT,
         help=f"port of the local Batch emulator (default {DEFAULT_EMULATOR_PORT}; 0 = any)",
     )
+    parser.add_argument(
+        "--http-port",
+        type=int,
+        default=DEFAULT_HTTP_PORT,
+        help=f"port of the local HTTP host for the HTTP-triggered functions (default {DEFAULT_HTTP_PORT}, like"
+        " func start; 0 = any)",
+    )
+    parser.add_argument(
+        "--function-key",
+        help="the function key the HTTP host requires (?code= or x-functions-key; default: a new one per run)",
+    )
+    parser.add_argument(
+        "--sweep-now", action="store_true", help="fire the sweep_jobs timer once right after start (then on schedule)"
+    )
     parser.add_argument("--in-memory", action="store_true", help="keep Azurite's data in memory, not in .azurite/")
     parser.add_argument("--once", action="store_true", help="process what is queued, then stop")
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="self-test on free ports with in-memory Azurite: enqueue 3 messages, check the outcome, exit 0/1",
+        help="self-test on free ports with in-memory Azurite: enqueue 3 messages, POST 1 alert, check, exit 0/1",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.function_key is not None and not args.function_key.strip():
+        parser.error("--function-key must not be empty")
+    return args
 
 
 # ---- settings
@@ -171,7 +194,14 @@ class Run:
     azurite: Azurite | None = None
     emulator: BatchEmulator | None = None
     identity: IdentityEndpoint | None = None
+    http: HttpHost | None = None
+    timers: list[TimerHost] = field(default_factory=list)
+    timer_notes: list[str] = field(default_factory=list)
     _seen_terminations: int = 0
+
+    def timer(self, name: str) -> TimerHost | None:
+        """The loaded timer function with this name."""
+        return next((timer for timer in self.timers if timer.name == name), None)
 
     def new_terminations(self) -> list[Termination]:
         """Terminations the emulator recorded since the last call."""
@@ -182,8 +212,35 @@ class Run:
         return fresh
 
 
+def start_http_host(args: argparse.Namespace, stack: contextlib.ExitStack) -> HttpHost:
+    """The HTTP-triggered functions on a loopback port (serving at once: a request only enqueues)."""
+    port = 0 if args.smoke else args.http_port
+    http = HttpHost.from_project(port=port, function_key=args.function_key)
+    try:
+        http.start()
+    except OSError as exc:
+        raise RunError(
+            f"the local HTTP host cannot listen on port {port} ({exc.strerror}); stop what uses it"
+            " (another func start?) or pass --http-port"
+        ) from exc
+    stack.callback(http.stop)
+    return http
+
+
+def load_timers() -> tuple[list[TimerHost], list[str]]:
+    """The timer functions whose schedule resolves, and a note for each one skipped (as the host would skip it)."""
+    timers: list[TimerHost] = []
+    notes: list[str] = []
+    for folder in timer_functions():
+        try:
+            timers.append(TimerHost.from_function(folder))
+        except TimerNotLoaded as exc:
+            notes.append(f"not loaded: {exc}")
+    return timers, notes
+
+
 def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> Run:
-    """Settings, Azurite, Batch (emulator or real), queues and the host — not yet polling."""
+    """Settings, Azurite, Batch (emulator or real), queues, the queue host (not yet polling), HTTP host, timers."""
     env = os.environ
     settings_file, values = load_local_settings()
     apply_settings(values, env)
@@ -240,7 +297,21 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
         poison_queue_name=host_poison,
         on_invocation=invocations.append,
     )
-    return Run(settings, host, invocations, storage_where, settings_file, azurite, emulator, identity)
+    http = start_http_host(args, stack)
+    timers, timer_notes = load_timers()
+    return Run(
+        settings,
+        host,
+        invocations,
+        storage_where,
+        settings_file,
+        azurite,
+        emulator,
+        identity,
+        http,
+        timers,
+        timer_notes,
+    )
 
 
 # ---- what the person sees
@@ -266,6 +337,7 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
         f" visibilityTimeout={options.visibility_timeout_seconds:g}s"
         f" maxPollingInterval={options.max_polling_interval_seconds:g}s messageEncoding={options.message_encoding}"
     )
+    print_http_and_timers(run, args)
     if args.smoke or args.once:
         return
     job_id = DEMO_JOBS[0] if run.emulator is not None else "JOB_ID"
@@ -276,11 +348,52 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
     say()
     say("Try it from another terminal:")
     say(f'  {prefix}{CLI} enqueue {job_id} --reason "try it"')
+    if run.http is not None and any(f.name == ALERT_FUNCTION for f in run.http.functions):
+        body = json.dumps({"jobId": DEMO_JOBS[1] if run.emulator is not None else "JOB_ID", "reason": "try it"})
+        say(
+            f"  curl -i -X POST {shlex.quote(run.http.url(ALERT_FUNCTION))}"
+            f" -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+        )
     say(
         "Ctrl-C stops everything"
         + (" (queued messages stay in .azurite/)." if run.azurite and not args.in_memory else ".")
     )
     say()
+
+
+def print_http_and_timers(run: Run, args: argparse.Namespace) -> None:
+    """The HTTP functions' URLs (with this run's key) and each timer's schedule and next occurrence."""
+    if run.http is not None:
+        for function in run.http.functions:
+            label = "alert" if function.name == ALERT_FUNCTION else "http"
+            methods = ",".join(function.allowed_methods()) if function.methods else "any method"
+            say(f"  {label:<10}{methods} {run.http.url(function.name)}")
+        if any(f.auth_level != "anonymous" for f in run.http.functions):
+            where = "from --function-key" if args.function_key else "generated for this run; --function-key sets one"
+            say(f"            (key {where}; send it as ?code= or in an x-functions-key header)")
+    for timer in run.timers:
+        label = "sweep" if timer.name == SWEEP_FUNCTION else "timer"
+        now = (
+            " and once now (--sweep-now)" if args.sweep_now and timer.name == SWEEP_FUNCTION and not args.smoke else ""
+        )
+        next_at = format_moment(timer.next_occurrence)
+        say(f'  {label:<10}{timer.name} on "{timer.schedule.expression}" (next {next_at}){now}')
+        if timer.name == SWEEP_FUNCTION:
+            say(f"            {sweep_state()}")
+    for note in run.timer_notes:
+        label = "sweep" if SWEEP_FUNCTION in note else "timer"
+        say(f"  {label:<10}{note}")
+
+
+def sweep_state() -> str:
+    """What sweep_jobs will do when it fires, from the SWEEP_* settings."""
+    try:
+        policy = SweepPolicy.from_env()
+    except ConfigurationError as exc:
+        return f"each run logs an error: {exc}"
+    if not policy.enabled:
+        return "disabled (set SWEEP_MAX_AGE_HOURS or SWEEP_IDLE_MINUTES); each run only logs that"
+    return f"policy {policy.describe()}"
 
 
 def report_terminations(run: Run) -> list[Termination]:
@@ -304,16 +417,34 @@ def poison_records(run: Run) -> list[dict[str, Any]]:
 
 
 def queue_is_drained(run: Run) -> bool:
-    """Nothing in flight and nothing left on the trigger queue (hidden messages count as left)."""
+    """No timer running, nothing in flight and nothing left on the trigger queue (hidden messages count as left)."""
+    if any(timer.busy for timer in run.timers):
+        return False
     client: QueueClient = run.host.trigger
     return run.host.in_flight == 0 and client.get_queue_properties().approximate_message_count == 0
+
+
+def post_alert(run: Run, job_id: str) -> requests.Response:
+    """POST a minimal fired common-schema alert naming job_id to the local alert_terminate, with the key."""
+    alert = {
+        "schemaId": "azureMonitorCommonAlertSchema",
+        "data": {
+            "essentials": {"alertRule": "smoke-test", "severity": "Sev4", "monitorCondition": "Fired"},
+            "alertContext": {},
+            "customProperties": {"jobId": job_id},
+        },
+    }
+    assert run.http is not None
+    with requests.Session() as session:
+        session.trust_env = False  # a proxy from the environment must not answer for a loopback port
+        return session.post(run.http.url(ALERT_FUNCTION), json=alert, timeout=10)
 
 
 # ---- modes
 
 
 def smoke(run: Run, stop: threading.Event) -> int:
-    """Enqueue two demo jobs and one invalid message; 0 when both are terminated and one poison record exists."""
+    """Enqueue two demo jobs and one invalid message, POST one alert; 0 when 3 are terminated and 1 is poisoned."""
     started = time.monotonic()
     queue = TerminateQueue.connect(
         run.settings.terminate_queue_name,
@@ -326,13 +457,19 @@ def smoke(run: Run, stop: threading.Event) -> int:
     # The producer refuses invalid requests, so the invalid one goes through its queue client as raw text.
     queue.client.send_message("this is not a terminate message")
     say(f"smoke: enqueued 3 messages on {queue.queue_name} (2 valid, 1 invalid)")
+    answer = post_alert(run, DEMO_JOBS[2])
+    say(f"smoke: POST /api/{ALERT_FUNCTION} (alert naming {DEMO_JOBS[2]}) -> {answer.status_code} {answer.text}")
+    if answer.status_code != 202:
+        say("smoke: FAILED: the local HTTP host did not accept the alert")
+        return 1
+    wanted.add(DEMO_JOBS[2])
     terminated: set[str] = set()
     records: list[dict[str, Any]] = []
     deadline = started + SMOKE_TIMEOUT
     while time.monotonic() < deadline and not stop.is_set():
         terminated.update(t.job_id for t in report_terminations(run))
         records = poison_records(run)
-        if wanted <= terminated and records and len(run.invocations) >= 3:
+        if wanted <= terminated and records and len(run.invocations) >= len(wanted) + 1:
             break
         stop.wait(0.2)
     else:
@@ -372,6 +509,19 @@ def serve(run: Run, stop: threading.Event, *, once: bool) -> int:
     return 0
 
 
+def start_timers(run: Run, stack: contextlib.ExitStack, *, sweep_now: bool) -> None:
+    """Start each timer (stopped before the queue host drains); with sweep_now, fire sweep_jobs once at once."""
+    for timer in run.timers:
+        timer.start()
+        stack.callback(timer.stop)
+    if sweep_now:
+        sweep = run.timer(SWEEP_FUNCTION)
+        if sweep is None:
+            say(f"--sweep-now: {SWEEP_FUNCTION} is not loaded (see the sweep line above)")
+        else:
+            sweep.fire_now()
+
+
 @contextlib.contextmanager
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """The first SIGINT/SIGTERM asks for a clean stop; a second Ctrl-C interrupts it."""
@@ -406,6 +556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_banner(run, args)
         run.host.start()
         stack.callback(run.host.stop)
+        if run.http is not None:
+            stack.callback(run.http.stop)  # stop taking requests before the queue host drains
+        if not args.smoke:
+            start_timers(run, stack, sweep_now=args.sweep_now)
         if args.smoke:
             return smoke(run, stop)
         code = serve(run, stop, once=args.once)

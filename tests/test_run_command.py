@@ -1,4 +1,4 @@
-"""`./dev run` itself (python -m local): the smoke mode CI relies on, and a real start, enqueue and Ctrl-C."""
+"""`./dev run` itself (python -m local): the smoke mode CI relies on, and a real start, enqueue, alert and Ctrl-C."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from shared.producer import TerminateQueue
 from shared.settings import PROJECT_ROOT
@@ -74,7 +75,7 @@ class Lines:
 def running() -> Iterator[tuple[subprocess.Popen[str], Lines]]:
     """`python -m local` on free ports with in-memory Azurite, as a developer would start it."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "local", "--in-memory", "--azurite-port", "0", "--batch-port", "0"],
+        [sys.executable, "-m", "local", "--in-memory", "--azurite-port", "0", "--batch-port", "0", "--http-port", "0"],
         cwd=PROJECT_ROOT,
         env=run_env(),
         stdout=subprocess.PIPE,
@@ -103,11 +104,15 @@ def test_smoke_mode_processes_messages_and_exits_zero() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert "No BATCH_ACCOUNT_URL: using the local Batch emulator at http://127.0.0.1:" in out
+    assert re.search(r"^  alert     POST http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+$", out, re.MULTILINE)
+    assert re.search(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$', out, re.MULTILINE)
     assert "smoke: enqueued 3 messages on batch-terminate (2 valid, 1 invalid)" in out
+    assert 'smoke: POST /api/alert_terminate (alert naming demo-job-3) -> 202 {"enqueued": ["demo-job-3"]}' in out
     assert "emulator: job demo-job-1 terminated (reason: smoke test)" in out
     assert "emulator: job demo-job-2 terminated (reason: smoke test)" in out
+    assert "emulator: job demo-job-3 terminated (reason: Alert 'smoke-test' fired (Sev4))" in out
     assert "smoke: 1 poison record(s) on batch-terminate-poison (code InvalidMessage)" in out
-    assert "smoke: 3 invocations: 3 succeeded, 0 failed, 0 moved to poison" in out
+    assert "smoke: 4 invocations: 4 succeeded, 0 failed, 0 moved to poison" in out
     assert out.rstrip().endswith("smoke: OK")
 
 
@@ -117,7 +122,11 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
     process, lines = running
     azurite_port = int(lines.wait_for(r"storage +Azurite at http://127\.0\.0\.1:(\d+)/").group(1))
     lines.wait_for(r"No BATCH_ACCOUNT_URL: using the local Batch emulator at http://127\.0\.0\.1:\d+")
+    alert_url = lines.wait_for(r"^  alert     POST (http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+)$").group(1)
+    lines.wait_for(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$')
     example = lines.wait_for(r"^  (AzureWebJobsStorage=.*) \S+ -m shared\.cli enqueue demo-job-1 --reason \"try it\"$")
+    curl = lines.wait_for(r"^  curl -i -X POST '(http://\S+)' -H 'Content-Type: application/json' -d '(.*)'$")
+    assert curl.group(1) == alert_url
     [assignment] = shlex.split(example.group(1))
     connection_string = assignment.removeprefix("AzureWebJobsStorage=")
     lines.wait_for(r"host listening on batch-terminate")
@@ -128,8 +137,18 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
     )
     lines.wait_for(r"^emulator: job demo-job-1 terminated \(reason: try it\)$")
 
+    # What the printed curl command does: POST to the local HTTP host with this run's key.
+    with requests.Session() as session:
+        session.trust_env = False
+        answer = session.post(alert_url, data=curl.group(2), headers={"Content-Type": "application/json"}, timeout=10)
+    assert (answer.status_code, answer.json()) == (202, {"enqueued": ["demo-job-2"]})
+    lines.wait_for(r"^emulator: job demo-job-2 terminated \(reason: try it\)$")
+
     process.send_signal(signal.SIGINT)
     assert process.wait(20) == 0
     lines.wait_for(r"^stopped\.$")
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", azurite_port)) != 0, "Azurite still listens after the run stopped"
+    http_port = int(alert_url.split(":")[2].split("/")[0])
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", http_port)) != 0, "the HTTP host still listens after the run stopped"

@@ -1,0 +1,519 @@
+"""A loopback HTTP host for the app's HTTP-triggered functions, like `func start`: port 7071, `/api/<function>`."""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import importlib
+import json
+import logging
+import re
+import secrets
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import azure.functions as func
+
+from shared.settings import HOST_JSON, PROJECT_ROOT
+
+log = logging.getLogger("local.http")
+
+T = TypeVar("T")
+
+DEFAULT_PORT = 7071  # what Core Tools' `func start` listens on
+DEFAULT_ROUTE_PREFIX = "api"
+KEY_PARAM = "code"
+KEY_HEADER = "x-functions-key"
+AUTH_LEVELS = frozenset({"anonymous", "function", "admin"})
+# "If not specified, the function responds to all HTTP methods."
+ALL_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "TRACE")
+# Hop-by-hop and framing headers are the host's business, not the function's.
+_HOST_HEADERS = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive"})
+_ROUTE_PARAM = re.compile(r"\{(\*{1,2})?([A-Za-z_]\w*)((?::[^{}=?]+)*)(?:=([^{}?]*))?(\?)?\}")
+# ASP.NET Core route constraints the host understands; others only check that the segment is present.
+_CONSTRAINTS = {
+    "int": r"-?\d+",
+    "long": r"-?\d+",
+    "bool": r"(?i:true|false)",
+    "alpha": r"[A-Za-z]+",
+    "guid": r"\{?[0-9A-Fa-f]{8}-?(?:[0-9A-Fa-f]{4}-?){3}[0-9A-Fa-f]{12}\}?",
+    "decimal": r"-?\d+(?:\.\d+)?",
+    "double": r"-?\d+(?:\.\d+)?",
+    "float": r"-?\d+(?:\.\d+)?",
+}
+
+
+class FunctionLoadError(Exception):
+    """A function folder's HTTP binding cannot be served; the message says why."""
+
+
+class _Out(func.Out[T]):
+    """The value a function sets on a named output binding."""
+
+    def __init__(self) -> None:
+        self._value: T | None = None
+
+    def set(self, val: T) -> None:
+        """Keep the value."""
+        self._value = val
+
+    def get(self) -> T:
+        """The value set (None when the function set none)."""
+        return self._value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class HttpFunction:
+    """One HTTP-triggered function: its route, methods, auth level and the callable that serves it."""
+
+    name: str
+    route: str
+    methods: frozenset[str]
+    auth_level: str
+    parameter: str
+    output: str
+    handler: Callable[..., Any] = field(repr=False)
+    route_prefix: str = DEFAULT_ROUTE_PREFIX
+    _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _defaults: dict[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        """Compile the route template."""
+        pattern, defaults = _compile_route(self.route_prefix, self.route)
+        object.__setattr__(self, "_pattern", pattern)
+        object.__setattr__(self, "_defaults", defaults)
+
+    @classmethod
+    def load(cls, function_dir: Path, route_prefix: str = DEFAULT_ROUTE_PREFIX) -> HttpFunction | None:
+        """The function in this folder if its function.json has an httpTrigger binding, else None."""
+        function_json = function_dir / "function.json"
+        try:
+            document = json.loads(function_json.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise FunctionLoadError(f"{function_dir.name}: {function_json.name} is not readable JSON ({exc})") from exc
+        bindings = [b for b in document.get("bindings") or [] if isinstance(b, dict)]
+        trigger = next((b for b in bindings if b.get("type") == "httpTrigger"), None)
+        if trigger is None:
+            return None
+        output = next((b for b in bindings if b.get("type") == "http" and b.get("direction") == "out"), None)
+        script = str(document.get("scriptFile") or "__init__.py")
+        module_name = function_dir.name if script == "__init__.py" else f"{function_dir.name}.{Path(script).stem}"
+        handler = getattr(importlib.import_module(module_name), str(document.get("entryPoint") or "main"))
+        return cls.from_binding(function_dir.name, trigger, output, handler, route_prefix)
+
+    @classmethod
+    def from_binding(
+        cls,
+        name: str,
+        trigger: Mapping[str, Any],
+        output: Mapping[str, Any] | None,
+        handler: Callable[..., Any],
+        route_prefix: str = DEFAULT_ROUTE_PREFIX,
+    ) -> HttpFunction:
+        """Build from the httpTrigger binding (and the http output binding, if any) of a function.json."""
+        auth_level = str(trigger.get("authLevel") or "function").lower()
+        if auth_level not in AUTH_LEVELS:
+            raise FunctionLoadError(f"{name}: authLevel {auth_level!r} is not one of {sorted(AUTH_LEVELS)}")
+        methods = frozenset(str(m).upper() for m in trigger.get("methods") or ())
+        unknown = methods - set(ALL_METHODS)
+        if unknown:
+            raise FunctionLoadError(f"{name}: unknown HTTP method(s) {sorted(unknown)}")
+        route = str(trigger.get("route") or name).strip("/")
+        return cls(
+            name=name,
+            route=route,
+            methods=methods,
+            auth_level=auth_level,
+            parameter=str(trigger.get("name") or "req"),
+            output=str(output.get("name") or "$return") if output else "$return",
+            handler=handler,
+            route_prefix=route_prefix,
+        )
+
+    @property
+    def path(self) -> str:
+        """The route template with its prefix, e.g. `/api/alert_terminate`."""
+        return "/" + "/".join(part for part in (self.route_prefix, self.route) if part)
+
+    def allowed_methods(self) -> tuple[str, ...]:
+        """The methods the function answers, in the usual order."""
+        return tuple(m for m in ALL_METHODS if not self.methods or m in self.methods)
+
+    def match(self, path: str) -> dict[str, str] | None:
+        """The route parameters when the URL path (still percent-encoded) matches the route, else None."""
+        found = self._pattern.fullmatch(path)
+        if found is None:
+            return None
+        values = {name: unquote(value) for name, value in found.groupdict().items() if value is not None}
+        return {**self._defaults, **values}
+
+    def invoke(self, request: func.HttpRequest) -> Any:
+        """Call the function with the request on its parameter name; the HTTP output is what it returned or set."""
+        if self.output == "$return":
+            return self.handler(**{self.parameter: request})
+        out: _Out[Any] = _Out()
+        self.handler(**{self.parameter: request, self.output: out})
+        return out.get()
+
+
+def _compile_route(prefix: str, route: str) -> tuple[re.Pattern[str], dict[str, str]]:
+    """A regex for `/prefix/route` with `{name}`, `{name?}`, `{name=default}`, `{name:int}` and `{*rest}` segments."""
+    pieces: list[str] = []
+    defaults: dict[str, str] = {}
+    segments = [s for s in prefix.strip("/").split("/") if s] + [s for s in route.strip("/").split("/") if s]
+    for segment in segments:
+        found = _ROUTE_PARAM.fullmatch(segment)
+        if found is None:
+            if "{" in segment or "}" in segment:
+                raise FunctionLoadError(f"route segment {segment!r} is not supported (one parameter per segment)")
+            pieces.append("/" + re.escape(segment))
+            continue
+        catch_all, name, constraints, default, optional = found.groups()
+        if catch_all:
+            pieces.append(f"(?:/(?P<{name}>.*))?")
+            continue
+        value = r"[^/]+"
+        for constraint in filter(None, constraints.split(":")):
+            kind = constraint.split("(", 1)[0].lower()
+            if kind in _CONSTRAINTS:
+                value = _CONSTRAINTS[kind]
+        if default is not None:
+            defaults[name] = default
+        group = f"/(?P<{name}>{value})"
+        pieces.append(f"(?:{group})?" if optional or default is not None else group)
+    return re.compile("".join(pieces) + "/?" if pieces else "/?", re.IGNORECASE), defaults
+
+
+def route_prefix(host_json: Path = HOST_JSON) -> str:
+    """host.json's extensions.http.routePrefix (default `api`)."""
+    try:
+        document = json.loads(host_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return DEFAULT_ROUTE_PREFIX
+    http = (document.get("extensions") or {}).get("http") or {}
+    prefix = http.get("routePrefix") if isinstance(http, dict) else None
+    return DEFAULT_ROUTE_PREFIX if prefix is None else str(prefix).strip("/")
+
+
+def http_functions(root: Path = PROJECT_ROOT, host_json: Path | None = None) -> list[HttpFunction]:
+    """Every function folder under root whose function.json has an httpTrigger binding."""
+    prefix = route_prefix(host_json or root / "host.json")
+    loaded = (HttpFunction.load(path.parent, prefix) for path in sorted(root.glob("*/function.json")))
+    return [function for function in loaded if function is not None]
+
+
+@dataclass(frozen=True)
+class _Answer:
+    """What goes back on the socket."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+def _text(status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> _Answer:
+    """A short plain-text answer from the host itself."""
+    return _Answer(status, [("Content-Type", "text/plain; charset=utf-8"), *headers], text.encode())
+
+
+def _answer_from(result: Any) -> _Answer:
+    """The function's return value as the worker encodes it: HttpResponse, str (200), None (204)."""
+    if isinstance(result, func.HttpResponse):
+        headers = [(name, value) for name, value in result.headers.items() if name.lower() not in _HOST_HEADERS]
+        if not any(name.lower() == "content-type" for name, _ in headers):
+            mimetype = result.mimetype
+            content_type = f"{mimetype}; charset={result.charset}" if mimetype.startswith("text/") else mimetype
+            headers.append(("Content-Type", content_type))
+        return _Answer(int(result.status_code), headers, result.get_body() or b"")
+    if isinstance(result, str):
+        return _text(200, result)
+    if result is None:
+        return _Answer(204)
+    raise TypeError(f"an HTTP function must return func.HttpResponse or str, not {type(result).__name__}")
+
+
+class _Server(ThreadingHTTPServer):
+    """Threaded HTTP server that remembers its connections so stop() can end idle keep-alives."""
+
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], host: HttpHost) -> None:
+        self.host = host
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        """Bind without HTTPServer's reverse DNS lookup, which can stall for seconds in sandboxes."""
+        socketserver.TCPServer.server_bind(self)
+        address, port = self.server_address[:2]
+        self.server_name, self.server_port = str(address), int(port)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Track the connection, then serve it on its own thread."""
+        with self._connections_lock:
+            self._connections.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        """Forget the connection, then close it."""
+        with self._connections_lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut down every open connection so keep-alive handler threads end."""
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log handler failures (mostly clients that went away) at DEBUG instead of printing them."""
+        log.debug("error while serving %s", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """Reads one request, lets the host answer it, writes the answer."""
+
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    timeout = 120  # an idle keep-alive connection is closed after this
+    server: _Server
+
+    def _dispatch(self) -> None:
+        """Serve any method through HttpHost.answer()."""
+        try:
+            body = self._read_body()
+        except ValueError as exc:
+            self.close_connection = True
+            self._write(_text(400, f"bad request body: {exc}", [("Connection", "close")]))
+            return
+        answer = self.server.host.answer(
+            self.command, self.path, [(name, value) for name, value in self.headers.items()], body
+        )
+        self._write(answer)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_TRACE = _dispatch
+
+    def _read_body(self) -> bytes:
+        """The body, framed by Content-Length or chunked transfer coding (no size limit: the function decides)."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            return self._read_chunked()
+        length_text = self.headers.get("Content-Length")
+        if not length_text:
+            return b""
+        if not length_text.strip().isdigit():
+            raise ValueError(f"Content-Length {length_text!r} is not a number")
+        length = int(length_text)
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise ValueError(f"the connection closed after {len(body)} of {length} bytes")
+        return body
+
+    def _read_chunked(self) -> bytes:
+        """Decode a chunked body, skipping chunk extensions and trailers."""
+        chunks: list[bytes] = []
+        while True:
+            size_line = self.rfile.readline(1024)
+            try:
+                size = int(size_line.split(b";", 1)[0].strip(), 16)
+            except ValueError:
+                raise ValueError(f"bad chunk size line {size_line[:40]!r}") from None
+            if size == 0:
+                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(chunks)
+            chunk = self.rfile.read(size)
+            if len(chunk) != size:
+                raise ValueError("the connection closed inside a chunk")
+            chunks.append(chunk)
+            self.rfile.readline(8)
+
+    def _write(self, answer: _Answer) -> None:
+        """Status, headers (always with Content-Length) and, except for HEAD, the body."""
+        self.send_response(answer.status)
+        for name, value in answer.headers:
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(answer.body)))
+        self.end_headers()
+        if self.command != "HEAD" and answer.body:
+            self.wfile.write(answer.body)
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        """No access line from http.server (its request line shows ?code=); HttpHost.answer logs each request."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """http.server's error lines go to DEBUG instead of stderr."""
+        log.debug("%s %s", self.address_string(), format % args)
+
+
+class HttpHost:
+    """Serves HTTP-triggered functions on loopback with the host's routing and function-key check."""
+
+    def __init__(
+        self,
+        functions: Iterable[HttpFunction],
+        *,
+        port: int = DEFAULT_PORT,
+        host: str = "127.0.0.1",
+        function_key: str | None = None,
+    ) -> None:
+        self.functions = list(functions)
+        self.function_key = function_key or secrets.token_urlsafe(32)
+        self._address = (host, port)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+        self.requests = 0
+
+    @classmethod
+    def from_project(
+        cls, root: Path = PROJECT_ROOT, *, port: int = DEFAULT_PORT, function_key: str | None = None
+    ) -> HttpHost:
+        """A host for every HTTP-triggered function of the app under root."""
+        return cls(http_functions(root), port=port, function_key=function_key)
+
+    @property
+    def port(self) -> int:
+        """The bound port (known once started)."""
+        if self._server is None:
+            raise RuntimeError("the HTTP host is not started")
+        return self._server.server_port
+
+    @property
+    def base_url(self) -> str:
+        """http://127.0.0.1:<port>."""
+        return f"http://{self._address[0]}:{self.port}"
+
+    def function(self, name: str) -> HttpFunction:
+        """The served function with this name."""
+        for function in self.functions:
+            if function.name == name:
+                return function
+        raise KeyError(name)
+
+    def url(self, name: str, *, with_key: bool = True) -> str:
+        """The function's URL (its route template as is), with `?code=<key>` when it needs a key."""
+        function = self.function(name)
+        url = self.base_url + function.path
+        if with_key and function.auth_level != "anonymous":
+            url += f"?{KEY_PARAM}={self.function_key}"
+        return url
+
+    def start(self) -> HttpHost:
+        """Bind (OSError when the port is taken) and serve on a daemon thread."""
+        if self._server is not None:
+            raise RuntimeError("the HTTP host is already started")
+        self._server = _Server(self._address, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},
+            name=f"http:{self._server.server_port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, close open connections and release the port."""
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if thread is not None:
+            thread.join(5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> HttpHost:
+        """Start."""
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Stop."""
+        self.stop()
+
+    def answer(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> _Answer:
+        """Route, authorize and invoke one request; log one line (the path only: the query may hold the key)."""
+        started = time.monotonic()
+        self.requests += 1
+        split = urlsplit(target)
+        path = split.path or "/"
+        matched = [(function, params) for function in self.functions if (params := function.match(path)) is not None]
+        if not matched:
+            log.info("%s %s -> 404 (no function has this route)", method, path)
+            return _Answer(404)
+        allowed = [(function, params) for function, params in matched if method in function.allowed_methods()]
+        if not allowed:
+            # Like the Functions host: methods are part of the route, so another method is a 404, not a 405.
+            methods = sorted({m for function, _ in matched for m in function.allowed_methods()})
+            log.info("%s %s -> 404 (%s takes %s)", method, path, matched[0][0].name, ", ".join(methods))
+            return _Answer(404)
+        function, route_params = allowed[0]
+        params = _params(split.query)
+        merged = _headers(headers)
+        if function.auth_level != "anonymous" and not self._authorized(params, merged):
+            log.info("%s %s -> 401 (%s needs its function key)", method, path, function.name)
+            return _text(401, f"{function.name} needs the function key: ?{KEY_PARAM}=<key> or an {KEY_HEADER} header")
+        host = merged.get("host") or f"{self._address[0]}:{self.port}"
+        request = func.HttpRequest(
+            method, f"http://{host}{target}", headers=merged, params=params, route_params=route_params, body=body
+        )
+        try:
+            answer = _answer_from(function.invoke(request))
+        except Exception:
+            log.exception("%s %s -> 500 (%s raised)", method, path, function.name)
+            return _Answer(500)
+        log.info(
+            "%s %s -> %d (%s, %.0f ms)", method, path, answer.status, function.name, (time.monotonic() - started) * 1000
+        )
+        return answer
+
+    def _authorized(self, params: Mapping[str, str], headers: Mapping[str, str]) -> bool:
+        """Whether the request carries the function key in ?code= or x-functions-key."""
+        expected = self.function_key.encode()
+        offered = [value for value in (params.get(KEY_PARAM), headers.get(KEY_HEADER)) if value]
+        return any(hmac.compare_digest(value.encode(), expected) for value in offered)
+
+
+def _params(query: str) -> dict[str, str]:
+    """Query parameters; a repeated name keeps its values comma-joined."""
+    params: dict[str, str] = {}
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        params[name] = f"{params[name]},{value}" if name in params else value
+    return params
+
+
+def _headers(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Request headers by lower-case name; a repeated header keeps its values comma-joined."""
+    headers: dict[str, str] = {}
+    for name, value in pairs:
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+__all__ = [
+    "DEFAULT_PORT",
+    "KEY_HEADER",
+    "KEY_PARAM",
+    "FunctionLoadError",
+    "HttpFunction",
+    "HttpHost",
+    "http_functions",
+    "route_prefix",
+]
