@@ -319,8 +319,8 @@ class QueueHost:
             return self._settle_poison(entry, count, invoked=False, started=time.monotonic(), error=str(exc))
         if count > self.options.max_dequeue_count:
             # Delivered more often than allowed (e.g. a crash mid-invocation): poison without invoking.
-            error = f"dequeue count {count} exceeds maxDequeueCount {self.options.max_dequeue_count}"
-            return self._settle_poison(entry, count, invoked=False, started=time.monotonic(), error=error)
+            too_often = f"dequeue count {count} exceeds maxDequeueCount {self.options.max_dequeue_count}"
+            return self._settle_poison(entry, count, invoked=False, started=time.monotonic(), error=too_often)
         delivered = FunctionQueueMessage(
             id=message.id,
             body=body,

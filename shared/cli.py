@@ -199,7 +199,7 @@ def open_queue(
             name,
             "base64" if text_base64 else "none",
             credential=credential,
-            retry_policy=LinearRetry(backoff=1, random_jitter_range=0.5, retry_total=1),
+            retry_policy=LinearRetry(backoff=1, random_jitter_range=1, retry_total=1),
             connection_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
         )

@@ -82,7 +82,7 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, host_json: Path = HOST_JSON) -> Settings:
         """Read and validate settings; a ConfigurationError names the first bad setting."""
         env = os.environ if environ is None else environ
-        queue_name = _queue_name(env, "TERMINATE_QUEUE_NAME", required=True)
+        queue_name = queue_name_setting(env, "TERMINATE_QUEUE_NAME")
         poison = _queue_name(env, "POISON_QUEUE_NAME", required=False) or f"{queue_name}-poison"
         if poison == queue_name:
             raise ConfigurationError("POISON_QUEUE_NAME", "must differ from TERMINATE_QUEUE_NAME")
