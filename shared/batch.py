@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from http import HTTPStatus
 from typing import Any, Protocol
 
 import requests
@@ -367,14 +368,12 @@ def error_detail(response: requests.Response, client_request_id: str | None) -> 
 
 
 def _code_for_status(status: int) -> str:
-    return {
-        408: "OperationTimedOut",
-        429: "TooManyRequests",
-        500: "InternalError",
-        502: "BadGateway",
-        503: "ServerBusy",
-        504: "GatewayTimeout",
-    }.get(status, f"Http{status}")
+    """A code for an answer without a BatchError: the status phrase, e.g. 503 -> ServiceUnavailable."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        return f"Http{status}"
+    return "".join(word[:1].upper() + word[1:] for word in phrase.replace("-", " ").split())
 
 
 def _network_detail(what: str, exc: Exception, client_request_id: str) -> ErrorDetail:

@@ -135,6 +135,20 @@ def test_batch_error_body_is_read() -> None:
     assert (detail.request_id, detail.client_request_id) == ("r-1", "c-1")
 
 
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (503, "ServiceUnavailable"),
+        (500, "InternalServerError"),
+        (504, "GatewayTimeout"),
+        (404, "NotFound"),
+        (599, "Http599"),
+    ],
+)
+def test_error_without_batch_error_body_is_named_by_its_status(status: int, code: str) -> None:
+    assert error_detail(response(status, b""), None).code == code
+
+
 def test_error_without_batch_error_body_gets_a_code_and_keeps_the_body() -> None:
     detail = error_detail(response(502, b"<html>bad gateway</html>"), None)
     assert detail.code == "BadGateway"
