@@ -6,7 +6,7 @@ import logging
 
 import azure.functions as func
 
-from shared.errors import PoisonWriteFailed, RetryLater
+from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
 from shared.runtime import get_terminator
 from shared.terminator import Delivery, Result
 
@@ -24,7 +24,7 @@ def main(msg: func.QueueMessage) -> None:
     except PoisonWriteFailed as exc:
         log.error("terminate message_id=%s outcome=poison_write_failed: %s", msg.id, exc)
         raise
-    if handled.result is Result.POISONED:
-        log.error("%s poison_queue=%s", handled.describe(), "written")
-    else:
-        log.info("%s", handled.describe())
+    except ConfigurationError as exc:
+        log.error("terminate message_id=%s outcome=configuration_error: %s", msg.id, exc)
+        raise
+    log.log(logging.ERROR if handled.result is Result.POISONED else logging.INFO, "%s", handled.describe())
