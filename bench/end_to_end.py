@@ -13,14 +13,19 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import azure.functions as func
+import requests
+from azure.core.pipeline.transport import RequestsTransport
+from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
+from requests.adapters import HTTPAdapter
+from urllib3 import Retry
 
-import terminate_job
-from bench.calls import function_app
-from bench.harness import Figure, environment
+from bench.calls import function_environment
+from bench.harness import Figure, WorkerLikeHandler, summarize_warnings
 from bench.services import Services
+from bench.worker import RemoteWorker
+from local.azurite import Azurite
 from local.host import Invocation, Outcome, QueueHost
-from shared import runtime
 from shared.settings import QueueOptions
 
 LATENCY = 0.020
@@ -35,6 +40,10 @@ CEILING_BATCH = 32
 # to backing off from an empty queue. local/host.py waits min_polling_seconds after every poll, so give it
 # 1 ms: no pause after a batch, and an empty queue still backs off exponentially (to maxPollingInterval).
 MIN_POLLING_SECONDS = 0.001
+STORAGE_POOL = 64
+STORAGE_READ_TIMEOUT = 10
+# A batch whose receive answer was lost stays hidden this long (the host's 10 minutes would end the run).
+HIDE_SECONDS = 30.0
 
 Handler = Callable[[func.QueueMessage], None]
 
@@ -61,27 +70,24 @@ def app_settings(concurrency: int) -> dict[str, str | None]:
     }
 
 
-class WorkerThreads:
-    """The Python worker's thread pool (PYTHON_THREADPOOL_THREAD_COUNT): at most n invocations run at once."""
-
-    def __init__(self, n: int, handler: Handler) -> None:
-        self._slots = threading.BoundedSemaphore(n)
-        self._handler = handler
-
-    def __call__(self, message: func.QueueMessage) -> None:
-        """Run the handler in one of the n slots."""
-        with self._slots:
-            self._handler(message)
-
-
-def null_function(message: func.QueueMessage) -> None:
-    """A function that only waits as long as the emulator does: the host's own ceiling at this latency."""
-    time.sleep(LATENCY)
+def storage_client(connection_string: str, name: str) -> QueueClient:
+    """A client that reads and writes stored text, pooled for every host thread, failing fast on a stalled answer."""
+    # local/host.py's own clients keep requests' default pool of 10 connections, which churns with 24-32 threads,
+    # and wait 60 s on an answer Azurite never sends (seen about once a run at concurrency 32): the .NET host has
+    # neither limit, so the bench hands the host clients without them.
+    session = requests.Session()
+    adapter = HTTPAdapter(
+        pool_maxsize=STORAGE_POOL, max_retries=Retry(total=False, redirect=False, raise_on_status=False)
+    )
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    transport = RequestsTransport(session=session, session_owner=False, read_timeout=STORAGE_READ_TIMEOUT)
+    return QueueClient.from_connection_string(connection_string, name, transport=transport)
 
 
 def new_queue(connection_string: str, prefix: str) -> QueueClient:
     """A fresh queue whose messages are read and written as stored text."""
-    client = QueueClient.from_connection_string(connection_string, f"{prefix}-{uuid.uuid4().hex[:12]}")
+    client = storage_client(connection_string, f"{prefix}-{uuid.uuid4().hex[:12]}")
     client.create_queue()
     return client
 
@@ -117,11 +123,12 @@ def azurite_ceiling(connection_string: str, count: int) -> float:
 
 
 class _Counter:
-    """Counts settled deliveries and wakes the waiter at the goal."""
+    """Counts settled deliveries, keeps the slowest, and wakes the waiter at the goal."""
 
     def __init__(self, goal: int) -> None:
         self.goal = goal
         self.succeeded = 0
+        self.slowest = 0.0
         self.other: list[Invocation] = []
         self.done = threading.Event()
         self._lock = threading.Lock()
@@ -129,6 +136,7 @@ class _Counter:
     def __call__(self, invocation: Invocation) -> None:
         """on_invocation callback."""
         with self._lock:
+            self.slowest = max(self.slowest, invocation.duration)
             if invocation.outcome is Outcome.SUCCEEDED:
                 self.succeeded += 1
             else:
@@ -137,19 +145,28 @@ class _Counter:
                 self.done.set()
 
 
-def host_rate(connection_string: str, concurrency: int, count: int, handler: Handler) -> float:
+@dataclass
+class HostRun:
+    """Messages/s of one host run and its slowest invocation (seconds, waiting for a worker thread included)."""
+
+    rate: float
+    slowest: float
+
+
+def host_rate(connection_string: str, concurrency: int, count: int, handler: Handler) -> HostRun:
     """Messages/s of the local host settling `count` pre-filled messages through `handler`."""
     queue = new_queue(connection_string, f"e2e-c{concurrency}")
     try:
         fill(queue, count)
         counter = _Counter(count)
-        host = QueueHost.from_connection_string(
-            connection_string,
-            queue.queue_name,
+        host = QueueHost(
+            storage_client(connection_string, queue.queue_name),
+            storage_client(connection_string, f"{queue.queue_name}-poison"),
             host_options(concurrency),
-            WorkerThreads(concurrency, handler),
+            handler,
             on_invocation=counter,
             min_polling_seconds=MIN_POLLING_SECONDS,
+            hide_seconds=HIDE_SECONDS,
         )
         started = time.perf_counter()
         host.start()
@@ -161,7 +178,7 @@ def host_rate(connection_string: str, concurrency: int, count: int, handler: Han
                 f"host at concurrency {concurrency}: {counter.succeeded}/{count} succeeded in {seconds:.1f}s;"
                 f" first failures {counter.other[:3]}"
             )
-        return count / seconds
+        return HostRun(count / seconds, counter.slowest)
     finally:
         queue.delete_queue()
 
@@ -174,6 +191,9 @@ class Point:
     messages: int
     rate: float
     ideal: float
+    slowest: float = 0.0
+    in_worker: float = 0.0
+    warnings: str = ""
     null_rate: float | None = None
 
 
@@ -192,7 +212,7 @@ class Sweep:
 
 def sweep(
     services: Services,
-    connection_string: str,
+    log: WorkerLikeHandler,
     *,
     per_point_seconds: float,
     ceiling_messages: int,
@@ -200,29 +220,43 @@ def sweep(
     concurrency: tuple[int, ...] = CONCURRENCY,
     null_from: int = BATCH_SIZE,
 ) -> Sweep:
-    """Each point at emulator latency 20 ms, interleaved with runs of Azurite's ceiling (side by side)."""
+    """Each point at emulator latency 20 ms, on a fresh Azurite, right after a run of Azurite's ceiling there."""
     points: list[Point] = []
     ceilings: list[float] = []
     services.set_latency(LATENCY)
     try:
-        with function_app(services, connection_string):
-            host_rate(connection_string, 4, 8, terminate_job.main)  # warm: runtime wired, token fetched
-            for level in concurrency:
-                ceilings.append(azurite_ceiling(connection_string, ceiling_messages))
+        for level in concurrency:
+            # A fresh in-memory Azurite per point: late in a long sweep it has stalled deletes for a minute.
+            with Azurite() as azurite:
+                storage = azurite.connection_string
+                ceilings.append(azurite_ceiling(storage, ceiling_messages))
                 ideal = level / LATENCY
                 count = max(minimum, math.ceil(min(ideal, statistics.median(ceilings)) * per_point_seconds))
-                with environment(app_settings(level)):
-                    runtime.reset()  # the function sizes its Batch connection pool from these settings
-                    rate = host_rate(connection_string, level, count, terminate_job.main)
-                point = Point(level, count, rate, ideal)
+                # A fresh worker per point, started with that point's app settings (the pool is sized from them).
+                env = {**function_environment(services, storage), **app_settings(level)}
+                with RemoteWorker(env, level) as worker:
+                    worker(warm_message())  # runtime wired, token fetched, connection open: untimed
+                    log.take_warnings()
+                    run = host_rate(storage, level, count, worker)
+                warnings = summarize_warnings(worker.warnings + log.take_warnings())
+                timed = [end - start for start, end in worker.spans[1:]]  # the first is the warm-up call
+                in_worker = statistics.median(timed) if timed else 0.0
+                point = Point(level, count, run.rate, ideal, run.slowest, in_worker, warnings)
                 if level >= null_from:
                     # The same host with a function that only sleeps the latency: what the host + Azurite allow.
-                    point.null_rate = host_rate(connection_string, level, count, null_function)
+                    with RemoteWorker({"BENCH_SLEEP_SECONDS": str(LATENCY)}, level, mode="sleep") as sleeper:
+                        point.null_rate = host_rate(storage, level, count, sleeper).rate
                 points.append(point)
     finally:
         services.set_latency(0.0)
         services.reset()
     return Sweep(points, ceilings)
+
+
+def warm_message() -> func.QueueMessage:
+    """A message for a fresh job, to warm a worker before the timing starts."""
+    body = f'{{"jobId": "warm-{uuid.uuid4().hex[:16]}", "reason": "bench"}}'.encode()
+    return QueueMessage(id=str(uuid.uuid4()), body=body, dequeue_count=1, pop_receipt="bench")
 
 
 def figures(result: Sweep) -> list[Figure]:
@@ -259,7 +293,9 @@ def figures(result: Sweep) -> list[Figure]:
                 share >= E2E_TARGET,
                 f"{point.rate:.0f} msg/s vs ideal {point.ideal:.0f} ({point.concurrency} / 20 ms), ceiling"
                 f" {ceiling:.0f}; batchSize {options.batch_size}, newBatchThreshold {options.new_batch_threshold},"
-                f" worker threads {point.concurrency}, {point.messages} msgs{null}",
+                f" worker threads {point.concurrency}, {point.messages} msgs; terminate_job.main took"
+                f" {point.in_worker * 1000:.1f} ms (median) in the worker, the slowest delivery"
+                f" {point.slowest * 1000:.0f} ms{null}{point.warnings}",
                 {
                     "concurrency": point.concurrency,
                     "rate": point.rate,
@@ -269,6 +305,9 @@ def figures(result: Sweep) -> list[Figure]:
                     "batch_size": options.batch_size,
                     "new_batch_threshold": options.new_batch_threshold,
                     "messages": point.messages,
+                    "slowest_invocation_seconds": point.slowest,
+                    "function_median_seconds": point.in_worker,
+                    "warnings": point.warnings,
                 },
             )
         )

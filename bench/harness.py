@@ -175,11 +175,31 @@ class WorkerLikeHandler(logging.Handler):
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.records = 0
+        self.warnings: list[tuple[str, str]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Format and count."""
-        self.format(record)
+        """Format and count; keep warnings and errors, so a figure can say when retries or failures happened."""
+        text = self.format(record)
         self.records += 1
+        if record.levelno >= logging.WARNING:
+            self.warnings.append((record.name, text[:160]))
+
+    def take_warnings(self) -> list[tuple[str, str]]:
+        """The warnings since the last call."""
+        taken, self.warnings = self.warnings, []
+        return taken
+
+
+def summarize_warnings(warnings: list[tuple[str, str]]) -> str:
+    """'' when there were none, else the count per logger and the first warning that is not pool churn."""
+    if not warnings:
+        return ""
+    counts: dict[str, int] = {}
+    for name, _ in warnings:
+        counts[name] = counts.get(name, 0) + 1
+    notable = next((f"{name}: {text}" for name, text in warnings if "pool is full" not in text), None)
+    listed = ", ".join(f"{name} {n}" for name, n in sorted(counts.items(), key=lambda item: -item[1]))
+    return f"; warnings logged: {listed}" + (f" (first other than pool churn: {notable})" if notable else "")
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         Profiler = None
     # No poison write happens on this path, so the storage connection string only has to parse.
-    with Services() as services, worker_logging(), function_app(services, connection_string(10000)):
+    with Services() as services, worker_logging(), function_app(services, connection_string(9)):
         ours = Ours(JobIds("profile"))
         ours.handle(200)
         work = ours.prepare(args.messages)
