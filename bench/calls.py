@@ -124,7 +124,7 @@ class Peer:
         from azure.core.pipeline.policies import SansIOHTTPPolicy
         from azure.identity import ManagedIdentityCredential
 
-        class AllowPlainHttp(SansIOHTTPPolicy):  # type: ignore[type-arg]
+        class AllowPlainHttp(SansIOHTTPPolicy):
             """Lets the bearer-token policy run over the emulator's http:// (the SDK insists on https)."""
 
             def on_request(self, request: Any) -> None:

@@ -20,16 +20,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cprofile", action="store_true", help="use cProfile even when pyinstrument is installed")
     args = parser.parse_args(argv)
     try:
-        from pyinstrument import Profiler
+        import pyinstrument
     except ImportError:
-        Profiler = None
+        pyinstrument = None  # type: ignore[assignment]
     # No poison write happens on this path, so the storage connection string only has to parse.
     with Services() as services, worker_logging(), function_app(services, connection_string(9)):
         ours = Ours(JobIds("profile"))
         ours.handle(200)
         work = ours.prepare(args.messages)
-        if Profiler is not None and not args.cprofile:
-            profiler = Profiler(interval=0.0002)
+        if pyinstrument is not None and not args.cprofile:
+            profiler = pyinstrument.Profiler(interval=0.0002)
             profiler.start()
             ours.run(work)
             profiler.stop()

@@ -7,7 +7,7 @@ import multiprocessing.connection
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 
@@ -33,11 +33,14 @@ def _serve(conn: multiprocessing.connection.Connection, env: dict[str, str | Non
 
     send_lock = threading.Lock()
 
+    handler: Callable[[func.QueueMessage], None]
     if mode == "sleep":
+        seconds = float(os.environ.get("BENCH_SLEEP_SECONDS", "0.02"))
 
-        def handler(message: QueueMessage) -> None:
-            time.sleep(float(os.environ.get("BENCH_SLEEP_SECONDS", "0.02")))
+        def sleep_only(message: func.QueueMessage) -> None:
+            time.sleep(seconds)
 
+        handler = sleep_only
     else:
         import terminate_job
 
@@ -136,7 +139,7 @@ class RemoteWorker:
         """Invoke the function in the worker; raise (so the host retries) when it raised."""
         if self._conn is None:
             raise RuntimeError("the worker is not started")
-        event, result = threading.Event(), []
+        event, result = threading.Event(), list[str | None]()
         with self._pending_lock:
             call_id = self._next
             self._next += 1
