@@ -143,8 +143,9 @@ class QueueHost:
     ) -> QueueHost:
         """A host for `queue_name` on this storage, moving poison messages to `{queue_name}-poison`."""
         # No encode/decode policies: the host reads and moves the raw text and decodes it itself.
-        trigger = queue_client(storage, queue_name, "none")
-        poison = queue_client(storage, poison_queue_name or f"{queue_name}-poison", "none")
+        pool = options.batch_size + options.new_batch_threshold + 2  # invocations, the poller, the renewer
+        trigger = queue_client(storage, queue_name, "none", pool_size=pool)
+        poison = queue_client(storage, poison_queue_name or f"{queue_name}-poison", "none", pool_size=pool)
         return cls(trigger, poison, options, handler, **kwargs)
 
     @classmethod
@@ -248,7 +249,11 @@ class QueueHost:
                     messages = []
                 for message in messages:
                     self._dispatch(message)
-                stop.wait(delay.next(bool(messages)))
+                # Like the WebJobs QueueListener: after a batch, poll again as soon as there is room (the
+                # newBatchThreshold wait above); back off only while the queue is empty.
+                pause = delay.next(bool(messages))
+                if not messages:
+                    stop.wait(pause)
         finally:
             self._drain()
             renewer.join(5)

@@ -12,6 +12,7 @@ from typing import Any
 
 import requests
 from azure.core.credentials import TokenCredential
+from azure.core.pipeline.transport import RequestsTransport
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 from requests.adapters import HTTPAdapter
@@ -61,6 +62,7 @@ def queue_client(
     message_encoding: str,
     *,
     credential: TokenCredential | None = None,
+    pool_size: int | None = None,
     **client_options: Any,
 ) -> QueueClient:
     """A queue client that encodes messages the way host.json says the trigger decodes them."""
@@ -68,6 +70,12 @@ def queue_client(
         "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
         **client_options,
     }
+    if pool_size is not None:
+        # requests keeps 10 connections per host; more concurrent callers would open and drop one per call.
+        session = requests.Session()
+        session.mount("https://", HTTPAdapter(pool_maxsize=pool_size))
+        session.mount("http://", HTTPAdapter(pool_maxsize=pool_size))
+        options["transport"] = RequestsTransport(session=session, session_owner=False)
     if message_encoding == "base64":
         options["message_encode_policy"] = TextBase64EncodePolicy()
         options["message_decode_policy"] = TextBase64DecodePolicy()
@@ -90,14 +98,16 @@ def build_terminator(
     poison: PoisonWriter | None = None,
 ) -> Terminator:
     """Wire the production objects together for these settings."""
+    # The host runs up to batchSize + newBatchThreshold invocations at once: pool that many connections.
+    concurrency = settings.queues.batch_size + settings.queues.new_batch_threshold
     tokens = TokenProvider(batch_credential(settings.azure_client_id))
-    session = http_session(
-        settings.batch_account_url, pool_size=settings.queues.batch_size + settings.queues.new_batch_threshold
-    )
+    session = http_session(settings.batch_account_url, pool_size=concurrency)
     client = BatchClient(settings, tokens, session, policy=policy, sleep=sleep, http_timeout=http_timeout)
     if poison is None:
         encoding = settings.queues.message_encoding
-        poison = PoisonWriter(queue_client(settings.storage, settings.poison_queue_name, encoding))
+        poison = PoisonWriter(
+            queue_client(settings.storage, settings.poison_queue_name, encoding, pool_size=concurrency)
+        )
     return Terminator(client, poison, max_dequeue_count=settings.max_dequeue_count)
 
 
