@@ -35,11 +35,6 @@ CONCURRENCY = (1, 4, 16, 32)
 E2E_TARGET = 0.80
 SEND_THREADS = 8
 CEILING_BATCH = 32
-# The Functions host polls again as soon as a batch is dispatched and in-flight work is at or below
-# newBatchThreshold (QueueListener.CreateSucceededResult waits only for that); its 100 ms minimum applies
-# to backing off from an empty queue. local/host.py waits min_polling_seconds after every poll, so give it
-# 1 ms: no pause after a batch, and an empty queue still backs off exponentially (to maxPollingInterval).
-MIN_POLLING_SECONDS = 0.001
 STORAGE_POOL = 64
 STORAGE_READ_TIMEOUT = 10
 # A batch whose receive answer was lost stays hidden this long (the host's 10 minutes would end the run).
@@ -165,7 +160,6 @@ def host_rate(connection_string: str, concurrency: int, count: int, handler: Han
             host_options(concurrency),
             handler,
             on_invocation=counter,
-            min_polling_seconds=MIN_POLLING_SECONDS,
             hide_seconds=HIDE_SECONDS,
         )
         started = time.perf_counter()
