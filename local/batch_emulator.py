@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import random
 import re
-import socket
-import socketserver
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -16,9 +13,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime, parsedate_to_datetime
 from enum import StrEnum
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal, Self
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
+
+from local.loopback import TrackingHTTPServer
 
 logger = logging.getLogger(__name__)
 
@@ -129,47 +128,14 @@ class HttpResponse:
     body: bytes = b""
 
 
-class _Server(ThreadingHTTPServer):
-    """Threaded HTTP server that remembers its open connections so stop() can close idle keep-alives."""
+class _Server(TrackingHTTPServer):
+    """The loopback server, with the object that answers its requests."""
 
-    daemon_threads = True
     request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], service: LoopbackService) -> None:
         self.service = service
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse DNS lookup, which can stall for seconds in sandboxes."""
-        socketserver.TCPServer.server_bind(self)
-        host, port = self.server_address[:2]
-        self.server_name, self.server_port = str(host), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Track the connection, then serve it on its own thread."""
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget the connection, then close it."""
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Shut down every open connection so keep-alive handler threads end."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log handler failures (mostly clients that went away) at DEBUG instead of printing them."""
-        logger.debug("error while serving %s", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

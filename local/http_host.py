@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import importlib
 import json
 import logging
 import re
 import secrets
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -23,6 +20,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
 
+from local.loopback import TrackingHTTPServer
 from shared.settings import HOST_JSON, PROJECT_ROOT
 
 log = logging.getLogger("local.http")
@@ -241,47 +239,14 @@ def _answer_from(result: Any) -> _Answer:
     raise TypeError(f"an HTTP function must return func.HttpResponse or str, not {type(result).__name__}")
 
 
-class _Server(ThreadingHTTPServer):
-    """Threaded HTTP server that remembers its connections so stop() can end idle keep-alives."""
+class _Server(TrackingHTTPServer):
+    """The loopback server, with the object that answers its requests."""
 
-    daemon_threads = True
     request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], host: HttpHost) -> None:
         self.host = host
-        self._connections: set[socket.socket] = set()
-        self._connections_lock = threading.Lock()
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        """Bind without HTTPServer's reverse DNS lookup, which can stall for seconds in sandboxes."""
-        socketserver.TCPServer.server_bind(self)
-        address, port = self.server_address[:2]
-        self.server_name, self.server_port = str(address), int(port)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Track the connection, then serve it on its own thread."""
-        with self._connections_lock:
-            self._connections.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        """Forget the connection, then close it."""
-        with self._connections_lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def close_connections(self) -> None:
-        """Shut down every open connection so keep-alive handler threads end."""
-        with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log handler failures (mostly clients that went away) at DEBUG instead of printing them."""
-        log.debug("error while serving %s", client_address, exc_info=True)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.errors import ConfigurationError, InvalidMessage, Problem, TerminatorError
-from shared.message import MAX_REASON_LENGTH, TerminateRequest
+from shared.message import MAX_REASON_LENGTH, TerminateRequest, json_type
 from shared.producer import build_request
 
 COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
@@ -117,7 +117,7 @@ def _load(body: bytes) -> dict[str, Any]:
     except ValueError as exc:
         raise AlertRejected(400, "InvalidJson", f"the body is not JSON ({exc})") from exc
     if not isinstance(document, dict):
-        raise AlertRejected(400, "InvalidAlert", f"the body must be a JSON object, got {_type(document)}")
+        raise AlertRejected(400, "InvalidAlert", f"the body must be a JSON object, got {json_type(document)}")
     return document
 
 
@@ -133,7 +133,7 @@ def _plain(document: dict[str, Any]) -> AlertRequest:
             'or a {"jobId": "...", "reason": "..."} body',
         )
     if reason is not None and not isinstance(reason, str):
-        raise AlertRejected(400, "InvalidRequest", "reason must be a string", (Problem("reason", _type(reason)),))
+        raise AlertRejected(400, "InvalidRequest", "reason must be a string", (Problem("reason", json_type(reason)),))
     requests = _validated([job_id], reason or None)
     return AlertRequest("plain", FIRED, None, None, requests)
 
@@ -188,7 +188,7 @@ def _from_properties(properties: object, path: str) -> list[object]:
     if properties is None:
         return []
     if not isinstance(properties, dict):
-        raise AlertRejected(400, "InvalidAlert", f"{path} must be an object, got {_type(properties)}")
+        raise AlertRejected(400, "InvalidAlert", f"{path} must be an object, got {json_type(properties)}")
     found: list[object] = []
     single = properties.get("jobId")
     if single is not None:
@@ -197,7 +197,7 @@ def _from_properties(properties: object, path: str) -> list[object]:
     if several is not None:
         if not isinstance(several, str):
             raise AlertRejected(
-                400, "InvalidJobId", f"{path}.jobIds must be a comma-separated string, got {_type(several)}"
+                400, "InvalidJobId", f"{path}.jobIds must be a comma-separated string, got {json_type(several)}"
             )
         found.extend(part.strip() for part in several.split(",") if part.strip())
     return found
@@ -228,7 +228,7 @@ def _validated(job_ids: list[object], reason: str | None) -> tuple[TerminateRequ
     problems: list[Problem] = []
     for job_id in unique.values():
         if not isinstance(job_id, str):
-            problems.append(Problem("jobId", f"{_show(job_id)}: must be a string, got {_type(job_id)}"))
+            problems.append(Problem("jobId", f"{_show(job_id)}: must be a string, got {json_type(job_id)}"))
             continue
         try:
             requests.append(build_request(job_id, reason))
@@ -242,31 +242,17 @@ def _validated(job_ids: list[object], reason: str | None) -> tuple[TerminateRequ
 
 def _object(value: object, path: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise AlertRejected(400, "InvalidAlert", f"{path} must be an object, got {_type(value)}")
+        raise AlertRejected(400, "InvalidAlert", f"{path} must be an object, got {json_type(value)}")
     return value
 
 
 def _optional_string(container: dict[str, Any], key: str, path: str) -> str | None:
     value = container.get(key)
     if value is not None and not isinstance(value, str):
-        raise AlertRejected(400, "InvalidAlert", f"{path}.{key} must be a string, got {_type(value)}")
+        raise AlertRejected(400, "InvalidAlert", f"{path}.{key} must be a string, got {json_type(value)}")
     return value
 
 
 def _show(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value)
     return text if len(text) <= _SHOWN else text[:_SHOWN] + "…"
-
-
-def _type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, list):
-        return "array"
-    return "object"

@@ -56,14 +56,14 @@ class TerminateRequest:
             fields["job_id"] = raw_job_id
         if raw_reason is not None:
             if not isinstance(raw_reason, str):
-                problems.append(Problem("reason", f"must be a string, got {_json_type(raw_reason)}"))
+                problems.append(Problem("reason", f"must be a string, got {json_type(raw_reason)}"))
             elif len(raw_reason) > MAX_REASON_LENGTH:
                 problems.append(Problem("reason", f"must be at most {MAX_REASON_LENGTH} characters"))
             elif raw_reason:
                 fields["reason"] = raw_reason
         force = document.get("force")
         if force is not None and not isinstance(force, bool):
-            problems.append(Problem("force", f"must be a boolean, got {_json_type(force)}"))
+            problems.append(Problem("force", f"must be a boolean, got {json_type(force)}"))
         elif force:
             fields["force"] = True
         for key, attribute in _STRING_HEADERS.items():
@@ -124,7 +124,7 @@ def job_id_problem(value: object) -> str | None:
     if value is None:
         return "is required"
     if not isinstance(value, str):
-        return f"must be a string, got {_json_type(value)}"
+        return f"must be a string, got {json_type(value)}"
     if not value:
         return "must not be empty"
     if len(value) > 64:
@@ -191,11 +191,12 @@ def _load_object(body: bytes | str) -> _Document:
     except ValueError as exc:
         raise InvalidMessage([Problem("message", f"is not JSON ({exc})")]) from exc
     if not isinstance(document, _Document):
-        raise InvalidMessage([Problem("message", f"must be a JSON object, got {_json_type(document)}")])
+        raise InvalidMessage([Problem("message", f"must be a JSON object, got {json_type(document)}")])
     return document
 
 
-def _json_type(value: object) -> str:
+def json_type(value: object) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
     if value is None:
         return "null"
     if isinstance(value, bool):
