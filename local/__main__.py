@@ -33,14 +33,12 @@ from local.timer_host import TimerHost, TimerNotLoaded, format_moment, timer_fun
 from shared import runtime
 from shared.errors import ConfigurationError, TerminatorError
 from shared.producer import TerminateQueue
-from shared.settings import HOST_JSON, PROJECT_ROOT, Settings
+from shared.settings import HOST_JSON, PROJECT_ROOT, Settings, local_settings_values
 from shared.sweep import SweepPolicy
 
 log = logging.getLogger("local.run")
 
 AZURITE_DIR = PROJECT_ROOT / ".azurite"
-LOCAL_SETTINGS = PROJECT_ROOT / "local.settings.json"
-SAMPLE_SETTINGS = PROJECT_ROOT / "local.settings.sample.json"
 DEFAULT_AZURITE_PORT = 10001  # what UseDevelopmentStorage=true means to the storage SDKs
 EMULATOR_PLACEHOLDER = "http://127.0.0.1:8045"  # the sample's BATCH_ACCOUNT_URL: "use the local emulator"
 DEFAULT_EMULATOR_PORT = 8045
@@ -111,17 +109,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def load_local_settings(root: Path = PROJECT_ROOT) -> tuple[Path | None, dict[str, str]]:
     """The Values of local.settings.json, else of local.settings.sample.json, as strings."""
-    for path in (root / LOCAL_SETTINGS.name, root / SAMPLE_SETTINGS.name):
-        if path.is_file():
-            try:
-                document = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise RunError(f"{path.name} is not readable JSON ({exc})") from exc
-            values = document.get("Values") or {}
-            if not isinstance(values, dict):
-                raise RunError(f"{path.name}: Values must be an object")
-            return path, {str(k): "" if v is None else str(v) for k, v in values.items()}
-    return None, {}
+    try:
+        return local_settings_values(root)
+    except ConfigurationError as exc:
+        raise RunError(str(exc)) from exc
 
 
 def apply_settings(values: dict[str, str], environ: MutableMapping[str, str]) -> list[str]:

@@ -55,7 +55,14 @@ from shared.message import TerminateRequest
 from shared.poison import PoisonRecord
 from shared.producer import EnqueueFailed, TerminateQueue, build_request
 from shared.runtime import queue_client
-from shared.settings import PROJECT_ROOT, StorageSettings, queue_name_setting, queue_options, storage_from_env
+from shared.settings import (
+    PROJECT_ROOT,
+    StorageSettings,
+    local_settings_values,
+    queue_name_setting,
+    queue_options,
+    storage_from_env,
+)
 
 T = TypeVar("T")
 
@@ -65,7 +72,6 @@ EXIT_USAGE = 2
 EXIT_STORAGE = 3
 EXIT_INTERRUPTED = 130
 
-SETTINGS_FILES = ("local.settings.json", "local.settings.sample.json")
 STORAGE_SETTING = "AzureWebJobsStorage"
 DEV_STORAGE = "UseDevelopmentStorage=true"
 CONNECT_TIMEOUT_SECONDS = 3
@@ -111,20 +117,9 @@ class Target:
 
 
 def file_settings(root: Path) -> dict[str, str]:
-    """The `Values` of local.settings.json, else of local.settings.sample.json, else nothing."""
-    for name in SETTINGS_FILES:
-        path = root / name
-        if not path.is_file():
-            continue
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ConfigurationError(name, f"unreadable ({type(exc).__name__})") from exc
-        values = document.get("Values") if isinstance(document, dict) else None
-        if not isinstance(values, dict):
-            return {}
-        return {str(k): str(v) for k, v in values.items() if isinstance(v, str | int | float) and str(v).strip()}
-    return {}
+    """The non-empty `Values` of local.settings.json, else of local.settings.sample.json, else nothing."""
+    _, values = local_settings_values(root)
+    return {name: value for name, value in values.items() if value.strip()}
 
 
 def merged_settings(environ: Mapping[str, str], root: Path) -> dict[str, str]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from shared.errors import ConfigurationError
-from shared.settings import HOST_JSON, Settings, parse_timespan, validate_batch_url
+from shared.settings import HOST_JSON, Settings, local_settings_values, parse_timespan, validate_batch_url
 
 BASE = {
     "BATCH_ACCOUNT_URL": "https://acct.westeurope.batch.azure.com",
@@ -136,3 +136,17 @@ def test_storage_repr_hides_the_connection_string() -> None:
 @pytest.mark.parametrize(("text", "seconds"), [("00:00:30", 30), ("00:10:00", 600), ("1.00:00:01", 86401)])
 def test_timespans_parse(text: str, seconds: float) -> None:
     assert parse_timespan(text) == seconds
+
+
+def test_local_settings_file_wins_over_the_sample(tmp_path: Path) -> None:
+    (tmp_path / "local.settings.sample.json").write_text(json.dumps({"Values": {"A": "sample"}}))
+    assert local_settings_values(tmp_path) == (tmp_path / "local.settings.sample.json", {"A": "sample"})
+    (tmp_path / "local.settings.json").write_text(json.dumps({"Values": {"A": "mine", "B": None}}))
+    assert local_settings_values(tmp_path) == (tmp_path / "local.settings.json", {"A": "mine", "B": ""})
+
+
+def test_unreadable_local_settings_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "local.settings.json").write_text("{not json")
+    with pytest.raises(ConfigurationError) as caught:
+        local_settings_values(tmp_path)
+    assert caught.value.setting == "local.settings.json"
