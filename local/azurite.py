@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
 import shutil
+import signal
 import subprocess
 import threading
 from collections import deque
@@ -16,7 +19,14 @@ AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite-queue"
 # Azurite's documented well-known development account; not a secret.
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+PR_SET_PDEATHSIG = 1
 _LISTENING = re.compile(r"Queue service successfully listens on http://[^:]+:(\d+)")
+
+
+def _die_with_parent() -> None:
+    """In the child: ask Linux for SIGTERM when the starting thread ends, so a killed run leaves no Azurite behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def ensure_installed() -> Path:
@@ -78,6 +88,7 @@ class Azurite:
             env={**os.environ, "NODE_NO_WARNINGS": "1"},
             # Its own session: a terminal's Ctrl-C reaches the host, which drains before stopping Azurite.
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         ready = threading.Event()
         threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
