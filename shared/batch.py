@@ -180,7 +180,7 @@ class BatchClient:
         url = f"{self._base}/jobs/{request.job_id}/terminate{self._query}"
         if request.force:
             url += "&force=true"
-        body = json.dumps({"terminateReason": request.reason}).encode("utf-8")
+        body = json.dumps({"terminateReason": request.terminate_reason}).encode("utf-8")
         started = self._clock()
         response, detail, verdict, attempts = self._send(
             "POST",

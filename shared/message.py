@@ -21,6 +21,7 @@ MAX_REASON_LENGTH = 1024
 _REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5c1e-4f0e-4a53-9c61-2b8f6d1c0a7e")
 _STRING_HEADERS = {"ifMatch": "if_match", "ifNoneMatch": "if_none_match"}
 _DATE_HEADERS = {"ifModifiedSince": "if_modified_since", "ifUnmodifiedSince": "if_unmodified_since"}
+KNOWN_FIELDS = frozenset({"jobId", "reason", "force", "requestId", *_STRING_HEADERS, *_DATE_HEADERS})
 
 
 @dataclass(frozen=True)
@@ -28,13 +29,18 @@ class TerminateRequest:
     """A valid terminate request: what the function asks Batch to do."""
 
     job_id: str
-    reason: str = DEFAULT_REASON
+    reason: str | None = None  # as given; None when absent or empty
     force: bool = False
     if_match: str | None = None
     if_none_match: str | None = None
     if_modified_since: datetime | None = None
     if_unmodified_since: datetime | None = None
     request_id: str | None = None
+
+    @property
+    def terminate_reason(self) -> str:
+        """The terminateReason sent to Batch."""
+        return self.reason or DEFAULT_REASON
 
     @classmethod
     def parse(cls, body: bytes | str) -> TerminateRequest:
@@ -47,7 +53,8 @@ class TerminateRequest:
         raw_reason = document.get("reason")
         reason = raw_reason if isinstance(raw_reason, str) else None
 
-        for key in sorted(document.duplicates):
+        # Unknown fields are ignored, even twice; a known field given twice is ambiguous.
+        for key in sorted(document.duplicates & KNOWN_FIELDS):
             problems.append(Problem(key, "appears more than once"))
         problem = job_id_problem(raw_job_id)
         if problem:
@@ -94,17 +101,16 @@ class TerminateRequest:
             raise InvalidMessage(problems, job_id=job_id, reason=reason)
         return cls(**fields)
 
-    def client_request_id(self, message_id: str | None, body: bytes | str = b"") -> str:
+    def client_request_id(self, message_id: str | None) -> str:
         """The client-request-id to send: the one asked for, else one stable per queue message."""
         if self.request_id:
             return self.request_id
-        seed = message_id if message_id else (body.decode("utf-8", "replace") if isinstance(body, bytes) else body)
-        return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, seed))
+        return str(uuid.uuid5(_REQUEST_ID_NAMESPACE, message_id) if message_id else uuid.uuid4())
 
     def to_message(self) -> dict[str, Any]:
         """The message document for this request (what a producer enqueues)."""
         document: dict[str, Any] = {"jobId": self.job_id}
-        if self.reason != DEFAULT_REASON:
+        if self.reason:
             document["reason"] = self.reason
         if self.force:
             document["force"] = True
@@ -173,6 +179,11 @@ def _object_pairs(pairs: list[tuple[str, Any]]) -> _Document:
     return document
 
 
+def _refuse_constant(name: str) -> None:
+    # Python's json reads NaN and Infinity; JSON (RFC 8259) has no such values.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def _load_object(body: bytes | str) -> _Document:
     if isinstance(body, bytes):
         try:
@@ -185,7 +196,7 @@ def _load_object(body: bytes | str) -> _Document:
     if not text.strip():
         raise InvalidMessage([Problem("message", "is empty")])
     try:
-        document = json.loads(text, object_pairs_hook=_object_pairs)
+        document = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_refuse_constant)
     except RecursionError as exc:
         raise InvalidMessage([Problem("message", "is nested too deeply")]) from exc
     except ValueError as exc:

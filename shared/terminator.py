@@ -83,7 +83,7 @@ class Terminator:
             )
             return self._poisoned(delivery, detail, exc.job_id, exc.reason, started)
 
-        client_request_id = request.client_request_id(delivery.message_id, delivery.body)
+        client_request_id = request.client_request_id(delivery.message_id)
         try:
             outcome = self._client.terminate(request, client_request_id)
         except BatchCallFailed as exc:

@@ -337,7 +337,7 @@ def test_plain_body_is_accepted(trigger: Queues) -> None:
 def test_plain_body_without_reason_gets_the_default_reason(trigger: Queues) -> None:
     assert post({"jobId": "job-8"}).status_code == 202
     [request] = enqueued(trigger)
-    assert request.reason == "UserTerminate"
+    assert request.terminate_reason == "UserTerminate"
 
 
 def test_reason_is_cut_to_the_message_limit(trigger: Queues) -> None:

@@ -23,7 +23,8 @@ def problems_of(body: bytes | str) -> dict[str, str]:
 
 def test_minimal_message_uses_user_terminate_reason() -> None:
     request = parse({"jobId": "nightly-render_42"})
-    assert request == TerminateRequest(job_id="nightly-render_42", reason=DEFAULT_REASON)
+    assert request == TerminateRequest(job_id="nightly-render_42")
+    assert request.terminate_reason == DEFAULT_REASON
 
 
 def test_all_fields_are_read() -> None:
@@ -49,7 +50,7 @@ def test_all_fields_are_read() -> None:
 
 
 def test_empty_reason_becomes_user_terminate() -> None:
-    assert parse({"jobId": "a", "reason": ""}).reason == DEFAULT_REASON
+    assert parse({"jobId": "a", "reason": ""}).terminate_reason == DEFAULT_REASON
 
 
 def test_null_optional_fields_count_as_absent() -> None:
@@ -156,8 +157,17 @@ def test_body_that_is_not_a_json_object_is_invalid(body: bytes, expected: str) -
     assert expected in problems_of(body)["message"]
 
 
-def test_duplicate_keys_are_invalid() -> None:
+def test_duplicate_known_keys_are_invalid() -> None:
     assert problems_of(b'{"jobId": "a", "jobId": "b"}')["jobId"] == "appears more than once"
+
+
+def test_duplicate_unknown_keys_are_ignored_like_any_unknown_field() -> None:
+    assert TerminateRequest.parse(b'{"jobId": "a", "x": 1, "x": 2}').job_id == "a"
+
+
+@pytest.mark.parametrize("constant", ["NaN", "Infinity", "-Infinity"])
+def test_non_json_constants_are_invalid(constant: str) -> None:
+    assert "is not JSON" in problems_of(f'{{"jobId": "a", "x": {constant}}}')["message"]
 
 
 def test_utf8_bom_is_tolerated() -> None:
@@ -185,6 +195,11 @@ def test_client_request_id_is_stable_per_queue_message() -> None:
     first = request.client_request_id("message-1")
     assert first == request.client_request_id("message-1")
     assert first != request.client_request_id("message-2")
+
+
+def test_client_request_id_without_a_message_id_is_fresh() -> None:
+    request = parse({"jobId": "a"})
+    assert request.client_request_id(None) != request.client_request_id(None)
 
 
 def test_client_request_id_prefers_the_one_asked_for() -> None:
