@@ -91,8 +91,6 @@ class Outcome:
     code: str | None
     request_id: str | None
     client_request_id: str
-    attempts: int
-    duration: float
 
 
 class TokenCredential(Protocol):
@@ -118,16 +116,17 @@ class TokenProvider:
         self._margin = refresh_margin
         self._lock = threading.Lock()
         self._token: AccessToken | None = None
+        self._refresh_at = 0.0
 
     def get(self) -> str:
-        """A token valid for at least the refresh margin."""
+        """A token that stays valid for the refresh margin (or half its life, when that is shorter)."""
         token = self._token
-        if token is not None and self._clock() < token.expires_on - self._margin:
+        if token is not None and self._clock() < self._refresh_at:
             return token.token
         with self._lock:
             token = self._token
-            if token is None or self._clock() >= token.expires_on - self._margin:
-                token = self._token = self._credential.get_token(self._scope)
+            if token is None or self._clock() >= self._refresh_at:
+                token = self._store(self._credential.get_token(self._scope))
             return token.token
 
     def refresh(self, rejected: str) -> str:
@@ -138,8 +137,14 @@ class TokenProvider:
                 return current.token
             # A claims challenge makes MSAL skip its cache and ask the endpoint again.
             challenge = json.dumps({"access_token": {"nbf": {"essential": True, "value": str(int(self._clock()))}}})
-            self._token = self._credential.get_token(self._scope, claims=challenge)
-            return self._token.token
+            return self._store(self._credential.get_token(self._scope, claims=challenge)).token
+
+    def _store(self, token: AccessToken) -> AccessToken:
+        now = self._clock()
+        # A short-lived token would otherwise be inside the margin from the start and fetched on every call.
+        self._refresh_at = token.expires_on - min(self._margin, max(token.expires_on - now, 0) / 2)
+        self._token = token
+        return token
 
 
 class BatchClient:
@@ -181,8 +186,7 @@ class BatchClient:
         if request.force:
             url += "&force=true"
         body = json.dumps({"terminateReason": request.terminate_reason}).encode("utf-8")
-        started = self._clock()
-        response, detail, verdict, attempts = self._send(
+        response, detail, verdict = self._send(
             "POST",
             url,
             body=body,
@@ -198,15 +202,13 @@ class BatchClient:
             code=None if verdict is Verdict.SUCCEEDED else detail.code,
             request_id=response.headers.get("request-id"),
             client_request_id=response.headers.get("client-request-id") or client_request_id,
-            attempts=attempts,
-            duration=self._clock() - started,
         )
 
     def get(self, url: str, client_request_id: str, *, label: str) -> requests.Response:
         """GET a Batch resource with terminate's token, retry and classification; a 2xx answer or BatchCallFailed."""
         if not url.startswith(f"{self._base}/"):
             raise ValueError("refusing to send the Batch token outside the configured account")
-        response, _, _, _ = self._send(
+        response, _, _ = self._send(
             "GET",
             url,
             body=None,
@@ -227,11 +229,12 @@ class BatchClient:
         client_request_id: str,
         accept: frozenset[Verdict],
         label: str,
-    ) -> tuple[requests.Response, ErrorDetail, Verdict, int]:
+    ) -> tuple[requests.Response, ErrorDetail, Verdict]:
         """The one retry loop: token, 401 refresh, transient backoff; returns an answer whose verdict is accepted."""
         started = self._clock()
         attempt = 0
         refreshed = False
+        sent = False  # whether any request reached the wire: a record names a client-request-id only then
         rejected: str | None = None  # a token Batch answered 401 to, while its refresh has not succeeded
         while True:
             attempt += 1
@@ -244,9 +247,12 @@ class BatchClient:
                     token = self._tokens.refresh(rejected)
                     rejected = None
             except AzureError as exc:
-                detail = ErrorDetail("CredentialUnavailable", _first_line(exc), client_request_id=client_request_id)
+                detail = ErrorDetail(
+                    "CredentialUnavailable", _first_line(exc), client_request_id=client_request_id if sent else None
+                )
                 floor = self._policy.credential_delay
             else:
+                sent = True
                 try:
                     response = self._session.request(
                         method,
@@ -264,7 +270,7 @@ class BatchClient:
                     detail = error_detail(response, client_request_id)
                     verdict = classify(response.status_code, detail.code)
                     if verdict in accept:
-                        return response, detail, verdict, attempt
+                        return response, detail, verdict
                     if verdict is Verdict.REFRESH_TOKEN and not refreshed:
                         refreshed = True
                         rejected = token
@@ -286,7 +292,7 @@ class BatchClient:
             elapsed = self._clock() - started
             delay = max(self._policy.delay(attempt, retry_after, self._rng), floor)
             if attempt >= self._policy.max_attempts or elapsed + delay > self._policy.budget_seconds:
-                raise BatchCallFailed(detail, attempts=attempt, transient=True, retry_after=retry_after)
+                raise BatchCallFailed(detail, attempts=attempt, transient=True)
             log.warning(
                 "%s retry attempt=%d code=%s status=%s delay=%.2fs",
                 label,
@@ -347,7 +353,7 @@ def error_detail(response: requests.Response, client_request_id: str | None) -> 
         raw_values = document.get("values")
         if isinstance(raw_values, list):
             values = [
-                Problem(str(item.get("key", "")), str(item.get("value", "")))
+                Problem(str(item.get("key") or ""), str(item.get("value") or ""))
                 for item in raw_values
                 if isinstance(item, dict)
             ]
@@ -368,7 +374,9 @@ def error_detail(response: requests.Response, client_request_id: str | None) -> 
 
 
 def _code_for_status(status: int) -> str:
-    """A code for an answer without a BatchError: the status phrase, e.g. 503 -> ServiceUnavailable."""
+    """A code for an answer without a BatchError: ServiceUnavailable when transient, else the status phrase."""
+    if classify(status, None) is Verdict.TRANSIENT:
+        return "ServiceUnavailable"  # CONTRACT §5: Batch's code, else ServiceUnavailable
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:

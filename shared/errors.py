@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class TerminatorError(Exception):
@@ -62,7 +62,6 @@ class BatchCallFailed(TerminatorError):
     detail: ErrorDetail
     attempts: int
     transient: bool
-    retry_after: float | None = field(default=None)
 
     def __str__(self) -> str:
         status = self.detail.http_status if self.detail.http_status is not None else "-"

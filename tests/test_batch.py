@@ -139,10 +139,12 @@ def test_batch_error_body_is_read() -> None:
     ("status", "code"),
     [
         (503, "ServiceUnavailable"),
-        (500, "InternalServerError"),
-        (504, "GatewayTimeout"),
+        (500, "ServiceUnavailable"),
+        (429, "ServiceUnavailable"),
+        (599, "ServiceUnavailable"),
         (404, "NotFound"),
-        (599, "Http599"),
+        (405, "MethodNotAllowed"),
+        (499, "Http499"),
     ],
 )
 def test_error_without_batch_error_body_is_named_by_its_status(status: int, code: str) -> None:
@@ -151,7 +153,8 @@ def test_error_without_batch_error_body_is_named_by_its_status(status: int, code
 
 def test_error_without_batch_error_body_gets_a_code_and_keeps_the_body() -> None:
     detail = error_detail(response(502, b"<html>bad gateway</html>"), None)
-    assert detail.code == "BadGateway"
+    assert detail.code == "ServiceUnavailable"
+    assert detail.message.startswith("HTTP 502")
     assert [(v.key, v.value) for v in detail.values] == [("body", "<html>bad gateway</html>")]
 
 
@@ -181,3 +184,12 @@ def test_token_failure_waits_out_msal_failure_cache_even_under_a_small_retry_aft
     assert caught.value.detail.code == "CredentialUnavailable"
     assert len(slept) == 2
     assert min(slept) >= 5.0
+
+
+def test_short_lived_token_is_reused_for_half_its_life() -> None:
+    credential = FakeCredential(lifetime=120)
+    now = [credential.now]
+    tokens = TokenProvider(credential, clock=lambda: now[0], refresh_margin=300)
+    assert [tokens.get() for _ in range(3)] == ["tok-1"] * 3
+    now[0] += 61
+    assert tokens.get() == "tok-2"

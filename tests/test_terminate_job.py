@@ -398,6 +398,7 @@ def test_token_endpoint_failure_on_last_attempt_is_poisoned(
 
     record = only_record(queues)
     assert (record["error"]["code"], record["error"]["httpStatus"]) == ("CredentialUnavailable", None)
+    assert record["error"]["clientRequestId"] is None, "no request reached Batch"
     assert terminate_requests(batch) == []
 
 
