@@ -83,7 +83,7 @@ class SoakConfig:
 
     def policy(self) -> RetryPolicy:
         """A retry policy scaled down so the soak finishes in minutes."""
-        # retry_after_cap also caps credential_delay: keep it at MSAL's 5 s failure cache, or token retries are futile.
+        # credential_delay stays at MSAL's 5 s failure cache, or token retries would be futile.
         return RetryPolicy(
             max_attempts=4,
             base_delay=0.05,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import threading
@@ -20,7 +19,7 @@ from requests.utils import get_environ_proxies
 
 from shared.batch import BatchClient, RetryPolicy, TokenProvider
 from shared.poison import PoisonWriter
-from shared.settings import Settings, StorageSettings
+from shared.settings import ENCODING_ENV, MAX_DEQUEUE_ENV, Settings, StorageSettings
 from shared.terminator import Terminator
 
 log = logging.getLogger("batch_terminator")
@@ -67,7 +66,9 @@ def queue_client(
 ) -> QueueClient:
     """A queue client that encodes messages the way host.json says the trigger decodes them."""
     options: dict[str, Any] = {
-        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=3),
+        # One quick retry: a write that still fails raises, and the host redelivers the message later anyway.
+        "retry_policy": ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=1),
+        "connection_timeout": 10,
         **client_options,
     }
     if pool_size is not None:
@@ -111,37 +112,66 @@ def build_terminator(
     return Terminator(client, poison, max_dequeue_count=settings.max_dequeue_count)
 
 
+# What the process-wide objects are built from. They are read on the first invocation and reused while these
+# stay the same; a change (in Azure that means a restart anyway; in a test harness, a new emulator) rebuilds them.
+WATCHED_SETTINGS = (
+    "BATCH_ACCOUNT_URL",
+    "BATCH_API_VERSION",
+    "BATCH_TIMEOUT_SECONDS",
+    "AZURE_CLIENT_ID",
+    "TERMINATE_QUEUE_NAME",
+    "POISON_QUEUE_NAME",
+    "AzureWebJobsStorage",
+    "AzureWebJobsStorage__queueServiceUri",
+    "AzureWebJobsStorage__accountName",
+    "AzureWebJobsStorage__clientId",
+    "AzureWebJobsStorage__credential",
+    MAX_DEQUEUE_ENV,
+    ENCODING_ENV,
+    "IDENTITY_ENDPOINT",
+    "IDENTITY_HEADER",
+    "MSI_ENDPOINT",
+)
+
 _installed: Terminator | None = None
+_current: tuple[tuple[str | None, ...], Terminator] | None = None
 
 
-@functools.cache
-def _cached_terminator() -> Terminator:
-    if _installed is not None:
-        return _installed
-    settings = Settings.from_env()
-    log.info(
-        "batch-terminator ready: batch=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d",
-        settings.batch_account_url,
-        settings.batch_api_version,
-        settings.terminate_queue_name,
-        settings.poison_queue_name,
-        settings.max_dequeue_count,
-    )
-    return build_terminator(settings)
+def _fingerprint() -> tuple[str | None, ...]:
+    return tuple(os.environ.get(name) for name in WATCHED_SETTINGS)
 
 
 def get_terminator() -> Terminator:
-    """The process's Terminator; settings are read on the first call (a failure is not cached)."""
+    """The process's Terminator, built on first use from the settings (a failure is not cached)."""
+    global _current
+    installed, current, seen = _installed, _current, _fingerprint()
+    if installed is not None:
+        return installed
+    if current is not None and current[0] == seen:
+        return current[1]
     with _lock:
-        return _cached_terminator()
+        if _installed is not None:
+            return _installed
+        if _current is None or _current[0] != seen:
+            settings = Settings.from_env()
+            log.info(
+                "batch-terminator ready: batch=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d",
+                settings.batch_account_url,
+                settings.batch_api_version,
+                settings.terminate_queue_name,
+                settings.poison_queue_name,
+                settings.max_dequeue_count,
+            )
+            _current = (seen, build_terminator(settings))
+        return _current[1]
 
 
 def install(terminator: Terminator | None) -> None:
     """Use this Terminator for the process (a host that wires its own); None goes back to settings."""
-    global _installed
+    global _installed, _current
     with _lock:
         _installed = terminator
-        _cached_terminator.cache_clear()
+        _current = None
 
 
 def reset() -> None:

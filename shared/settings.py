@@ -177,10 +177,14 @@ def queue_options(env: Mapping[str, str], host_json: Path = HOST_JSON) -> QueueO
             document = json.loads(host_json.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise ConfigurationError("host.json", f"unreadable ({exc})") from exc
-        queues = {k.lower(): v for k, v in document.get("extensions", {}).get("queues", {}).items()}
+        extensions = document.get("extensions") if isinstance(document, dict) else None
+        section = extensions.get("queues") if isinstance(extensions, dict) else None
+        if section is not None and not isinstance(section, dict):
+            raise ConfigurationError("host.json", "extensions.queues must be an object")
+        queues = {str(k).lower(): v for k, v in (section or {}).items()}
     prefix = "azurefunctionsjobhost__extensions__queues__"
     for name, value in env.items():
-        if name.lower().startswith(prefix):
+        if name.lower().startswith(prefix) and value.strip():  # an empty app setting means "not set"
             queues[name[len(prefix) :].lower()] = value
     encoding = str(queues.get("messageencoding", "base64")).lower()
     if encoding not in ("base64", "none"):

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from shared.batch import BatchClient, Verdict
 from shared.errors import BatchCallFailed, ErrorDetail, InvalidMessage, RetryLater
-from shared.message import TerminateRequest
+from shared.message import JOB_ID_PATTERN, TerminateRequest
 from shared.poison import PoisonRecord, PoisonWriter
 
 log = logging.getLogger("batch_terminator")
@@ -48,8 +48,11 @@ class Handled:
 
     def describe(self) -> str:
         """The one log line for this outcome."""
+        job = self.job_id
+        if job is not None and not JOB_ID_PATTERN.fullmatch(job):
+            job = repr(job[:100])  # an invalid id is the sender's text: escaped, so it cannot forge log lines
         return (
-            f"terminate job={self.job_id} outcome={self.result.value} status={self.http_status}"
+            f"terminate job={job} outcome={self.result.value} status={self.http_status}"
             f" code={self.code} request_id={self.request_id} client_request_id={self.client_request_id}"
             f" attempt={self.attempt} duration_ms={self.duration * 1000:.0f}"
         )
@@ -81,7 +84,7 @@ class Terminator:
             detail = ErrorDetail(
                 "InvalidMessage", "The message does not follow the terminate message schema.", exc.problems
             )
-            return self._poisoned(delivery, detail, exc.job_id, exc.reason, started)
+            return self._poisoned(delivery, attempt, detail, exc.job_id, exc.reason, started)
 
         client_request_id = request.client_request_id(delivery.message_id)
         try:
@@ -93,7 +96,7 @@ class Terminator:
                     f" status={exc.detail.http_status} client_request_id={client_request_id}"
                     f" attempt={attempt}/{self._max_dequeue_count}"
                 ) from exc
-            return self._poisoned(delivery, exc.detail, request.job_id, request.reason, started)
+            return self._poisoned(delivery, attempt, exc.detail, request.job_id, request.reason, started)
 
         return Handled(
             result=Result.TERMINATED if outcome.verdict is Verdict.SUCCEEDED else Result.ALREADY_TERMINATED,
@@ -109,12 +112,12 @@ class Terminator:
     def _poisoned(
         self,
         delivery: Delivery,
+        attempt: int,
         detail: ErrorDetail,
         job_id: str | None,
         reason: str | None,
         started: float,
     ) -> Handled:
-        attempt = max(delivery.dequeue_count, 1)
         self._poison.write(
             PoisonRecord(
                 error=detail,

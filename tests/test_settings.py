@@ -150,3 +150,22 @@ def test_unreadable_local_settings_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError) as caught:
         local_settings_values(tmp_path)
     assert caught.value.setting == "local.settings.json"
+
+
+def test_empty_max_dequeue_override_means_not_set() -> None:
+    assert settings(AzureFunctionsJobHost__extensions__queues__maxDequeueCount="").max_dequeue_count == 5
+
+
+@pytest.mark.parametrize("document", ['{"extensions": null}', "[]", '{"extensions": {}}'])
+def test_host_json_without_queue_options_uses_defaults(tmp_path: Path, document: str) -> None:
+    host = tmp_path / "host.json"
+    host.write_text(document)
+    assert settings(host_json=host).max_dequeue_count == 5
+
+
+def test_malformed_queue_options_in_host_json_are_named(tmp_path: Path) -> None:
+    host = tmp_path / "host.json"
+    host.write_text('{"extensions": {"queues": 5}}')
+    with pytest.raises(ConfigurationError) as caught:
+        settings(host_json=host)
+    assert caught.value.setting == "host.json"

@@ -451,15 +451,39 @@ def test_poison_queue_name_setting_is_used(
     assert queues.poison_records() == []
 
 
-def test_settings_are_read_on_first_invocation_and_cached(
+def test_settings_are_read_at_the_first_invocation_not_at_import(
     monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, function_env: dict[str, str]
 ) -> None:
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")  # after import, before the first call
     batch.add_job("job-1")
-    batch.add_job("job-2")
     terminate_job.main(make_message({"jobId": "job-1"}))
-    monkeypatch.setenv("BATCH_API_VERSION", "2099-01-01.99.0")
-    terminate_job.main(make_message({"jobId": "job-2"}))
-    assert {r.query["api-version"] for r in terminate_requests(batch)} == {"2023-11-01.18.0"}
+    assert [r.query["api-version"] for r in terminate_requests(batch)] == ["2024-07-01.20.0"]
+
+
+def test_process_objects_are_reused_while_the_settings_stay_the_same(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, function_env: dict[str, str]
+) -> None:
+    for n in range(3):
+        batch.add_job(f"job-{n}")
+        terminate_job.main(make_message({"jobId": f"job-{n}"}))
+    assert runtime.get_terminator() is runtime.get_terminator()
+    assert identity.fetches == 1
+
+
+@pytest.mark.usefixtures("function_env")
+def test_changed_settings_take_effect_on_the_next_invocation(
+    monkeypatch: pytest.MonkeyPatch, identity: IdentityEndpoint, make_message: MessageFactory
+) -> None:
+    # A harness that starts a new Batch emulator per test only sets the environment; no reset hook is needed.
+    with BatchEmulator(authorize=identity.is_valid) as first, BatchEmulator(authorize=identity.is_valid) as second:
+        first.add_job("job-1")
+        second.add_job("job-2")
+        monkeypatch.setenv("BATCH_ACCOUNT_URL", first.url)
+        terminate_job.main(make_message({"jobId": "job-1"}))
+        monkeypatch.setenv("BATCH_ACCOUNT_URL", second.url)
+        terminate_job.main(make_message({"jobId": "job-2"}))
+        assert [t.job_id for t in first.terminations] == ["job-1"]
+        assert [t.job_id for t in second.terminations] == ["job-2"]
 
 
 @pytest.mark.parametrize("url", ["http://batch.example.com", "https://user:secret@acct.batch.azure.com"])
@@ -510,3 +534,11 @@ def test_no_log_record_contains_the_token_or_the_storage_key(
     for token in identity.issued:
         assert token not in text
     assert "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq" not in text
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_invalid_job_id_cannot_forge_a_log_line(make_message: MessageFactory, captured_logs) -> None:
+    terminate_job.main(make_message({"jobId": "a\nterminate job=x outcome=terminated"}))
+    lines = [line for r in captured_logs.records for line in r.getMessage().splitlines()]
+    assert not any(line.startswith("terminate job=x") for line in lines)
+    assert any("outcome=poisoned" in line and "job='a\\nterminate" in line for line in lines)
