@@ -15,10 +15,12 @@ import pytest
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
+import alert_terminate
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator
 from local.identity import IdentityEndpoint
 from shared import runtime
+from shared.message import TerminateRequest
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +46,11 @@ class Queues:
             message_decode_policy=TextBase64DecodePolicy(),
         )
 
+    def enqueued(self) -> list[TerminateRequest]:
+        """The trigger queue's messages, base64-decoded and parsed by the function's own parser."""
+        raw = QueueClient.from_connection_string(self.connection_string, self.trigger)
+        return [TerminateRequest.parse(base64.b64decode(m.content)) for m in raw.peek_messages(max_messages=32)]
+
     def poison_records(self) -> list[dict[str, Any]]:
         """Every poison record, decoded, without removing them."""
         client = self.client(self.poison)
@@ -60,6 +67,17 @@ def queues(azurite: Azurite) -> Queues:
     made = Queues(azurite.connection_string, name, f"{name}-poison")
     made.client(name).create_queue()
     return made
+
+
+@pytest.fixture
+def trigger(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
+    """App settings for alert_terminate on Azurite, and a fresh process-wide queue client."""
+    monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
+    monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
+    for name in ("ALERT_JOB_ID_DIMENSION", "ALERT_RULES_ALLOWED", "AzureWebJobsStorage__queueServiceUri"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(alert_terminate, "_queue", None)
+    return queues
 
 
 @pytest.fixture

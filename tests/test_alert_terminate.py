@@ -16,7 +16,6 @@ import alert_terminate
 import terminate_job
 from local.batch_emulator import BatchEmulator, JobState
 from shared.alerts import MAX_BODY_BYTES, MAX_JOB_IDS
-from shared.message import TerminateRequest
 from tests.conftest import MessageFactory, Queues
 
 pytestmark = pytest.mark.integration
@@ -190,17 +189,6 @@ ACTIVITY_LOG_ALERT: dict[str, Any] = {
 }
 
 
-@pytest.fixture
-def trigger(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
-    """App settings for alert_terminate on Azurite; a fresh process-wide queue."""
-    monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
-    monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
-    for name in ("ALERT_JOB_ID_DIMENSION", "ALERT_RULES_ALLOWED", "AzureWebJobsStorage__queueServiceUri"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(alert_terminate, "_queue", None)
-    return queues
-
-
 def post(body: object, *, method: str = "POST") -> func.HttpResponse:
     """Call the function the way the host does, with a real azure.functions HttpRequest."""
     raw = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else json.dumps(body).encode()
@@ -220,12 +208,6 @@ def answer(response: func.HttpResponse) -> dict[str, Any]:
     return document
 
 
-def enqueued(queues: Queues) -> list[TerminateRequest]:
-    """The trigger queue's messages, base64-decoded and parsed by the function's own parser."""
-    raw = QueueClient.from_connection_string(queues.connection_string, queues.trigger)
-    return [TerminateRequest.parse(base64.b64decode(m.content)) for m in raw.peek_messages(max_messages=32)]
-
-
 def with_changes(payload: dict[str, Any], **essentials: Any) -> dict[str, Any]:
     changed = copy.deepcopy(payload)
     changed["data"]["essentials"].update(essentials)
@@ -237,7 +219,7 @@ def test_metric_alert_enqueues_the_job_named_by_the_dimension(trigger: Queues) -
 
     assert response.status_code == 202
     assert answer(response) == {"enqueued": ["nightly-render-42"]}
-    [request] = enqueued(trigger)
+    [request] = trigger.enqueued()
     assert request.job_id == "nightly-render-42"
     assert request.reason == "Alert 'batch-task-failures' fired (Sev2)"
     assert not request.force
@@ -248,7 +230,7 @@ def test_log_search_alert_v2_enqueues_the_job_named_by_the_dimension(trigger: Qu
 
     assert response.status_code == 202
     assert answer(response) == {"enqueued": ["etl-2026-11-25"]}
-    [request] = enqueued(trigger)
+    [request] = trigger.enqueued()
     assert (request.job_id, request.reason) == ("etl-2026-11-25", "Alert 'batch-etl-error-log' fired (Sev1)")
 
 
@@ -257,7 +239,7 @@ def test_activity_log_alert_takes_job_ids_from_custom_properties_without_duplica
 
     assert response.status_code == 202
     assert answer(response) == {"enqueued": ["ingest-a", "ingest-b"]}, "ids are case-insensitive, as in Batch"
-    requests = enqueued(trigger)
+    requests = trigger.enqueued()
     assert [r.job_id for r in requests] == ["ingest-a", "ingest-b"]
     assert {r.reason for r in requests} == {"Alert 'ingest-pool-deleted' fired (Sev4)"}
 
@@ -269,7 +251,7 @@ def test_custom_properties_come_before_dimensions(trigger: Queues) -> None:
     response = post(payload)
 
     assert answer(response) == {"enqueued": ["render-7", "render-8"]}
-    assert [r.job_id for r in enqueued(trigger)] == ["render-7", "render-8"]
+    assert [r.job_id for r in trigger.enqueued()] == ["render-7", "render-8"]
 
 
 def test_log_search_alert_custom_properties_in_the_alert_context_are_read(trigger: Queues) -> None:
@@ -304,7 +286,7 @@ def test_resolved_alert_answers_200_and_enqueues_nothing(trigger: Queues) -> Non
 
     assert response.status_code == 200
     assert answer(response) == {"enqueued": [], "monitorCondition": "Resolved"}
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_rule_outside_the_allow_list_is_forbidden(trigger: Queues, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -314,7 +296,7 @@ def test_rule_outside_the_allow_list_is_forbidden(trigger: Queues, monkeypatch: 
 
     assert response.status_code == 403
     assert answer(response)["error"]["code"] == "RuleNotAllowed"
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_rules_in_the_allow_list_act_case_insensitively(trigger: Queues, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,7 +304,7 @@ def test_rules_in_the_allow_list_act_case_insensitively(trigger: Queues, monkeyp
 
     assert post(METRIC_ALERT).status_code == 202
     assert post(with_changes(METRIC_ALERT, alertRule=None)).status_code == 403
-    assert [r.job_id for r in enqueued(trigger)] == ["nightly-render-42"]
+    assert [r.job_id for r in trigger.enqueued()] == ["nightly-render-42"]
 
 
 def test_plain_body_is_accepted(trigger: Queues) -> None:
@@ -330,13 +312,13 @@ def test_plain_body_is_accepted(trigger: Queues) -> None:
 
     assert response.status_code == 202
     assert answer(response) == {"enqueued": ["job-7"]}
-    [request] = enqueued(trigger)
+    [request] = trigger.enqueued()
     assert (request.job_id, request.reason) == ("job-7", "budget exceeded")
 
 
 def test_plain_body_without_reason_gets_the_default_reason(trigger: Queues) -> None:
     assert post({"jobId": "job-8"}).status_code == 202
-    [request] = enqueued(trigger)
+    [request] = trigger.enqueued()
     assert request.terminate_reason == "UserTerminate"
 
 
@@ -344,7 +326,7 @@ def test_reason_is_cut_to_the_message_limit(trigger: Queues) -> None:
     response = post(with_changes(METRIC_ALERT, alertRule="r" * 2000))
 
     assert response.status_code == 202
-    [request] = enqueued(trigger)
+    [request] = trigger.enqueued()
     assert len(request.reason) == 1024
     assert request.reason.startswith("Alert 'rrr")
 
@@ -353,7 +335,7 @@ def test_budget_style_alert_without_rule_or_severity_still_has_a_reason(trigger:
     payload = with_changes(ACTIVITY_LOG_ALERT, alertRule=None, severity=None)
 
     assert post(payload).status_code == 202
-    assert {r.reason for r in enqueued(trigger)} == {"Alert 'unnamed' fired (no severity)"}
+    assert {r.reason for r in trigger.enqueued()} == {"Alert 'unnamed' fired (no severity)"}
 
 
 @pytest.mark.parametrize(
@@ -385,7 +367,7 @@ def test_malformed_bodies_are_400_with_a_json_error(trigger: Queues, body: objec
     assert error["code"] == code
     assert error["message"]
     assert isinstance(error["values"], list)
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 @pytest.mark.parametrize(
@@ -402,7 +384,7 @@ def test_bad_essentials_are_400(trigger: Queues, change: dict[str, Any], code: s
 
     assert response.status_code == 400
     assert answer(response)["error"]["code"] == code
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 @pytest.mark.parametrize(
@@ -418,7 +400,7 @@ def test_bad_custom_properties_are_400(trigger: Queues, custom: object) -> None:
     payload["data"]["customProperties"] = custom
 
     assert post(payload).status_code == 400
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_one_invalid_id_means_nothing_is_enqueued(trigger: Queues) -> None:
@@ -433,7 +415,7 @@ def test_one_invalid_id_means_nothing_is_enqueued(trigger: Queues) -> None:
     assert [v["key"] for v in error["values"]] == ["jobId", "jobId", "jobId"]
     assert error["values"][0]["value"].startswith("../../pools/ingest: ")
     assert error["values"][2]["value"] == "x" * 65 + ": must be at most 64 characters, got 65"
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_dimension_values_are_validated_too(trigger: Queues) -> None:
@@ -444,7 +426,7 @@ def test_dimension_values_are_validated_too(trigger: Queues) -> None:
 
     assert response.status_code == 400
     assert answer(response)["error"]["code"] == "InvalidJobId"
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_fired_alert_naming_no_job_is_400(trigger: Queues) -> None:
@@ -467,7 +449,7 @@ def test_too_many_job_ids_are_refused(trigger: Queues) -> None:
 
     assert response.status_code == 400
     assert answer(response)["error"]["code"] == "TooManyJobIds"
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_body_over_64_kib_is_413(trigger: Queues) -> None:
@@ -482,7 +464,7 @@ def test_body_over_64_kib_is_413(trigger: Queues) -> None:
 
     assert response.status_code == 413
     assert answer(response)["error"]["code"] == "RequestBodyTooLarge"
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
     padded["data"]["essentials"]["description"] = "d" * (MAX_BODY_BYTES - size)
     assert post(padded).status_code == 202, "exactly 64 KiB is still accepted"
 
@@ -528,7 +510,7 @@ def test_the_queue_client_is_created_once_per_process(trigger: Queues) -> None:
     assert post(LOG_SEARCH_ALERT).status_code == 202
     assert first is not None
     assert alert_terminate._queue is first
-    assert len(enqueued(trigger)) == 2
+    assert len(trigger.enqueued()) == 2
 
 
 @pytest.mark.usefixtures("no_sleep")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import errno
 import json
 import logging
@@ -14,11 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from azure.storage.queue import QueueClient
 
-import alert_terminate
 from local.http_host import FunctionLoadError, HttpFunction, HttpHost, http_functions
-from shared.message import TerminateRequest
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -120,17 +116,6 @@ def sample(sample_app: Path) -> Iterator[HttpHost]:
 
 
 @pytest.fixture
-def trigger(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
-    """App settings for alert_terminate on Azurite; a fresh process-wide queue (as tests/test_alert_terminate.py)."""
-    monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
-    monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
-    for name in ("ALERT_JOB_ID_DIMENSION", "ALERT_RULES_ALLOWED", "AzureWebJobsStorage__queueServiceUri"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(alert_terminate, "_queue", None)
-    return queues
-
-
-@pytest.fixture
 def app(trigger: Queues) -> Iterator[HttpHost]:
     """The project's own HTTP functions on a free port, with a known key."""
     with HttpHost.from_project(port=0, function_key=KEY) as host:
@@ -143,12 +128,6 @@ def http() -> Iterator[requests.Session]:
     with requests.Session() as session:
         session.trust_env = False
         yield session
-
-
-def enqueued(queues: Queues) -> list[TerminateRequest]:
-    """The trigger queue's messages, parsed by the function's own parser."""
-    raw = QueueClient.from_connection_string(queues.connection_string, queues.trigger)
-    return [TerminateRequest.parse(base64.b64decode(m.content)) for m in raw.peek_messages(max_messages=32)]
 
 
 # ---- the project's alert_terminate
@@ -171,7 +150,7 @@ def test_a_plain_body_with_the_key_is_202_and_lands_on_the_trigger_queue(
     assert response.status_code == 202, response.text
     assert response.headers["Content-Type"] == "application/json"
     assert response.json() == {"enqueued": ["demo-job-1"]}
-    [request] = enqueued(trigger)
+    [request] = trigger.enqueued()
     assert request.job_id == "demo-job-1"
 
 
@@ -184,7 +163,7 @@ def test_the_key_may_come_in_the_x_functions_key_header(app: HttpHost, trigger: 
     )
 
     assert response.status_code == 202, response.text
-    assert [(r.job_id, r.reason) for r in enqueued(trigger)] == [("demo-job-2", "header key")]
+    assert [(r.job_id, r.reason) for r in trigger.enqueued()] == [("demo-job-2", "header key")]
 
 
 @pytest.mark.parametrize(
@@ -200,7 +179,7 @@ def test_without_the_right_key_it_is_401_and_nothing_is_enqueued(
 
     assert response.status_code == 401
     assert "x-functions-key" in response.text
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_get_is_answered_by_the_host_per_the_methods_in_function_json(
@@ -215,7 +194,7 @@ def test_get_is_answered_by_the_host_per_the_methods_in_function_json(
     assert response.content == b""
     assert "GET /api/alert_terminate -> 404 (alert_terminate takes POST)" in caplog.messages
     assert not any("alert_terminate rejected" in m for m in caplog.messages)
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_a_body_over_the_limit_reaches_the_function_which_answers_413(
@@ -226,7 +205,7 @@ def test_a_body_over_the_limit_reaches_the_function_which_answers_413(
 
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "RequestBodyTooLarge"
-    assert enqueued(trigger) == []
+    assert trigger.enqueued() == []
 
 
 def test_the_key_never_reaches_a_log_record(

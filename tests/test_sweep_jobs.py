@@ -24,7 +24,6 @@ from local.identity import IdentityEndpoint
 from shared.batch import BatchClient, TokenProvider
 from shared.batch_read import BatchReader
 from shared.errors import BatchCallFailed, ConfigurationError
-from shared.message import TerminateRequest
 from shared.runtime import batch_credential, http_session
 from shared.settings import Settings
 from shared.sweep import LIST_PAGE_SIZE, SweepPolicy, build_sweeper
@@ -119,12 +118,6 @@ def run(past_due: bool = False) -> None:
     assert sweep_jobs.main(TimerRequest(past_due=past_due)) is None
 
 
-def enqueued(queues: Queues) -> list[TerminateRequest]:
-    """The trigger queue's messages, base64-decoded and parsed by the function's own parser."""
-    raw = QueueClient.from_connection_string(queues.connection_string, queues.trigger)
-    return [TerminateRequest.parse(base64.b64decode(m.content)) for m in raw.peek_messages(max_messages=32)]
-
-
 def summary(logs: pytest.LogCaptureFixture) -> str:
     [line] = [r.getMessage() for r in logs.records if r.getMessage().startswith("sweep outcome=")]
     return line
@@ -152,7 +145,7 @@ def test_without_a_policy_the_sweep_is_disabled(
     run()
 
     assert account.requests == []
-    assert enqueued(sweep_env) == []
+    assert sweep_env.enqueued() == []
     assert any("sweep disabled" in r.getMessage() for r in logs.records)
 
 
@@ -167,7 +160,7 @@ def test_max_age_policy_enqueues_jobs_active_too_long(
 
     run()
 
-    [request] = enqueued(sweep_env)
+    [request] = sweep_env.enqueued()
     assert (request.job_id, request.reason) == ("old-1", "sweep: active 49.2 h > 48 h")
     assert "outcome=ok listed=2 matched=1 enqueued=1 kept=0 dry_run=false" in summary(logs)
     assert account.count_calls() == [], "the age policy needs no task counts"
@@ -195,7 +188,7 @@ def test_idle_policy_enqueues_jobs_without_active_or_running_tasks(
 
     run()
 
-    [request] = enqueued(sweep_env)
+    [request] = sweep_env.enqueued()
     assert request.job_id == "idle-1"
     assert request.reason == "sweep: idle, no active or running tasks, created 95 min ago > 60 min"
     assert sorted(account.count_calls()) == ["idle-1", "queued-1", "running-1"], "fresh jobs are not counted"
@@ -212,7 +205,7 @@ def test_both_policies_and_the_age_policy_wins_without_counting(
 
     run()
 
-    assert {(r.job_id, r.reason) for r in enqueued(sweep_env)} == {
+    assert {(r.job_id, r.reason) for r in sweep_env.enqueued()} == {
         ("ancient-1", "sweep: active 30.0 h > 24 h"),
         ("idle-1", "sweep: idle, no active or running tasks, created 120 min ago > 30 min"),
     }
@@ -229,7 +222,7 @@ def test_prefix_narrows_the_sweep_case_insensitively(
 
     run()
 
-    assert sorted(r.job_id for r in enqueued(sweep_env)) == ["NIGHTLY-2", "nightly-1"]
+    assert sorted(r.job_id for r in sweep_env.enqueued()) == ["NIGHTLY-2", "nightly-1"]
 
 
 def test_keep_metadata_protects_a_job(
@@ -242,7 +235,7 @@ def test_keep_metadata_protects_a_job(
 
     run()
 
-    assert [r.job_id for r in enqueued(sweep_env)] == ["not-kept"]
+    assert [r.job_id for r in sweep_env.enqueued()] == ["not-kept"]
     assert "listed=3 matched=1 enqueued=1 kept=2" in summary(logs)
 
 
@@ -255,7 +248,7 @@ def test_dry_run_logs_and_enqueues_nothing(
 
     run()
 
-    assert enqueued(sweep_env) == []
+    assert sweep_env.enqueued() == []
     assert any("would terminate job=old-1 reason='sweep: active 50.0 h > 48 h'" in r.getMessage() for r in logs.records)
     assert "outcome=ok listed=1 matched=1 enqueued=0 kept=0 dry_run=true" in summary(logs)
 
@@ -272,7 +265,7 @@ def test_listing_follows_next_links_across_pages(
 
     run()
 
-    assert sorted(r.job_id for r in enqueued(sweep_env)) == [f"old-{n}" for n in range(7)]
+    assert sorted(r.job_id for r in sweep_env.enqueued()) == [f"old-{n}" for n in range(7)]
     assert account.list_calls() == 4
     assert account.list_queries[0]["maxresults"] == "1000"
     assert all("$skiptoken" in q and q["$filter"] == "state eq 'active'" for q in account.list_queries[1:])
@@ -290,7 +283,7 @@ def test_batch_error_while_listing_is_logged_and_nothing_is_enqueued(
 
     run()
 
-    assert enqueued(sweep_env) == [], "page 1 matched, but a half-read account stops nothing"
+    assert sweep_env.enqueued() == [], "page 1 matched, but a half-read account stops nothing"
     assert account.list_calls() == 2, "a permanent error is not retried"
     error = next(r for r in logs.records if "Batch call failed" in r.getMessage())
     assert error.levelno == logging.ERROR
@@ -308,7 +301,7 @@ def test_transient_listing_errors_are_retried_with_the_terminate_policy(
 
     run()
 
-    assert [r.job_id for r in enqueued(sweep_env)] == ["old-1"]
+    assert [r.job_id for r in sweep_env.enqueued()] == ["old-1"]
     assert len(slept) == 2
     assert account.list_calls() == 3
 
@@ -323,7 +316,7 @@ def test_listing_that_stays_unavailable_ends_the_run(
 
     run()
 
-    assert enqueued(sweep_env) == []
+    assert sweep_env.enqueued() == []
     assert account.list_calls() == 4, "RetryPolicy.max_attempts"
     assert len(slept) == 3
     assert "outcome=batch_error" in summary(logs)
@@ -342,7 +335,7 @@ def test_a_next_link_to_another_host_is_not_followed(
         run()
 
         assert elsewhere.requests == [], "the Batch token never leaves the configured account"
-    assert enqueued(sweep_env) == []
+    assert sweep_env.enqueued() == []
     assert any("leaves the configured Batch account" in r.getMessage() for r in logs.records)
     assert "outcome=batch_error" in summary(logs)
 
@@ -357,7 +350,7 @@ def test_a_job_deleted_before_its_task_counts_is_skipped(
 
     run()
 
-    assert [r.job_id for r in enqueued(sweep_env)] == ["idle-1"]
+    assert [r.job_id for r in sweep_env.enqueued()] == ["idle-1"]
 
 
 def test_a_task_counts_failure_ends_the_run_with_nothing_enqueued(
@@ -370,7 +363,7 @@ def test_a_task_counts_failure_ends_the_run_with_nothing_enqueued(
 
     run()
 
-    assert enqueued(sweep_env) == []
+    assert sweep_env.enqueued() == []
     assert "outcome=batch_error" in summary(logs)
 
 
@@ -432,7 +425,7 @@ def test_past_due_timer_still_sweeps(
 
     run(past_due=True)
 
-    assert [r.job_id for r in enqueued(sweep_env)] == ["old-1"]
+    assert [r.job_id for r in sweep_env.enqueued()] == ["old-1"]
     assert any("past due" in r.getMessage() for r in logs.records)
 
 
