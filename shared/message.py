@@ -51,7 +51,7 @@ class TerminateRequest:
         raw_job_id = document.get("jobId")
         job_id = raw_job_id if isinstance(raw_job_id, str) else None
         raw_reason = document.get("reason")
-        reason = raw_reason if isinstance(raw_reason, str) else None
+        reason = raw_reason if isinstance(raw_reason, str) and raw_reason else None
 
         # Unknown fields are ignored, even twice; a known field given twice is ambiguous.
         for key in sorted(document.duplicates & KNOWN_FIELDS):

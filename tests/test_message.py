@@ -212,3 +212,9 @@ def test_to_message_round_trips() -> None:
         {"jobId": "a", "reason": "r", "force": True, "ifMatch": "e", "ifModifiedSince": "2026-11-25T12:00:00Z"}
     )
     assert TerminateRequest.parse(json.dumps(original.to_message())) == original
+
+
+def test_invalid_message_with_empty_reason_reports_none() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse(json.dumps({"jobId": "a/b", "reason": ""}))
+    assert caught.value.reason is None
