@@ -90,6 +90,20 @@ def queue_client(
     return QueueClient(storage.queue_service_uri, queue_name, credential=credential, **options)
 
 
+def batch_client(
+    settings: Settings,
+    *,
+    pool_size: int = 24,
+    sleep: Callable[[float], None] = time.sleep,
+    http_timeout: float | None = None,
+    policy: RetryPolicy | None = None,
+) -> BatchClient:
+    """A Batch client with the app's identity, a pooled session and the retry policy."""
+    tokens = TokenProvider(batch_credential(settings.azure_client_id))
+    session = http_session(settings.batch_account_url, pool_size=pool_size)
+    return BatchClient(settings, tokens, session, policy=policy, sleep=sleep, http_timeout=http_timeout)
+
+
 def build_terminator(
     settings: Settings,
     *,
@@ -101,9 +115,7 @@ def build_terminator(
     """Wire the production objects together for these settings."""
     # The host runs up to batchSize + newBatchThreshold invocations at once: pool that many connections.
     concurrency = settings.queues.batch_size + settings.queues.new_batch_threshold
-    tokens = TokenProvider(batch_credential(settings.azure_client_id))
-    session = http_session(settings.batch_account_url, pool_size=concurrency)
-    client = BatchClient(settings, tokens, session, policy=policy, sleep=sleep, http_timeout=http_timeout)
+    client = batch_client(settings, pool_size=concurrency, sleep=sleep, http_timeout=http_timeout, policy=policy)
     if poison is None:
         encoding = settings.queues.message_encoding
         poison = PoisonWriter(

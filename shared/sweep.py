@@ -10,12 +10,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from shared.batch import BatchClient, TokenProvider
 from shared.batch_read import BatchReader, JobInfo
 from shared.errors import BatchCallFailed, ConfigurationError, InvalidMessage
 from shared.message import JOB_ID_PATTERN
 from shared.producer import EnqueueFailed, TerminateQueue, build_request
-from shared.runtime import batch_credential, http_session, queue_client
+from shared.runtime import batch_client, queue_client
 from shared.settings import Settings
 
 log = logging.getLogger("batch_terminator.sweep")
@@ -213,10 +212,7 @@ def build_sweeper(
     http_timeout: float | None = None,
 ) -> Sweeper:
     """Wire the production objects: the app's Batch identity and retry policy, and its trigger queue."""
-    tokens = TokenProvider(batch_credential(settings.azure_client_id))
-    client = BatchClient(
-        settings, tokens, http_session(settings.batch_account_url), sleep=sleep, http_timeout=http_timeout
-    )
+    client = batch_client(settings, sleep=sleep, http_timeout=http_timeout)
     queue = TerminateQueue(
         queue_client(settings.storage, settings.terminate_queue_name, settings.queues.message_encoding)
     )
