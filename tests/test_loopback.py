@@ -69,7 +69,8 @@ def test_repeated_query_names_and_headers_are_kept_as_sent(echo: Echo) -> None:
     assert request.query == {"a": "3", "b": "2"}
     assert request.raw_query == "a=1&b=2&a=3"
     assert request.target == "/x?a=1&b=2&a=3"
-    assert ("X-Tag", "one") in request.header_pairs and ("x-tag", "two") in request.header_pairs
+    assert ("X-Tag", "one") in request.header_pairs
+    assert ("x-tag", "two") in request.header_pairs
     assert request.headers["x-tag"] == "one, two"
 
 
@@ -113,6 +114,8 @@ def test_request_queue_size_is_per_service() -> None:
         request_queue_size = 7
 
     with Small() as service:
-        assert service._server is not None and service._server.request_queue_size == 7
+        assert service._server is not None
+        assert service._server.request_queue_size == 7
     with Echo() as service:
-        assert service._server is not None and service._server.request_queue_size == 256
+        assert service._server is not None
+        assert service._server.request_queue_size == 256
