@@ -643,3 +643,71 @@ def test_workbook_shows_outcomes_poison_latency_sweeps_and_alerts() -> None:
     assert props["sourceId"] == "applicationInsightsId"
     assert props["serializedData"] == "string(workbook)"
     assert props["category"] == "'workbook'"
+
+
+# --- docs/DEPLOY.md follows the templates and the spec ----------------------------------------------------------
+
+DEPLOY = ROOT / "docs" / "DEPLOY.md"
+
+
+def _deploy_kql_blocks() -> list[str]:
+    blocks = re.findall(r"```kusto\n(.*?)```", DEPLOY.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 3, "docs/DEPLOY.md lost its KQL examples"
+    return blocks
+
+
+def test_deploy_doc_queries_read_customdimensions_the_app_writes() -> None:
+    attributes = _spec_attributes()
+    message, run = _spec_outcomes()
+    text = "\n".join(_query_text(block) for block in _deploy_kql_blocks())
+    assert not re.search(r"\bextract\(", text), "parse customDimensions, not the message text"
+    assert not sorted(set(re.findall(r"customDimensions\.(\w+)", text)) - attributes)
+    compared = set(re.findall(r'customDimensions\.outcome\)\s*==\s*"(\w+)"', text))
+    assert message <= compared, f"docs/DEPLOY.md has no query for outcomes {sorted(message - compared)}"
+    for listed in re.findall(r"outcome\)?\s+in\s*\(([^)]*)\)", text):
+        assert set(re.findall(r'"(\w+)"', listed)) <= message | run
+    assert 'customDimensions.run) == "sweep"' in text
+    assert 'customDimensions.run) == "alert"' in text
+
+
+def test_deploy_doc_lists_every_deployed_setting() -> None:
+    documented = set(re.findall(r"^\| `([A-Za-z_][A-Za-z0-9_]*)` \|", DEPLOY.read_text(encoding="utf-8"), re.M))
+    missing = sorted(set(_app_settings()) - documented)
+    assert not missing, f"app settings not in docs/DEPLOY.md's table: {missing}"
+
+
+PRODUCERS = ROOT / "docs" / "PRODUCERS.md"
+
+
+def _budget_walkthrough() -> str:
+    text = PRODUCERS.read_text(encoding="utf-8")
+    start = text.index("## A budget kill switch")
+    (bicep,) = [
+        b for b in re.findall(r"```bicep\n(.*?)```", text[start:], re.S) if "Microsoft.Consumption/budgets" in b
+    ]
+    return _strip_comments(bicep)
+
+
+def test_budget_walkthrough_routes_the_budget_to_alert_terminate() -> None:
+    bicep = _budget_walkthrough()
+    ((group_symbol, group),) = _resources(bicep, "Microsoft.Insights/actionGroups@")
+    (webhook,) = re.findall(r"serviceUri:\s*'([^']+)'", group)
+    assert webhook == "https://${functionHost}/api/alert_terminate?code=${alertFunctionKey}"
+    assert re.search(r"@secure\(\)\n(?:@[^\n]*\n)*param alertFunctionKey string", bicep)
+    ((_, budget),) = _resources(bicep, "Microsoft.Consumption/budgets@")
+    notifications = _property_block(_property_block(budget, "properties"), "notifications")
+    groups = re.findall(r"contactGroups:\s*\[\s*([\w.]+)\s*\]", notifications)
+    assert groups == [f"{group_symbol}.id"], "exactly one notification should call the kill switch"
+    assert re.search(r"thresholdType:\s*'Actual'", notifications)
+
+
+def test_budget_walkthrough_names_the_selection_settings() -> None:
+    text = PRODUCERS.read_text(encoding="utf-8")
+    section = text[text.index("## A budget kill switch") :]
+    main = _bicep("main.bicep")
+    for setting in ("ALERT_SELECT_JOB_ID_PREFIX", "ALERT_SELECT_POOL_ID", "ALERT_SELECT_METADATA", "ALERT_MAX_JOBS"):
+        assert setting in _spec_settings(), setting
+        param = _setting_param(_app_settings()[setting])
+        assert param is not None
+        assert f"`{setting}` (`{param}`)" in section, f"{setting} and its template parameter {param}"
+        assert re.search(r"^param " + param + r"\s", main, re.M)
