@@ -75,3 +75,15 @@ class RetryLater(TerminatorError):
 
 class PoisonWriteFailed(TerminatorError):
     """The poison record could not be written; the message must stay in the trigger queue."""
+
+
+class CliError(TerminatorError):
+    """An operator CLI failure, reported as one line on stderr with a specific exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def __reduce__(self) -> tuple[type[CliError], tuple[str, int]]:
+        """Pickle both arguments (the default passes only the message)."""
+        return type(self), (str(self), self.exit_code)

@@ -1,21 +1,29 @@
-"""The operator CLI (`python -m shared.cli`) over Azurite: output, queue effects, exit codes."""
+"""The operator CLI (`batch-terminator`, package ops/) over Azurite: output, queue effects, exit codes."""
 
 from __future__ import annotations
 
 import base64
+import importlib
+import importlib.metadata
 import io
 import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
+import tomllib
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient
 
-from shared import cli
+from ops.__main__ import entry, main
+from ops.output import Progress
+from ops.storage_errors import endpoint_of
+from ops.target import Target, open_queue, resolve_target
 from shared.errors import ConfigurationError, ErrorDetail, Problem
 from shared.poison import PoisonRecord, PoisonWriter
 from shared.runtime import queue_client
@@ -30,11 +38,11 @@ Run = Callable[..., tuple[int, str, str]]
 
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Call cli.main in-process; return (exit code, stdout, stderr)."""
+    """Call main in-process; return (exit code, stdout, stderr)."""
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = cli.main(list(argv))
+        code = main(list(argv))
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -241,7 +249,7 @@ def test_progress_redraws_in_place_on_a_tty() -> None:
             return True
 
     stream = Tty()
-    progress = cli.Progress(3, stream)
+    progress = Progress(3, stream)
     for _ in range(3):
         progress.advance()
     progress.close()
@@ -324,7 +332,7 @@ def test_poison_show_of_an_unknown_id_exits_1(env: Queues, run: Run, writer: Poi
 def test_missing_poison_queue_exits_3(env: Queues, run: Run) -> None:
     code, _, err = run("poison", "list")
     assert code == 3
-    assert err == f"error: queue {env.poison} does not exist at {cli.endpoint_of(env.client(env.poison))}\n"
+    assert err == f"error: queue {env.poison} does not exist at {endpoint_of(env.client(env.poison))}\n"
 
 
 # --- poison replay / purge ---------------------------------------------------------------------------------
@@ -447,41 +455,63 @@ def test_settings_come_from_the_environment_then_the_settings_files(tmp_path: Pa
     sample = {"Values": {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "TERMINATE_QUEUE_NAME": "from-sample"}}
     (tmp_path / "local.settings.sample.json").write_text(json.dumps(sample), encoding="utf-8")
     (tmp_path / "host.json").write_text('{"extensions": {"queues": {"messageEncoding": "none"}}}', encoding="utf-8")
-    target = cli.resolve_target(environ={}, root=tmp_path)
-    assert target == cli.Target(
+    target = resolve_target(environ={}, root=tmp_path)
+    assert target == Target(
         StorageSettings(connection_string="UseDevelopmentStorage=true"), "from-sample", "from-sample-poison", "none"
     )
     # UseDevelopmentStorage=true is Azurite on 10001, the local run command's, with the well-known account
-    assert cli.open_queue(target.storage, "q").url == "http://127.0.0.1:10001/devstoreaccount1/q"
+    assert open_queue(target.storage, "q").url == "http://127.0.0.1:10001/devstoreaccount1/q"
 
     local = {"Values": {"TERMINATE_QUEUE_NAME": "from-local", "POISON_QUEUE_NAME": "dead-letters"}}
     (tmp_path / "local.settings.json").write_text(json.dumps(local), encoding="utf-8")
     env = {"AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net", "POISON_QUEUE_NAME": ""}
-    target = cli.resolve_target(environ=env, root=tmp_path)
+    target = resolve_target(environ=env, root=tmp_path)
     assert (target.queue, target.poison_queue) == ("from-local", "dead-letters")
     assert target.storage.connection_string is None  # storage settings are never mixed across sources
     assert target.storage.queue_service_uri == "https://acct.queue.core.windows.net"
     assert target.encoding == "none"
 
-    target = cli.resolve_target(queue="other", environ=env, root=tmp_path)
+    target = resolve_target(queue="other", environ=env, root=tmp_path)
     assert (target.queue, target.poison_queue) == ("other", "other-poison")
 
 
 def test_missing_storage_setting_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
-        cli.resolve_target(environ={"TERMINATE_QUEUE_NAME": "q-1"}, root=tmp_path)
+        resolve_target(environ={"TERMINATE_QUEUE_NAME": "q-1"}, root=tmp_path)
 
 
-def test_help_runs_as_a_module() -> None:
+def help_text_ok(result: subprocess.CompletedProcess[str]) -> None:
+    """The top-level --help, printed whole, with the console script's name."""
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("usage: batch-terminator ")
+    for word in ("enqueue", "poison", "Exit codes"):
+        assert word in result.stdout
+
+
+def test_help_runs_as_a_module_from_another_directory(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--help"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [sys.executable, "-m", "ops", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 0
-    assert "enqueue" in result.stdout
-    assert "poison" in result.stdout
-    assert "Exit codes" in result.stdout
+    help_text_ok(result)
+
+
+def test_console_script_names_the_cli_entry() -> None:
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    module, _, function = project["project"]["scripts"]["batch-terminator"].partition(":")
+    assert getattr(importlib.import_module(module), function) is entry
+    assert "ops" in project["tool"]["setuptools"]["packages"]
+
+
+def test_installed_console_script_runs_this_tree_from_any_directory(tmp_path: Path) -> None:
+    owner = Path(sys.prefix).resolve().parent
+    if owner != PROJECT_ROOT:  # as ./dev setup: a venv borrowed from another tree keeps that tree's CLI
+        pytest.skip(f"this venv belongs to {owner}; its ./dev setup installs the console script")
+    site_packages = sysconfig.get_paths()["purelib"]  # not the tree's own batch_terminator.egg-info
+    installed = list(importlib.metadata.distributions(name="batch-terminator", path=[site_packages]))
+    assert installed, "batch-terminator is not installed in this venv: run ./dev setup"
+    source = json.loads(installed[0].read_text("direct_url.json") or "{}").get("url", "")
+    assert Path(urllib.parse.urlsplit(source).path).resolve() == PROJECT_ROOT, f"installed from {source}"
+    script = Path(sys.executable).parent / "batch-terminator"
+    result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    help_text_ok(result)
