@@ -91,3 +91,4 @@ def _add_globals(parser: argparse.ArgumentParser, default: Any) -> None:
 def _add_filters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--code", metavar="CODE", help="only records with this error code (case-insensitive)")
     parser.add_argument("--job-id", metavar="JOB_ID", help="only records for this job (case-insensitive)")
+    parser.add_argument("--account", metavar="ALIAS", help="only records for this account alias (case-insensitive)")

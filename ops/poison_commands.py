@@ -26,9 +26,9 @@ def cmd_poison_list(args: argparse.Namespace, target: Target) -> int:
     if args.limit < 0:
         raise CliError("--limit must be 0 (all) or more", EXIT_USAGE)
     poison = _poison_queue(target)
-    filtered = args.code is not None or args.job_id is not None
+    filtered = _filtered(args)
     enough = args.limit if args.limit and not filtered else None
-    entries = [e for e in poison.read(enough=enough) if e.matches(args.code, args.job_id)]
+    entries = [e for e in poison.read(enough=enough) if _matches(e, args)]
     shown = entries[: args.limit] if args.limit else entries
     if len(shown) < len(entries) or (not filtered and enough is not None and len(shown) == enough):
         total = len(entries) if filtered else max(poison.approximate_count(), len(shown))
@@ -40,15 +40,17 @@ def cmd_poison_list(args: argparse.Namespace, target: Target) -> int:
     if not shown:
         print(f"no matching poison records in {target.poison_queue}", file=sys.stderr)
         return EXIT_OK
-    header = ("ID", "JOB ID", "CODE", "HTTP", "ATTEMPTS", "FAILED AT")
+    header = ("ID", "JOB ID", "ACCOUNT", "CODE", "HTTP", "ATTEMPTS", "FAILED AT", "EXPIRES")
     rows = [
         (
             cell(e.id),
             cell(e.job_id),
+            cell(e.account),
             cell(e.code if e.kind == "record" else "(moved by host)"),
             cell(e.http_status),
-            cell(e.attempts),
+            cell(e.attempts if e.kind == "record" else "unknown"),
             cell(e.failed_at),
+            cell(e.expires or "never"),
         )
         for e in shown
     ]
@@ -76,23 +78,22 @@ def cmd_poison_replay(args: argparse.Namespace, target: Target) -> int:
     with storage_errors(trigger):
         trigger.get_queue_properties()  # a missing trigger queue stops us before anything is touched
     if args.dry_run:
-        matching = [e for e in poison.read() if e.matches(args.code, args.job_id)]
-        problems = _replay_problems(matching, target.encoding)
+        matching = [e for e in poison.read() if _matches(e, args)]
+        problems = _replay_problems(matching)
         return _report_replay(args, target, [(e, None) for e in matching if e.id not in problems], matching, problems)
     replayed: list[tuple[PoisonEntry, str | None]] = []
     failure: CliError | None = None
     with poison.held() as entries:
-        matching = [e for e in entries if e.matches(args.code, args.job_id)]
-        problems = _replay_problems(matching, target.encoding)
+        matching = [e for e in entries if _matches(e, args)]
+        problems = _replay_problems(matching)
         for entry in matching:
             if entry.id in problems:
                 continue
+            text = encode_for_trigger(entry.original or b"", target.encoding)
             try:
                 poison.refresh(entry)
                 with storage_errors(trigger):
-                    message_id = str(
-                        trigger.send_message(_encode(entry.original or b"", target.encoding), time_to_live=-1).id
-                    )
+                    message_id = str(trigger.send_message(text, time_to_live=-1).id)
             except CliError as exc:
                 failure = exc
                 break
@@ -108,23 +109,27 @@ def cmd_poison_replay(args: argparse.Namespace, target: Target) -> int:
     return code
 
 
-def _replay_problems(entries: list[PoisonEntry], encoding: str) -> dict[str, str]:
-    """Why each entry that cannot be replayed into a queue of this encoding cannot, by entry id."""
-    problems = {}
-    for entry in entries:
-        problem = entry.problem
-        if problem is None and encoding != "base64":
-            try:
-                (entry.original or b"").decode("utf-8")
-            except UnicodeDecodeError:
-                problem = "the original message is not UTF-8 and the trigger queue's messageEncoding is none"
-        if problem is not None:
-            problems[entry.id] = problem
-    return problems
+def _replay_problems(entries: list[PoisonEntry]) -> dict[str, str]:
+    """Why each entry that cannot be replayed cannot, by entry id."""
+    return {entry.id: entry.problem for entry in entries if entry.problem is not None}
 
 
-def _encode(body: bytes, encoding: str) -> str:
-    return base64.b64encode(body).decode("ascii") if encoding == "base64" else body.decode("utf-8")
+def encode_for_trigger(body: bytes, encoding: str) -> str:
+    """Queue text that hands the function exactly `body` under the trigger queue's messageEncoding."""
+    if encoding != "base64":
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError:
+            pass  # not text: base64 of it, which the function reads too (docs/CONTRACT.md §3)
+    return base64.b64encode(body).decode("ascii")
+
+
+def _filtered(args: argparse.Namespace) -> bool:
+    return args.code is not None or args.job_id is not None or args.account is not None
+
+
+def _matches(entry: PoisonEntry, args: argparse.Namespace) -> bool:
+    return entry.matches(args.code, args.job_id, args.account)
 
 
 def _report_replay(
@@ -166,13 +171,13 @@ def _report_replay(
 
 def cmd_poison_purge(args: argparse.Namespace, target: Target) -> int:
     """Delete matching records (a filter, or --all)."""
-    if args.all == (args.code is not None or args.job_id is not None):
-        raise CliError("give --code and/or --job-id, or --all to purge every record (not both)", EXIT_USAGE)
+    if args.all == _filtered(args):
+        raise CliError("give --code, --job-id and/or --account, or --all to purge every record (not both)", EXIT_USAGE)
     poison = _poison_queue(target)
     purged = 0
     with poison.held() as entries:
         for entry in entries:
-            if not args.all and not entry.matches(args.code, args.job_id):
+            if not args.all and not _matches(entry, args):
                 continue
             poison.refresh(entry)
             try:

@@ -24,6 +24,8 @@ PEEK_MAX = 32
 HIDE_SECONDS = 300
 REFRESH_AFTER_SECONDS = 120
 RELEASE_WORKERS = 8
+NEVER_YEAR = 9999  # a message put with time_to_live=-1 expires on 9999-12-31
+DEFAULT_ACCOUNT = "default"
 
 
 @dataclass
@@ -34,6 +36,7 @@ class PoisonEntry:
     pop_receipt: str | None
     held_since: float
     inserted_on: datetime | None
+    expires_on: datetime | None
     document: dict[str, Any] | None
     original: bytes | None
     problem: str | None
@@ -50,6 +53,17 @@ class PoisonEntry:
         return value if isinstance(value, str) else None
 
     @property
+    def account(self) -> str | None:
+        """The account alias the record names; for a moved message its `account` field, else `default`."""
+        if self.document is not None:
+            value = self.document.get("account")
+        else:
+            value = _json_field(self.original, "account")
+            if value is None and isinstance(json_of(self.original), dict):
+                value = DEFAULT_ACCOUNT  # docs/CONTRACT.md §3: no account field means the default account
+        return value if isinstance(value, str) else None
+
+    @property
     def code(self) -> str | None:
         """The error code of a record; None for a moved message."""
         value = (self.document or {}).get("error", {}).get("code")
@@ -62,7 +76,7 @@ class PoisonEntry:
 
     @property
     def attempts(self) -> object:
-        """Attempts recorded by the function."""
+        """Attempts recorded by the function; unknown (None) for a moved message: the host does not record them."""
         return (self.document or {}).get("attempts")
 
     @property
@@ -71,13 +85,20 @@ class PoisonEntry:
         if self.document is not None:
             value = self.document.get("failedAt")
             return value if isinstance(value, str) else None
-        if self.inserted_on is None:
-            return None
-        return self.inserted_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return _timestamp(self.inserted_on)
 
-    def matches(self, code: str | None, job_id: str | None) -> bool:
-        """Filters compare case-insensitively (Batch codes and job ids are case-insensitive)."""
+    @property
+    def expires(self) -> str | None:
+        """When storage deletes this entry (the host moves messages with a 7-day expiry); None: never."""
+        if self.expires_on is None or self.expires_on.year >= NEVER_YEAR:
+            return None
+        return _timestamp(self.expires_on)
+
+    def matches(self, code: str | None, job_id: str | None, account: str | None = None) -> bool:
+        """Filters compare case-insensitively (Batch codes, job ids and account aliases are case-insensitive)."""
         if code is not None and (self.code or "").casefold() != code.casefold():
+            return False
+        if account is not None and (self.account or "").casefold() != account.casefold():
             return False
         return job_id is None or (self.job_id or "").casefold() == job_id.casefold()
 
@@ -87,18 +108,28 @@ class PoisonEntry:
             "id": self.id,
             "kind": self.kind,
             "jobId": self.job_id,
+            "account": self.account,
             "code": self.code,
             "httpStatus": self.http_status,
             "attempts": self.attempts,
             "failedAt": self.failed_at,
+            "expiresOn": self.expires,
             "replayable": self.problem is None,
         }
 
     def detail(self) -> dict[str, Any]:
-        """What `poison show` prints: the record as stored, or the moved message."""
+        """What `poison show` prints: the record as stored, or what is known of the moved message."""
         if self.document is not None:
             return self.document
-        document: dict[str, Any] = {"kind": "message", "id": self.id, "insertedOn": self.failed_at}
+        document: dict[str, Any] = {
+            "kind": "message",
+            "id": self.id,
+            "jobId": self.job_id,
+            "account": self.account,
+            "insertedOn": self.failed_at,
+            "expiresOn": self.expires,
+            "attempts": None,  # the host moves the message as it was: its dequeue count is not kept
+        }
         try:
             document["message"] = (self.original or b"").decode("utf-8")
         except UnicodeDecodeError:
@@ -107,30 +138,46 @@ class PoisonEntry:
         return document
 
 
-def _json_field(body: bytes | None, key: str) -> object:
+def _timestamp(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _unbase64(body: bytes) -> bytes | None:
     try:
-        document = json.loads(body or b"")
-    except ValueError:
+        return base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
         return None
+
+
+def json_of(body: bytes | None) -> object:
+    """The JSON a message carries, read as the function reads it: the text itself, else base64 of it; or None."""
+    if not body:
+        return None
+    for candidate in (body, _unbase64(body.strip())):
+        if candidate is not None:
+            try:
+                return json.loads(candidate)
+            except ValueError:
+                continue
+    return None
+
+
+def _json_field(body: bytes | None, key: str) -> object:
+    document = json_of(body)
     return document.get(key) if isinstance(document, dict) else None
 
 
 def parse_entry(message: QueueMessage, encoding: str) -> PoisonEntry:
     """Decode one poison queue message (fetched without a decode policy) into an entry."""
+    # `original` is what the function is handed: the decoded bytes under messageEncoding base64, the text itself
+    # (JSON, or base64 of it) under none. A record reads in either form whatever the setting, so records written
+    # before messageEncoding changed still read.
     content = message.content if isinstance(message.content, str) else ""
     problem: str | None = None
-    if encoding == "base64":
-        try:
-            body = base64.b64decode(content, validate=True)
-        except (binascii.Error, ValueError):
-            body = content.encode("utf-8")
-    else:
-        body = content.encode("utf-8")
+    text = content.encode("utf-8")
+    body = (_unbase64(text) or text) if encoding == "base64" else text
+    parsed = json_of(body)
     document: dict[str, Any] | None = None
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
     if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and "originalMessage" in parsed:
         document = parsed
     original: bytes | None = body
@@ -146,6 +193,7 @@ def parse_entry(message: QueueMessage, encoding: str) -> PoisonEntry:
         pop_receipt=message.pop_receipt,
         held_since=time.monotonic(),
         inserted_on=message.inserted_on,
+        expires_on=message.expires_on,
         document=document,
         original=original,
         problem=problem,
