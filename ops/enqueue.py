@@ -13,9 +13,9 @@ from ops.exit_codes import EXIT_OK, EXIT_STORAGE, EXIT_USAGE
 from ops.output import Progress, invalid_message_text, print_json
 from ops.storage_errors import storage_failure
 from ops.target import Target, open_queue
-from shared.errors import CliError, InvalidMessage
+from shared.errors import CliError, EnqueueFailed, InvalidMessage
 from shared.message import TerminateRequest
-from shared.producer import EnqueueFailed, TerminateQueue, build_request
+from shared.producer import TerminateQueue, build_request
 
 ENQUEUE_WORKERS = 8
 PROGRESS_ALWAYS_ABOVE = 100

@@ -12,7 +12,6 @@ from azure.core.credentials import TokenCredential
 from azure.storage.queue import LinearRetry, QueueClient
 
 from shared.errors import ConfigurationError
-from shared.runtime import queue_client
 from shared.settings import (
     PROJECT_ROOT,
     StorageSettings,
@@ -21,6 +20,7 @@ from shared.settings import (
     queue_options,
     storage_from_env,
 )
+from shared.storage import queue_client
 
 T = TypeVar("T")
 

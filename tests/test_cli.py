@@ -28,10 +28,10 @@ from ops.__main__ import entry, main
 from ops.output import Progress
 from ops.storage_errors import endpoint_of
 from ops.target import Target, open_queue, resolve_target
-from shared.errors import ConfigurationError, ErrorDetail, Problem
+from shared.errors import BatchError, BatchErrorDetail, ConfigurationError
 from shared.poison import PoisonRecord, PoisonWriter
-from shared.runtime import queue_client
 from shared.settings import PROJECT_ROOT, StorageSettings
+from shared.storage import queue_client
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -93,7 +93,7 @@ def record(
 ) -> PoisonRecord:
     """A poison record as the function writes it."""
     body = original.encode() if isinstance(original, str) else original
-    detail = ErrorDetail(code, f"{code} happened", (Problem("k", "v"),), status, "req-1", "client-1")
+    detail = BatchError(code, f"{code} happened", (BatchErrorDetail("k", "v"),), status, "req-1", "client-1")
     return PoisonRecord(error=detail, attempts=attempts, message_id="m-1", original_message=body, job_id=job_id)
 
 
