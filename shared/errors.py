@@ -119,7 +119,3 @@ class CliError(TerminatorError):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
-
-    def __reduce__(self) -> tuple[type[CliError], tuple[str, int]]:
-        """Pickle both arguments (the default passes only the message)."""
-        return type(self), (str(self), self.exit_code)
