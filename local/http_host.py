@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hmac
-import importlib
 import json
 import logging
 import re
@@ -20,6 +19,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import azure.functions as func
 
+from local.functions import FunctionFolder, FunctionLoadError, function_folders
 from local.loopback import TrackingHTTPServer
 from shared.settings import HOST_JSON, PROJECT_ROOT
 
@@ -48,10 +48,6 @@ _CONSTRAINTS = {
     "double": r"-?\d+(?:\.\d+)?",
     "float": r"-?\d+(?:\.\d+)?",
 }
-
-
-class FunctionLoadError(Exception):
-    """A function folder's HTTP binding cannot be served; the message says why."""
 
 
 class _Out(func.Out[T]):
@@ -91,22 +87,14 @@ class HttpFunction:
         object.__setattr__(self, "_defaults", defaults)
 
     @classmethod
-    def load(cls, function_dir: Path, route_prefix: str = DEFAULT_ROUTE_PREFIX) -> HttpFunction | None:
+    def load(cls, function: FunctionFolder | Path, route_prefix: str = DEFAULT_ROUTE_PREFIX) -> HttpFunction | None:
         """The function in this folder if its function.json has an httpTrigger binding, else None."""
-        function_json = function_dir / "function.json"
-        try:
-            document = json.loads(function_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise FunctionLoadError(f"{function_dir.name}: {function_json.name} is not readable JSON ({exc})") from exc
-        bindings = [b for b in document.get("bindings") or [] if isinstance(b, dict)]
-        trigger = next((b for b in bindings if b.get("type") == "httpTrigger"), None)
+        folder = function if isinstance(function, FunctionFolder) else FunctionFolder.read(function)
+        trigger = folder.binding("httpTrigger")
         if trigger is None:
             return None
-        output = next((b for b in bindings if b.get("type") == "http" and b.get("direction") == "out"), None)
-        script = str(document.get("scriptFile") or "__init__.py")
-        module_name = function_dir.name if script == "__init__.py" else f"{function_dir.name}.{Path(script).stem}"
-        handler = getattr(importlib.import_module(module_name), str(document.get("entryPoint") or "main"))
-        return cls.from_binding(function_dir.name, trigger, output, handler, route_prefix)
+        output = folder.binding("http", "out")
+        return cls.from_binding(folder.name, trigger, output, folder.load_entry_point(), route_prefix)
 
     @classmethod
     def from_binding(
@@ -205,7 +193,7 @@ def route_prefix(host_json: Path = HOST_JSON) -> str:
 def http_functions(root: Path = PROJECT_ROOT, host_json: Path | None = None) -> list[HttpFunction]:
     """Every function folder under root whose function.json has an httpTrigger binding."""
     prefix = route_prefix(host_json or root / "host.json")
-    loaded = (HttpFunction.load(path.parent, prefix) for path in sorted(root.glob("*/function.json")))
+    loaded = (HttpFunction.load(folder, prefix) for folder in function_folders(root, "httpTrigger"))
     return [function for function in loaded if function is not None]
 
 
@@ -476,7 +464,6 @@ __all__ = [
     "DEFAULT_PORT",
     "KEY_HEADER",
     "KEY_PARAM",
-    "FunctionLoadError",
     "HttpFunction",
     "HttpHost",
     "http_functions",
