@@ -13,7 +13,7 @@ import requests
 from local.console import ALERT_FUNCTION, report_terminations, say
 from local.queue_host import Settlement
 from local.stack import DEMO_JOBS, Run
-from shared import runtime
+from shared import storage
 from shared.producer import TerminateQueue
 
 SMOKE_TIMEOUT = 60.0
@@ -21,7 +21,7 @@ SMOKE_TIMEOUT = 60.0
 
 def poison_records(run: Run) -> list[dict[str, Any]]:
     """The function's poison records, decoded, left in place."""
-    client = runtime.queue_client(
+    client = storage.queue_client(
         run.settings.storage, run.settings.poison_queue_name, run.settings.queues.message_encoding
     )
     records: list[dict[str, Any]] = []

@@ -20,7 +20,7 @@ from local.http_host import HttpHost
 from local.identity import IdentityEndpoint
 from local.queue_host import Invocation, QueueHost
 from local.timer_host import TimerHost, TimerNotLoaded, timer_functions
-from shared import runtime
+from shared import storage, wiring
 from shared.errors import ConfigurationError
 from shared.settings import PROJECT_ROOT, Settings, local_settings_values
 
@@ -100,7 +100,7 @@ def start_azurite(port: int, location: Path | None) -> Azurite:
 def create_queues(settings: Settings, names: Sequence[str]) -> None:
     """Create the queues (existing ones are fine)."""
     for name in dict.fromkeys(names):
-        client = runtime.queue_client(settings.storage, name, "none")
+        client = storage.queue_client(settings.storage, name, "none")
         with contextlib.suppress(ResourceExistsError):
             client.create_queue()
 
@@ -240,7 +240,7 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
         env.update(identity.environ())
         env["BATCH_ACCOUNT_URL"] = emulator.url
 
-    runtime.reset()
+    wiring.reset()
     settings = Settings.from_env()
     invocations: list[Invocation] = []
     hosts, notes = load_queue_hosts(settings, invocations)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from local.functions import FunctionFolder
 from local.queue_host import Invocation, QueueHost
-from shared import runtime
+from shared import wiring
 from shared.settings import PROJECT_ROOT, Settings
 from soak.config import (
     SoakConfig,
@@ -89,7 +89,7 @@ def run_worker(config_path: Path, generation: int) -> int:
     config = SoakConfig(**document["config"])
     options = config.queue_options()
     settings = replace(Settings.from_env(), queues=options)
-    runtime.install(runtime.build_terminator(settings, http_timeout=config.http_timeout, policy=config.policy()))
+    wiring.install(wiring.Wiring(settings, http_timeout=config.http_timeout, policy=config.policy()))
     outcomes = (log_dir / f"deliveries-{generation}.jsonl").open("a", encoding="utf-8", buffering=1)
     lock = threading.Lock()
 
