@@ -500,3 +500,21 @@ def test_the_shared_fixtures_give_two_accounts_that_accept_the_same_token(
         )
         assert response.status_code == 200
     assert batch.url != other_batch.url
+
+
+def test_job_get_honours_one_condition_header(emulator: BatchEmulator, http: requests.Session) -> None:
+    emulator.add_job("render")
+    etag = get(http, emulator, "/jobs/render").headers["ETag"]
+
+    def read(name: str, value: str) -> requests.Response:
+        return http.get(
+            f"{emulator.url}/jobs/render", params={"api-version": OLD}, headers={**AUTH, name: value}, timeout=10
+        )
+
+    not_modified = read("If-None-Match", etag)
+    assert (not_modified.status_code, not_modified.content, not_modified.headers["ETag"]) == (304, b"", etag)
+    assert read("If-Modified-Since", http_date(datetime.now(UTC))).status_code == 304
+    stale = read("If-Match", '"0x8DSTALE"')
+    assert (stale.status_code, code_of(stale)) == (412, "ConditionNotMet")
+    assert read("If-Match", etag).status_code == 200
+    assert read("If-None-Match", '"0x8DOTHER"').status_code == 200

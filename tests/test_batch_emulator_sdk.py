@@ -11,7 +11,11 @@ from azure.batch import BatchClient
 from azure.batch.models import BatchJobState
 from azure.batch.models._models import BatchJobTerminateOptions  # not re-exported in 15.1.0
 from azure.core import MatchConditions
-from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceModifiedError
+from azure.core.exceptions import (
+    HttpResponseError,
+    ResourceExistsError,
+    ResourceModifiedError,
+)
 from azure.core.pipeline.policies import SansIOHTTPPolicy
 from azure.identity import ManagedIdentityCredential
 
@@ -191,3 +195,16 @@ def test_an_unreal_api_version_is_refused(account: BatchEmulator) -> None:
         client_for(account, "2025-06-01.21.0").get_job("render")
     assert raised.value.error is not None
     assert raised.value.error.code == "UnsupportedRequestVersion"
+
+
+def test_get_job_with_the_sdks_match_conditions(account: BatchEmulator, client: BatchClient) -> None:
+    etag = account.add_job("render").etag
+    # A read's failed condition is 304 (Batch's table); the SDK's own error policy (azure/batch/_patch.py)
+    # raises ResourceModifiedError for it, not azure-core's ResourceNotModifiedError.
+    with pytest.raises(ResourceModifiedError) as not_modified:
+        client.get_job("render", etag=etag, match_condition=MatchConditions.IfModified)
+    assert not_modified.value.status_code == 304
+    with pytest.raises(ResourceModifiedError) as modified:
+        client.get_job("render", etag="0x8DSTALE", match_condition=MatchConditions.IfNotModified)
+    assert modified.value.status_code == 412
+    assert client.get_job("render", etag=etag, match_condition=MatchConditions.IfNotModified).id == "render"

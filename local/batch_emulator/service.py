@@ -399,8 +399,14 @@ class BatchEmulator(LoopbackService):
             job = self.account.job(str(job_id))
             if job is None:
                 return reply.error(404, "JobNotFound")
-            document = job_document(job, self.url, selected)
             headers = {"ETag": job.etag, "Last-Modified": http_date(job.last_modified)}
+            failed = _failed_condition(reply.request.headers, job)
+            if failed in ("If-None-Match", "If-Modified-Since"):
+                # Batch's table: ConditionNotMet is 304 Not Modified for a read (no body), 412 for a write.
+                return reply.empty(304, headers)
+            if failed is not None:
+                return reply.error(412, "ConditionNotMet", values=[("HeaderName", failed)])
+            document = job_document(job, self.url, selected)
             response = reply.json({"odata.metadata": f"{self.url}/$metadata#jobs/@Element", **document})
             response.headers.update(headers)
             return response
