@@ -26,7 +26,7 @@ from bench.harness import Figure, WorkerLikeHandler, summarize_warnings
 from bench.services import Services
 from bench.worker import RemoteWorker
 from local.azurite import Azurite
-from local.host import Invocation, Outcome, QueueHost
+from local.queue_host import Invocation, QueueHost, Settlement
 from shared.settings import QueueOptions
 from shared.wiring import pin_environment
 
@@ -56,7 +56,7 @@ def app_settings(concurrency: int, threads: int) -> dict[str, str | None]:
 
 def storage_client(connection_string: str, name: str) -> QueueClient:
     """A client that reads and writes stored text, pooled for every host thread, failing fast on a stalled answer."""
-    # local/host.py's own clients keep requests' default pool of 10 connections, which churns with 24-32 threads,
+    # local/queue_host.py's own clients keep requests' default pool of 10 connections, which churns with 24-32 threads,
     # and wait 60 s on an answer Azurite never sends (seen about once a run at concurrency 32): the .NET host has
     # neither limit, so the bench hands the host clients without them. Nor does it pay requests' scan of
     # os.environ for proxies on every call (a fifth of each receive/delete in the c4 profile): resolved once here.
@@ -130,7 +130,7 @@ class Counter:
             if self.first_settled is None:
                 self.first_settled = time.perf_counter()
             self.slowest = max(self.slowest, invocation.duration)
-            if invocation.outcome is Outcome.SUCCEEDED:
+            if invocation.outcome is Settlement.SUCCEEDED:
                 self.succeeded += 1
             else:
                 self.other.append(invocation)
