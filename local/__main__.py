@@ -30,7 +30,7 @@ from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from local.http_host import HttpHost
 from local.identity import IdentityEndpoint
 from local.timer_host import TimerHost, TimerNotLoaded, format_moment, timer_functions
-from shared import storage, wiring
+from shared import storage, telemetry, wiring
 from shared.errors import ConfigurationError, TerminatorError
 from shared.producer import TerminateQueue
 from shared.settings import HOST_JSON, PROJECT_ROOT, Settings, local_settings_values
@@ -545,6 +545,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             return 2
         print_banner(run, args)
+        # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
+        stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
         run.host.start()
         stack.callback(run.host.stop)
         if run.http is not None:

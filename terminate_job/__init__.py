@@ -8,7 +8,6 @@ import azure.functions as func
 
 from shared import wiring
 from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
-from shared.outcome import Outcome
 from shared.terminator import Delivery
 
 log = logging.getLogger("batch_terminator")
@@ -18,7 +17,8 @@ def main(msg: func.QueueMessage) -> None:
     """Finish the message, or raise so the host delivers it again."""
     delivery = Delivery(body=msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
     try:
-        result = wiring.current().terminator().handle(delivery)
+        objects = wiring.current()
+        result = objects.terminator().handle(delivery)
     except RetryLater as exc:
         log.warning("%s", exc)
         raise
@@ -28,4 +28,4 @@ def main(msg: func.QueueMessage) -> None:
     except ConfigurationError as exc:
         log.error("terminate message_id=%s outcome=configuration_error: %s", msg.id, exc)
         raise
-    log.log(logging.ERROR if result.outcome is Outcome.POISONED else logging.INFO, "%s", result.describe())
+    objects.telemetry().finished(result)
