@@ -16,7 +16,9 @@ from azure.storage.queue import QueueClient, QueueMessage
 
 from shared.errors import BatchError, BatchErrorDetail, InvalidMessage, PoisonWriteFailed
 from shared.message import TerminateRequest
+from shared.outcome import Outcome, Result
 from shared.poison import PoisonRecord, PoisonWriter
+from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.keeper")
 
@@ -58,6 +60,7 @@ class PoisonKeeper:
         visibility_timeout: int = 300,
         max_entries: int = 500,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        telemetry: Telemetry | None = None,
     ) -> None:
         # Sources must read the stored text as it is (no decode policy): the record keeps it exactly.
         self._sources = tuple(sources)
@@ -66,6 +69,7 @@ class PoisonKeeper:
         self._visibility_timeout = visibility_timeout
         self._max_entries = max_entries
         self._now = now
+        self._telemetry = telemetry or Telemetry()
 
     def run(self) -> KeepReport:
         """One pass over every source; a failed write stops the run and leaves that entry in place."""
@@ -107,19 +111,27 @@ class PoisonKeeper:
                         held.append(message)
                         report.skipped += 1
                         continue
+                    record = self._record(message, source.queue_name)
                     try:
-                        self._writer.write(self._record(message, source.queue_name))
+                        self._writer.write(record)
                     except PoisonWriteFailed:
                         held.append(message)  # visible again at once: nothing deleted, nothing lost
                         raise
                     # Deleted only after the record is written: a crash in between leaves a duplicate, not a loss.
                     source.delete_message(message)
                     report.kept += 1
-                    log.warning(
-                        "keep_poison kept host-moved entry id=%s from %s as a %s record",
-                        message.id,
-                        source.queue_name,
-                        HOST_GAVE_UP,
+                    # The message is finished now, as a poison record: its one §8 record, like any other.
+                    self._telemetry.finished(
+                        Result(
+                            Outcome.POISONED,
+                            record.job_id,
+                            None,
+                            record.error.code,
+                            None,
+                            None,
+                            attempt=record.attempts,
+                            message_id=record.message_id,
+                        )
                     )
         finally:
             for message in held:

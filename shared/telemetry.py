@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 
+from shared.errors import BatchCallFailed, ConfigurationError, PoisonWriteFailed, RetryLater, TerminatorError
 from shared.outcome import Outcome, Result
 
 if TYPE_CHECKING:
@@ -112,6 +113,25 @@ class Telemetry:
         level = logging.ERROR if result.outcome is Outcome.POISONED else logging.INFO
         self._log.log(level, "%s", result.describe(), extra=attributes)
         self._terminations.add(1, _clean({"outcome": attributes["outcome"], "code": attributes["code"]}))
+
+    def handed_back(self, exc: TerminatorError, *, message_id: str | None, attempt: int) -> None:
+        """The record of a message handed back to the host: not finished, so no outcome (the host delivers it again)."""
+        setting = exc.setting if isinstance(exc, ConfigurationError) else None
+        if isinstance(exc, RetryLater):
+            cause = exc.__cause__
+            event, code, text = (
+                "retry_later",
+                cause.error.code if isinstance(cause, BatchCallFailed) else None,
+                str(exc),
+            )
+        elif isinstance(exc, PoisonWriteFailed):
+            event, code = "poison_write_failed", "PoisonWriteFailed"
+            text = f"terminate message_id={message_id} outcome=poison_write_failed: {exc}"
+        else:
+            event, code = "configuration_error", "ConfigurationError"
+            text = f"terminate message_id={message_id} outcome=configuration_error: {exc}"
+        extra = {"event": event, "code": code, "messageId": message_id, "attempt": attempt, "setting": setting}
+        self._log.log(logging.WARNING if event == "retry_later" else logging.ERROR, "%s", text, extra=extra)
 
     def batch_call(self, operation: str, duration: float, http_status: int | None, code: str | None) -> None:
         """One Batch HTTP attempt took `duration` seconds (no status: it never answered)."""

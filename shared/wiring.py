@@ -189,7 +189,9 @@ class Wiring:
                 triggers.append(queue_name_setting(env, "CONFIRM_QUEUE_NAME"))
             # The host names its poison queue {queue}-poison; read raw ("none"): a record keeps the text exactly.
             sources = [queue_client(settings.storage, f"{name}-poison", "none") for name in triggers]
-            return PoisonKeeper(sources, self.poison_writer(), max_dequeue_count=settings.max_dequeue_count)
+            return PoisonKeeper(
+                sources, self.poison_writer(), max_dequeue_count=settings.max_dequeue_count, telemetry=self.telemetry()
+            )
 
         return self._once("keeper", build)
 

@@ -14,11 +14,11 @@ from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
 import keep_poison
-from shared import wiring
+from shared import telemetry, wiring
 from shared.errors import BatchError
 from shared.keeper import HOST_GAVE_UP
 from shared.poison import PoisonRecord, PoisonWriter
-from tests.conftest import Queues
+from tests.conftest import Exported, Queues
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +156,20 @@ def test_function_json_is_a_timer_with_a_fixed_schedule() -> None:
     assert (binding["type"], binding["direction"], binding["name"]) == ("timerTrigger", "in", "timer")
     assert binding["schedule"] == "0 */10 * * * *"
     assert binding["runOnStartup"] is False
+
+
+@pytest.mark.usefixtures("keeper_env")
+def test_a_kept_entry_is_a_finished_poisoned_message_in_the_telemetry(queues: Queues, exported: Exported) -> None:
+    raw_id = host_moves(queues, base64.b64encode(b'{"jobId": "job-3"}').decode())
+
+    run()
+
+    [record] = [r for r in exported.records() if r.get("messageId") == raw_id]
+    assert (record["outcome"], record["code"], record["jobId"], record["attempt"]) == (
+        "poisoned",
+        HOST_GAVE_UP,
+        "job-3",
+        5,
+    )
+    assert exported.counts(telemetry.POISON_WRITES) == {(("code", HOST_GAVE_UP),): 1}
+    assert exported.counts(telemetry.TERMINATIONS) == {(("code", HOST_GAVE_UP), ("outcome", "poisoned")): 1}

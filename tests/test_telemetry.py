@@ -18,7 +18,7 @@ import terminate_job
 from local.batch_emulator import BatchEmulator, Fault
 from local.identity import IdentityEndpoint
 from shared import telemetry
-from shared.errors import RetryLater
+from shared.errors import ConfigurationError, RetryLater
 from shared.metrics_summary import summarize
 from shared.outcome import Outcome, Result
 from tests.conftest import Exported, MessageFactory, Queues
@@ -292,3 +292,23 @@ def test_the_local_summary_line_reads_the_same_metrics() -> None:
         "metrics: terminations poisoned=1 terminated=2 | batch calls=3 p50<=10ms p95<=40ms"
         " | retries=1 | poison writes=1 | sweep runs=0 | alert requests=0"
     )
+
+
+def test_a_configuration_error_is_handed_back_with_code_and_setting_but_no_outcome(
+    exported: Exported, make_message: MessageFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNT_URL", "http://batch.example.com")
+    message = make_message({"jobId": "job-1"}, dequeue_count=3)
+
+    with pytest.raises(ConfigurationError):
+        terminate_job.main(message)
+
+    [record] = [r for r in exported.records() if r.get("messageId") == message.id]
+    assert {k: record[k] for k in ("event", "code", "setting", "attempt")} == {
+        "event": "configuration_error",
+        "code": "ConfigurationError",
+        "setting": "BATCH_ACCOUNT_URL",
+        "attempt": 3,
+    }
+    assert "outcome" not in record, "not finished: the host delivers it again"
+    assert exported.points(telemetry.TERMINATIONS) == []
