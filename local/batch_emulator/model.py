@@ -95,7 +95,7 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class Termination:
-    """One ledger entry: a terminate that moved a job out of active/disabled."""
+    """One ledger entry: a terminate Batch accepted (202): it started terminating a job, or forced one to end."""
 
     job_id: str
     reason: str
@@ -212,7 +212,7 @@ class Account:
 
     @property
     def terminations(self) -> list[Termination]:
-        """The ledger: one entry per terminate that moved a job out of active/disabled."""
+        """The ledger: one entry per accepted (202) terminate, oldest first."""
         with self._lock:
             return list(self._terminations)
 

@@ -142,7 +142,7 @@ class BatchEmulator(LoopbackService):
 
     @property
     def terminations(self) -> list[Termination]:
-        """The ledger: one entry per terminate that moved a job out of active/disabled."""
+        """The ledger: one entry per accepted (202) terminate, oldest first."""
         return self.account.terminations
 
     @property
