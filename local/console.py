@@ -24,7 +24,7 @@ from shared.errors import ConfigurationError
 from shared.settings import HOST_JSON
 from shared.sweep import SweepPolicy
 
-CLI = ".venv/bin/python -m shared.cli"
+CLI = ".venv/bin/batch-terminator"
 ALERT_FUNCTION = "alert_terminate"
 
 
