@@ -17,6 +17,7 @@ from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from local.queue_host import QueueHost
 from local.smoke import smoke
 from local.stack import DEFAULT_AZURITE_PORT, DEFAULT_EMULATOR_PORT, RunError, start_everything, start_timers
+from shared import telemetry
 from shared.errors import ConfigurationError, TerminatorError
 
 
@@ -99,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print_banner(run, args)
         hosts.extend(run.hosts)
+        # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
+        stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
         for host in run.hosts:
             host.start()
             stack.callback(host.stop)
