@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from shared import telemetry
+from shared.keeper import HOST_GAVE_UP
+from shared.outcome import Outcome
+
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 SAMPLE = ROOT / "local.settings.sample.json"
@@ -754,3 +758,38 @@ def test_budget_walkthrough_names_the_selection_settings() -> None:
         assert param is not None
         assert f"`{setting}` (`{param}`)" in section, f"{setting} and its template parameter {param}"
         assert re.search(r"^param " + param + r"\s", main, re.M)
+
+
+# --- the spec's telemetry names are the code's ----------------------------------------------------------------
+
+
+def _spec_message_attributes() -> list[str]:
+    """The attribute names of the first table of docs/CONTRACT.md §8 (the finished-message record), in order."""
+    section = _spec_section("8")
+    first_table = re.search(r"^\| attribute \| value \|\n\|[-| ]+\|\n((?:\|.*\n)+)", section, re.M)
+    assert first_table, "docs/CONTRACT.md §8 has no attribute table"
+    return re.findall(r"^\| `(\w+)` \|", first_table.group(1), re.M)
+
+
+def test_spec_record_attributes_are_the_ones_the_code_writes() -> None:
+    assert tuple(_spec_message_attributes()) == telemetry.RECORD_ATTRIBUTES
+    (logger,) = re.findall(r"on logger `(\w+)`", _spec_section("8"))
+    assert logger == telemetry.LOGGER_NAME
+
+
+def test_spec_metrics_are_the_ones_the_code_records() -> None:
+    names = {
+        value
+        for name, value in vars(telemetry).items()
+        if name.isupper() and str(value).startswith("batch_terminator.")
+    }
+    assert names == set(_spec_metrics())
+
+
+def test_every_outcome_the_code_knows_is_in_the_spec() -> None:
+    message, _run = _spec_outcomes()
+    assert {outcome.value for outcome in Outcome} <= message
+
+
+def test_the_keepers_code_is_in_the_spec() -> None:
+    assert f"`{HOST_GAVE_UP}`" in _spec_section("6")
