@@ -1,79 +1,57 @@
-"""HTTP trigger: Azure Monitor alerts (common alert schema) or plain bodies → terminate requests on the queue."""
+"""HTTP trigger: Azure Monitor alerts, budget notifications or plain bodies → terminate requests on the queue."""
 
 from __future__ import annotations
 
 import json
 import logging
-import threading
+from collections.abc import Mapping
 from typing import Any
 
 import azure.functions as func
 
-from shared.alerts import AlertRejected, AlertSettings, read_alert
-from shared.errors import ConfigurationError
-from shared.producer import EnqueueFailed, TerminateQueue
+from shared import wiring
+from shared.alert_action import Answer
+from shared.alerts import AlertSettings, read_alert
+from shared.errors import AlertRejected, ConfigurationError
 
 log = logging.getLogger("batch_terminator.alerts")
 
-_lock = threading.Lock()
-_queue: TerminateQueue | None = None
-
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
-    """Validate the whole request, then enqueue one terminate request per job id; answer 202 with the ids."""
+    """Validate the whole request, pick the jobs (named, or selected), enqueue one request each; 202 with the ids."""
     if req.method.upper() != "POST":
-        return _error(AlertRejected(405, "MethodNotAllowed", "use POST"), {"Allow": "POST"})
+        return _answer(Answer.error(AlertRejected(405, "MethodNotAllowed", "use POST"), {"Allow": "POST"}))
     try:
         settings = AlertSettings.from_env()
         alert = read_alert(req.get_body(), settings)
     except ConfigurationError as exc:
-        log.error("alert_terminate misconfigured: %s", exc)
-        return _error(AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs"))
+        return _misconfigured(exc)
     except AlertRejected as exc:
         log.warning("alert_terminate rejected: status=%d code=%s %s", exc.status, exc.code, exc.message)
-        return _error(exc)
+        return _answer(Answer.error(exc))
     if not alert.fired:
         log.info("alert_terminate rule=%r condition=%s: nothing to do", alert.rule, alert.monitor_condition)
-        return _json(200, {"enqueued": [], "monitorCondition": alert.monitor_condition})
+        return _answer(Answer(200, {"enqueued": []}))
     try:
-        queue = _terminate_queue()
+        return _answer(wiring.current().alert_action().act(alert, settings))
     except ConfigurationError as exc:
-        log.error("alert_terminate misconfigured: %s", exc)
-        return _error(AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs"))
-    enqueued: list[str] = []
-    for request in alert.requests:
-        try:
-            queue.enqueue(request)
-        except EnqueueFailed as exc:
-            # 503 makes the action group retry; terminating twice is harmless (409 JobBeingTerminated is done).
-            log.error("alert_terminate rule=%r enqueue failed after %s: %s", alert.rule, enqueued, exc)
-            body = AlertRejected(503, "EnqueueFailed", "the terminate queue did not take the request").document()
-            return _json(503, {**body, "enqueued": enqueued}, {"Retry-After": "30"})
-        enqueued.append(request.job_id)
-    log.info(
-        "alert_terminate source=%s rule=%r severity=%r enqueued=%s",
-        alert.source,
-        alert.rule,
-        alert.severity,
-        enqueued,
-    )
-    return _json(202, {"enqueued": enqueued})
+        return _misconfigured(exc)
 
 
-def _terminate_queue() -> TerminateQueue:
-    """The process's TerminateQueue, opened from the app settings on first use."""
-    global _queue
-    with _lock:
-        if _queue is None:
-            _queue = TerminateQueue.from_env()
-        return _queue
+def _misconfigured(exc: ConfigurationError) -> func.HttpResponse:
+    log.error("alert_terminate misconfigured: %s", exc)
+    rejected = AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs")
+    return _answer(Answer.error(rejected))
 
 
-def _error(exc: AlertRejected, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    return _json(exc.status, exc.document(), headers)
+def _answer(answer: Answer) -> func.HttpResponse:
+    return _json(answer.status, answer.document, answer.headers)
 
 
-def _json(status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> func.HttpResponse:
+def _json(status: int, document: dict[str, Any], headers: Mapping[str, str]) -> func.HttpResponse:
     return func.HttpResponse(
-        json.dumps(document, ensure_ascii=False), status_code=status, headers=headers, mimetype="application/json"
+        json.dumps(document, ensure_ascii=False),
+        status_code=status,
+        headers=dict(headers),
+        mimetype="application/json",
     )
