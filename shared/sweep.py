@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
 from shared.account_match import terminate_request
 from shared.batch_read import BatchReader, JobInfo, TaskCounts
@@ -19,6 +20,7 @@ from shared.producer import TerminateQueue
 from shared.selection import JobSelector, max_jobs, select_jobs
 
 log = logging.getLogger("batch_terminator.sweep")
+T = TypeVar("T")
 
 MAX_AGE_SETTING = "SWEEP_MAX_AGE_HOURS"
 IDLE_SETTING = "SWEEP_IDLE_MINUTES"
@@ -65,7 +67,7 @@ class SweepPolicy:
             f" run_budget_s={self.run_budget_seconds:g}"
         )
 
-    def pick_accounts(self, configured: Mapping[str, str]) -> dict[str, str]:
+    def pick_accounts(self, configured: Mapping[str, T]) -> dict[str, T]:
         """The accounts to sweep, in SWEEP_ACCOUNTS order (else the configured order); unknown aliases refused."""
         if not self.accounts:
             return dict(configured)

@@ -76,8 +76,18 @@ def messages(queues: Queues) -> list[dict[str, Any]]:
     raw = QueueClient.from_connection_string(queues.connection_string, queues.trigger)
     found: list[dict[str, Any]] = []
     while batch := list(raw.receive_messages(max_messages=32, visibility_timeout=60)):
-        found.extend(json.loads(base64.b64decode(m.content)) for m in batch)
+        found.extend(_decoded(m.content) for m in batch)
     return found
+
+
+def _decoded(content: str) -> dict[str, Any]:
+    """A message as JSON text or base64 of it (host.json messageEncoding decides which producers write)."""
+    try:
+        document = json.loads(content)
+    except ValueError:
+        document = json.loads(base64.b64decode(content, validate=True))
+    assert isinstance(document, dict)
+    return document
 
 
 def add_jobs(batch: BatchEmulator) -> None:
