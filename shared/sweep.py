@@ -46,7 +46,7 @@ class SweepPolicy:
     idle_minutes: float | None = None
     job_id_prefix: str = ""
     dry_run: bool = False
-    max_jobs: int = 100  # per account and run: more matches stop nothing there
+    max_jobs: int = 100  # per run, all accounts together: more matches stop nothing
     accounts: tuple[str, ...] = ()  # aliases to sweep; empty = every configured account
     concurrency: int = DEFAULT_CONCURRENCY  # task-count reads in flight at once
     run_budget_seconds: float = DEFAULT_RUN_BUDGET_SECONDS  # no new read starts after this
@@ -114,7 +114,7 @@ class SweepReport:
     """What one run did; summary() is its one log line."""
 
     dry_run: bool
-    outcome: str = "ok"  # ok, batch_error, too_many_jobs, budget_exhausted, enqueue_failed (the worst, per run)
+    outcome: str = "ok"  # ok, batch_error, budget_exhausted (first not-ok account), too_many_jobs, enqueue_failed
     listed: int = 0
     kept: int = 0
     reads: int = 0  # Get Task Counts calls made
@@ -169,25 +169,44 @@ class Sweeper:
         self._clock = clock
 
     def run(self) -> SweepReport:
-        """Sweep every account once; failures are logged and end that account's part (the next run tries again)."""
+        """Sweep every account once: decide all, check SWEEP_MAX_JOBS over the run, then enqueue; never raises."""
         started = self._clock()
         deadline = started + self._policy.run_budget_seconds
         report = SweepReport(dry_run=self._policy.dry_run)
+        decided: list[Match] = []
         for alias, reader in self._readers.items():
             if report.stopped_at is not None:
                 report.accounts[alias] = "not_swept"
                 log.error("sweep skips account=%s: the run budget is spent", alias)
                 continue
-            report.accounts[alias] = self._sweep_account(alias, reader, deadline, report)
-            report.note(report.accounts[alias])
+            outcome, matches = self._sweep_account(alias, reader, deadline, report)
+            report.accounts[alias] = outcome
+            report.note(outcome)
+            decided.extend(matches)
+        if len(decided) > self._policy.max_jobs:
+            # The blast radius, as docs/CONTRACT.md §2 sets it: a run that would enqueue more enqueues nothing.
+            log.error(
+                "sweep refused: %d jobs matched, more than SWEEP_MAX_JOBS=%d; nothing enqueued",
+                len(decided),
+                self._policy.max_jobs,
+            )
+            report.outcome = "too_many_jobs"
+            report.matched = decided
+        else:
+            report.matched = decided
+            failed = self._act(decided, report)
+            if failed is not None:
+                report.outcome = failed
         report.duration = self._clock() - started
         log.log(logging.ERROR if report.outcome != "ok" else logging.INFO, "%s", report.summary())
         return report
 
-    def _sweep_account(self, alias: str, reader: BatchReader, deadline: float, report: SweepReport) -> str:
-        outcome = "ok"
+    def _sweep_account(
+        self, alias: str, reader: BatchReader, deadline: float, report: SweepReport
+    ) -> tuple[str, list[Match]]:
+        """One account's decisions and outcome; a Batch failure decides nothing there."""
         try:
-            matches = self._decide(alias, reader, deadline, report)
+            return "ok", self._decide(alias, reader, deadline, report)
         except BatchCallFailed as exc:
             # Decide everything before enqueueing anything: a half-read account stops nothing.
             log.error(
@@ -199,11 +218,10 @@ class Sweeper:
                 exc.error.message[:200],
                 exc.attempts,
             )
-            return "batch_error"
+            return "batch_error", []
         except _OutOfTime as stop:
             # What was decided stays decided: those jobs stop now, and the next run (where they no longer
             # show as active) reads the rest first.
-            matches = stop.decided
             report.unread = len(stop.unread)
             report.stopped_at = f"{alias}/{stop.unread[0].id}"
             log.error(
@@ -214,19 +232,9 @@ class Sweeper:
                 report.reads,
                 stop.unread[0].id,
                 len(stop.unread),
-                len(matches),
+                len(stop.decided),
             )
-            outcome = "budget_exhausted"
-        if len(matches) > self._policy.max_jobs:
-            log.error(
-                "sweep account=%s refused: %d jobs matched, more than SWEEP_MAX_JOBS=%d; nothing enqueued",
-                alias,
-                len(matches),
-                self._policy.max_jobs,
-            )
-            return "too_many_jobs"
-        report.matched.extend(matches)
-        return self._act(matches, report) or outcome
+            return "budget_exhausted", stop.decided
 
     def _decide(self, alias: str, reader: BatchReader, deadline: float, report: SweepReport) -> list[Match]:
         policy = self._policy

@@ -159,7 +159,7 @@ def test_more_matches_than_sweep_max_jobs_enqueue_nothing(
     assert report.outcome == "too_many_jobs"
     assert enqueued(env) == []
     assert any(
-        r.levelno == logging.ERROR and "3 jobs matched, more than SWEEP_MAX_JOBS=2" in r.getMessage()
+        r.levelno == logging.ERROR and "3 jobs matched, more than SWEEP_MAX_JOBS=2; nothing enqueued" in r.getMessage()
         for r in caplog.records
     )
 
