@@ -73,13 +73,13 @@ class AlertAction:
                 len(requests),
                 failure,
             )
-            exc = AlertRejected(
+            refused = AlertRejected(
                 503,
                 "EnqueueFailed",
                 f"the terminate queue did not take the requests ({len(enqueued)} of {len(requests)} enqueued)",
                 (BatchErrorDetail("enqueued", ",".join(enqueued)),),
             )
-            return Answer.error(exc, {"Retry-After": RETRY_AFTER_SECONDS})
+            return Answer.error(refused, {"Retry-After": RETRY_AFTER_SECONDS})
         log.info(
             "alert_terminate source=%s rule=%r severity=%r account=%s selected=%s enqueued=%d %s",
             alert.source,

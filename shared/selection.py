@@ -113,7 +113,7 @@ def select_jobs(lister: JobLister, selector: JobSelector, *, select: str = "") -
     picked: list[JobInfo] = []
     listed = kept = 0
     needed = ("id", "state", "metadata", *(("executionInfo", "poolInfo") if selector.pool_id is not None else ()))
-    fields = ",".join(dict.fromkeys(name for name in (*needed, *select.split(",")) if name))
+    fields = ",".join(dict.fromkeys(name for name in (*select.split(","), *needed) if name))
     for job in lister.list_jobs(odata_filter=selector.odata_filter(), select=fields, page_size=LIST_PAGE_SIZE):
         listed += 1
         if not selector.matches(job):

@@ -20,6 +20,7 @@ from shared.producer import TerminateQueue
 from shared.selection import JobSelector, max_jobs, select_jobs
 
 log = logging.getLogger("batch_terminator.sweep")
+LIST_SELECT = "id,creationTime,metadata,state"
 T = TypeVar("T")
 
 MAX_AGE_SETTING = "SWEEP_MAX_AGE_HOURS"
@@ -131,8 +132,8 @@ class SweepReport:
         accounts = ",".join(f"{alias}:{outcome}" for alias, outcome in self.accounts.items())
         return (
             f"sweep outcome={self.outcome} listed={self.listed} matched={len(self.matched)}"
-            f" enqueued={len(self.enqueued)} kept={self.kept} reads={self.reads}{stopped}"
-            f" accounts={accounts} dry_run={str(self.dry_run).lower()} duration_ms={self.duration * 1000:.0f}"
+            f" enqueued={len(self.enqueued)} kept={self.kept} dry_run={str(self.dry_run).lower()}"
+            f" reads={self.reads}{stopped} accounts={accounts} duration_ms={self.duration * 1000:.0f}"
         )
 
     def note(self, outcome: str) -> None:
@@ -239,7 +240,7 @@ class Sweeper:
     def _decide(self, alias: str, reader: BatchReader, deadline: float, report: SweepReport) -> list[Match]:
         policy = self._policy
         now = self._now()
-        selection = select_jobs(reader, JobSelector(job_id_prefix=policy.job_id_prefix), select="creationTime")
+        selection = select_jobs(reader, JobSelector(job_id_prefix=policy.job_id_prefix), select=LIST_SELECT)
         report.listed += selection.listed
         report.kept += selection.kept
         decided: dict[str, Match | None] = {}
@@ -316,10 +317,10 @@ class Sweeper:
         for match in matches:
             if self._policy.dry_run:
                 log.info(
-                    "sweep dry run: would terminate job=%s account=%s reason=%r",
+                    "sweep dry run: would terminate job=%s reason=%r account=%s",
                     match.job_id,
-                    match.account,
                     match.reason,
+                    match.account,
                 )
                 continue
             try:
