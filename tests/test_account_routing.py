@@ -109,7 +109,8 @@ def test_an_alert_about_the_second_account_selects_there_and_its_messages_name_i
         terminate_job.main(make_message(json.dumps(request.to_message()), message_id=raw.id))
     assert {j.id for j in second.jobs() if j.state is not JobState.ACTIVE} == {"render-1", "render-2"}
     first = batch.job("render-1")
-    assert first is not None and first.state is JobState.ACTIVE, "the same id in the other account is untouched"
+    assert first is not None
+    assert first.state is JobState.ACTIVE, "the same id in the other account is untouched"
 
 
 def test_an_alert_about_an_account_neither_url_names_is_refused(
