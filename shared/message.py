@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
-from shared.errors import InvalidMessage, Problem
+from shared.errors import BatchErrorDetail, InvalidMessage
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 REQUEST_ID_PATTERN = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", re.ASCII)
@@ -46,7 +46,7 @@ class TerminateRequest:
     def parse(cls, body: bytes | str) -> TerminateRequest:
         """Parse a queue message body; raise InvalidMessage listing every problem found."""
         document = _load_object(body)
-        problems: list[Problem] = []
+        problems: list[BatchErrorDetail] = []
         fields: dict[str, Any] = {}
         raw_job_id = document.get("jobId")
         job_id = raw_job_id if isinstance(raw_job_id, str) else None
@@ -55,22 +55,22 @@ class TerminateRequest:
 
         # Unknown fields are ignored, even twice; a known field given twice is ambiguous.
         for key in sorted(document.duplicates & KNOWN_FIELDS):
-            problems.append(Problem(key, "appears more than once"))
+            problems.append(BatchErrorDetail(key, "appears more than once"))
         problem = job_id_problem(raw_job_id)
         if problem:
-            problems.append(Problem("jobId", problem))
+            problems.append(BatchErrorDetail("jobId", problem))
         else:
             fields["job_id"] = raw_job_id
         if raw_reason is not None:
             if not isinstance(raw_reason, str):
-                problems.append(Problem("reason", f"must be a string, got {json_type(raw_reason)}"))
+                problems.append(BatchErrorDetail("reason", f"must be a string, got {json_type(raw_reason)}"))
             elif len(raw_reason) > MAX_REASON_LENGTH:
-                problems.append(Problem("reason", f"must be at most {MAX_REASON_LENGTH} characters"))
+                problems.append(BatchErrorDetail("reason", f"must be at most {MAX_REASON_LENGTH} characters"))
             elif raw_reason:
                 fields["reason"] = raw_reason
         force = document.get("force")
         if force is not None and not isinstance(force, bool):
-            problems.append(Problem("force", f"must be a boolean, got {json_type(force)}"))
+            problems.append(BatchErrorDetail("force", f"must be a boolean, got {json_type(force)}"))
         elif force:
             fields["force"] = True
         for key, attribute in _STRING_HEADERS.items():
@@ -78,7 +78,7 @@ class TerminateRequest:
             if value is None:
                 continue
             if not isinstance(value, str) or not HEADER_VALUE_PATTERN.fullmatch(value):
-                problems.append(Problem(key, "must be a non-empty string of printable ASCII"))
+                problems.append(BatchErrorDetail(key, "must be a non-empty string of printable ASCII"))
             else:
                 fields[attribute] = value
         for key, attribute in _DATE_HEADERS.items():
@@ -87,13 +87,15 @@ class TerminateRequest:
                 continue
             parsed = parse_http_date(value) if isinstance(value, str) else None
             if parsed is None:
-                problems.append(Problem(key, "must be an ISO 8601 or RFC 1123 date"))
+                problems.append(BatchErrorDetail(key, "must be an ISO 8601 or RFC 1123 date"))
             else:
                 fields[attribute] = parsed
         request_id = document.get("requestId")
         if request_id is not None:
             if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.fullmatch(request_id):
-                problems.append(Problem("requestId", "must be a UUID such as 9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"))
+                problems.append(
+                    BatchErrorDetail("requestId", "must be a UUID such as 9c4d50ee-2d56-4cd3-8152-34347dc9f2b0")
+                )
             else:
                 fields["request_id"] = request_id
 
@@ -189,20 +191,20 @@ def _load_object(body: bytes | str) -> _Document:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidMessage([Problem("message", f"is not UTF-8 text (byte {exc.start})")]) from exc
+            raise InvalidMessage([BatchErrorDetail("message", f"is not UTF-8 text (byte {exc.start})")]) from exc
     else:
         text = body
     text = text.removeprefix("\ufeff")
     if not text.strip():
-        raise InvalidMessage([Problem("message", "is empty")])
+        raise InvalidMessage([BatchErrorDetail("message", "is empty")])
     try:
         document = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_refuse_constant)
     except RecursionError as exc:
-        raise InvalidMessage([Problem("message", "is nested too deeply")]) from exc
+        raise InvalidMessage([BatchErrorDetail("message", "is nested too deeply")]) from exc
     except ValueError as exc:
-        raise InvalidMessage([Problem("message", f"is not JSON ({exc})")]) from exc
+        raise InvalidMessage([BatchErrorDetail("message", f"is not JSON ({exc})")]) from exc
     if not isinstance(document, _Document):
-        raise InvalidMessage([Problem("message", f"must be a JSON object, got {json_type(document)}")])
+        raise InvalidMessage([BatchErrorDetail("message", f"must be a JSON object, got {json_type(document)}")])
     return document
 
 
