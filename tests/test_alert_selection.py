@@ -349,3 +349,35 @@ def test_the_wire_form_of_an_answer_is_exactly_the_contracts(
     assert set(document) == {"error"}
     assert set(document["error"]) == {"code", "message", "values"}
     assert all(set(v) == {"key", "value"} for v in document["error"]["values"])
+
+
+def test_pool_selector_reads_execution_info_else_pool_info(
+    app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    batch.add_job("on-gpu", pool_id="gpu")  # poolInfo.poolId and executionInfo.poolId, as Batch shows them
+    batch.add_job("auto-gpu", execution_pool_id="GPU")  # an auto pool: only executionInfo names it
+    batch.add_job("waiting-gpu", pool_id="gpu", execution_pool_id="")  # no executionInfo.poolId yet
+    batch.add_job("on-cpu", pool_id="cpu")
+    batch.add_job("moved", pool_id="gpu", execution_pool_id="cpu")  # executionInfo wins
+    batch.add_job("no-pool")
+    monkeypatch.setenv("ALERT_SELECT_POOL_ID", "gpu")
+
+    response = post(payload("budget-scenario.json"))
+
+    assert answer(response) == {"enqueued": ["on-gpu", "auto-gpu", "waiting-gpu"]}
+    [listing] = [r for r in batch.requests if r.path == "/jobs"]
+    assert listing.query["$filter"] == "state eq 'active'", "poolInfo/poolId cannot be filtered server-side"
+    assert {"executionInfo", "poolInfo"} <= set(listing.query["$select"].split(","))
+
+
+def test_the_prefix_is_filtered_by_batch_and_checked_again(
+    app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    add_jobs(batch)
+    monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
+
+    assert answer(post(payload("budget-scenario.json"))) == {"enqueued": ["render-1", "Render-2"]}
+
+    [listing] = [r for r in batch.requests if r.path == "/jobs"]
+    assert listing.query["$filter"] == "state eq 'active' and startswith(id,'render')"
+    assert listing.query["maxresults"] == "1000"
