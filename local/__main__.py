@@ -44,7 +44,7 @@ EMULATOR_PLACEHOLDER = "http://127.0.0.1:8045"  # the sample's BATCH_ACCOUNT_URL
 DEFAULT_EMULATOR_PORT = 8045
 DEMO_JOBS = ("demo-job-1", "demo-job-2", "demo-job-3")
 SMOKE_TIMEOUT = 60.0
-CLI = ".venv/bin/python -m shared.cli"
+CLI = ".venv/bin/batch-terminator"
 ALERT_FUNCTION = "alert_terminate"
 SWEEP_FUNCTION = "sweep_jobs"
 
