@@ -174,3 +174,10 @@ def captured_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+@pytest.fixture
+def other_batch(identity: IdentityEndpoint) -> Iterator[BatchEmulator]:
+    """A second Batch account beside `batch` (its own port, jobs and ledger), for multi-account routing."""
+    with BatchEmulator(authorize=identity.is_valid) as emulator:
+        yield emulator
