@@ -58,7 +58,6 @@ class AlertAction:
             alias = self._alias(alert)
             job_ids = self._select(alert, settings, alias) if alert.selects else list(alert.job_ids)
         except AlertRejected as exc:
-            log.warning("alert_terminate rejected: status=%d code=%s %s", exc.status, exc.code, exc.message)
             return Answer.error(exc, {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None)
         requests = [terminate_request(job_id, alert.reason, alias) for job_id in job_ids]
         enqueued, failure = self._enqueue(requests)
@@ -80,16 +79,6 @@ class AlertAction:
                 (BatchErrorDetail("enqueued", ",".join(enqueued)),),
             )
             return Answer.error(refused, {"Retry-After": RETRY_AFTER_SECONDS})
-        log.info(
-            "alert_terminate source=%s rule=%r severity=%r account=%s selected=%s enqueued=%d %s",
-            alert.source,
-            alert.rule,
-            alert.severity,
-            alias,
-            str(alert.selects).lower(),
-            len(enqueued),
-            enqueued[:20],
-        )
         return Answer(202, {"enqueued": enqueued})
 
     def _alias(self, alert: AlertRequest) -> str:

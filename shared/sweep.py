@@ -18,6 +18,7 @@ from shared.errors import BatchCallFailed, ConfigurationError, EnqueueFailed
 from shared.message import JOB_ID_PATTERN
 from shared.producer import TerminateQueue
 from shared.selection import JobSelector, max_jobs, select_jobs
+from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.sweep")
 LIST_SELECT = "id,creationTime,metadata,state"
@@ -162,12 +163,14 @@ class Sweeper:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._readers = dict(readers)
         self._queue = queue
         self._policy = policy
         self._now = now
         self._clock = clock
+        self._telemetry = telemetry or Telemetry()
 
     def run(self) -> SweepReport:
         """Sweep every account once: decide all, check SWEEP_MAX_JOBS over the run, then enqueue; never raises."""
@@ -199,7 +202,7 @@ class Sweeper:
             if failed is not None:
                 report.outcome = failed
         report.duration = self._clock() - started
-        log.log(logging.ERROR if report.outcome != "ok" else logging.INFO, "%s", report.summary())
+        self._telemetry.sweep_finished(report)
         return report
 
     def _sweep_account(
