@@ -358,7 +358,7 @@ DEPLOYED_DEFAULTS = {
     # A first deployment only logs what the sweep would do; switching it on is the operator's choice.
     "SWEEP_DRY_RUN": "true",
     # The worker's own default depends on the instance's cpus; infra gives every held message a thread.
-    "PYTHON_THREADPOOL_THREAD_COUNT": "24",
+    "PYTHON_THREADPOOL_THREAD_COUNT": "51",
 }
 
 
@@ -468,9 +468,24 @@ def test_deployed_defaults_are_the_specs() -> None:
     assert len(checked) >= 20, checked
 
 
+def _trigger_types() -> list[str]:
+    """The trigger type of every function folder of the app (one function.json each, as the host finds them)."""
+    types = []
+    for function_json in sorted(ROOT.glob("*/function.json")):
+        bindings = json.loads(function_json.read_text(encoding="utf-8"))["bindings"]
+        types += [b["type"] for b in bindings if b.get("direction") == "in" and b["type"].endswith("Trigger")]
+    assert "queueTrigger" in types, types
+    return types
+
+
 def test_every_held_message_has_a_worker_thread() -> None:
+    # The worker runs every sync invocation on one pool; the host holds batchSize + newBatchThreshold messages
+    # per queue trigger, and any other trigger can add one invocation at a time.
     queues = json.loads(HOST_JSON.read_text(encoding="utf-8"))["extensions"]["queues"]
-    held = queues["batchSize"] + queues["newBatchThreshold"]
+    types = _trigger_types()
+    held = (queues["batchSize"] + queues["newBatchThreshold"]) * types.count("queueTrigger") + sum(
+        1 for kind in types if kind != "queueTrigger"
+    )
     main = _bicep("main.bicep")
     assert _app_settings()["PYTHON_THREADPOOL_THREAD_COUNT"] == "string(pythonThreadpoolThreadCount)"
     assert _main_param_for("pythonThreadpoolThreadCount") == "pythonThreadpoolThreadCount"
