@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import calls, end_to_end, enqueue_file, imports, plot
+from bench import calls, end_to_end, enqueue_file, imports, kill_switch, plot, sweep_scale
 from bench.harness import Figure, table, worker_logging
 from bench.services import Services
 from local import azurite
@@ -111,6 +111,11 @@ def run(plan: Plan, output: Path) -> list[Figure]:
             null_from=plan.null_from,
         )
         figures += end_to_end.figures(sweep)
+        jobs = plan.incident_jobs
+        progress(f"kill switch: one budget notification selecting {jobs} active jobs, and its bare ceiling")
+        figures.append(kill_switch.kill_switch(services, log, jobs))
+        progress(f"sweep over {jobs} idle jobs at 50 ms, concurrent and serial")
+        figures.append(sweep_scale.sweep_scale(services, jobs))
     progress(f"enqueue --file of {plan.incident_jobs} ids against a bare send loop, {plan.enqueue_rounds} round(s)")
     figures.append(enqueue_figure(plan.incident_jobs, plan.enqueue_rounds))
     progress(f"import time, {plan.import_repetitions} fresh interpreters each")

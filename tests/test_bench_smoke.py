@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-INCIDENT_FIGURES = ("enqueue_file_1000",)
+INCIDENT_FIGURES = ("kill_switch_1000", "sweep_1000", "enqueue_file_1000")
 FIGURES = (
     "per_message_vs_floor",
     "peer_sdk_vs_ours",
