@@ -16,7 +16,7 @@ from bench.harness import Figure, WorkerLikeHandler, summarize_warnings
 from bench.services import Services
 from bench.worker import RemoteWorker
 from local.azurite import Azurite
-from local.host import QueueHost
+from local.queue_host import QueueHost
 
 LATENCY = 0.020
 TARGET = 0.80
@@ -92,6 +92,7 @@ def pipeline(services: Services, log: WorkerLikeHandler, storage: str, jobs: int
                 worker,
                 on_invocation=counter,
                 hide_seconds=HIDE_SECONDS,
+                threads=deployment.deployed_threads(),  # the worker's pool as deployed
             )
             host.start()  # its first poll finds the queue empty; it polls again after 100 ms, backing off to 2 s
             try:
