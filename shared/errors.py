@@ -36,11 +36,13 @@ class InvalidMessage(TerminatorError):
         *,
         job_id: str | None = None,
         reason: str | None = None,
+        account: str | None = None,
     ) -> None:
         super().__init__("; ".join(f"{p.key}: {p.value}" for p in problems))
         self.problems = tuple(problems)
         self.job_id = job_id
         self.reason = reason
+        self.account = account
 
 
 @dataclass(frozen=True)

@@ -77,23 +77,24 @@ def test_active_job_is_terminated_with_the_contract_request(
 @pytest.mark.usefixtures("no_sleep")
 def test_options_become_query_and_headers(batch: BatchEmulator, make_message: MessageFactory) -> None:
     job = batch.add_job("job-1")
+    batch.add_job("job-2")
     msg = make_message(
         {
             "jobId": "job-1",
             "force": True,
             "ifMatch": job.etag,
-            "ifUnmodifiedSince": "2099-01-01T00:00:00Z",
             "requestId": "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0",
         }
     )
     terminate_job.main(msg)
+    terminate_job.main(make_message({"jobId": "job-2", "ifUnmodifiedSince": "2099-01-01T00:00:00Z"}))
 
-    [sent] = terminate_requests(batch)
-    assert sent.query["force"] == "true"
-    assert sent.headers["if-match"] == job.etag
-    assert sent.headers["if-unmodified-since"] == "Thu, 01 Jan 2099 00:00:00 GMT"
-    assert sent.headers["client-request-id"] == "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
-    assert json.loads(sent.body) == {"terminateReason": "UserTerminate"}
+    first, second = terminate_requests(batch)
+    assert first.query["force"] == "true"
+    assert first.headers["if-match"] == job.etag
+    assert first.headers["client-request-id"] == "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
+    assert json.loads(first.body) == {"terminateReason": "UserTerminate"}
+    assert second.headers["if-unmodified-since"] == "Thu, 01 Jan 2099 00:00:00 GMT"
 
 
 @pytest.mark.usefixtures("no_sleep")
