@@ -42,7 +42,7 @@ param batchAccountName string
 @description('Resource group of the existing Batch account (same subscription).')
 param batchAccountResourceGroup string
 
-// --- contract settings (shared/CONTRACT.md section 2) -------------------------------------------------------
+// --- contract settings (docs/CONTRACT.md §2) -------------------------------------------------------
 @minLength(3)
 @maxLength(56) // the poison queue appends "-poison" and queue names are at most 63 characters
 @description('Trigger queue name (TERMINATE_QUEUE_NAME). The poison queue is "<name>-poison".')

@@ -39,7 +39,7 @@ class Verdict(enum.Enum):
     TRANSIENT = "transient"
 
 
-# CONTRACT §5 lives here and nowhere else.
+# docs/CONTRACT.md §5 lives here and nowhere else.
 ALREADY_DONE_CODES = frozenset({"JobCompleted", "JobBeingTerminated"})
 PERMANENT_STATUSES = frozenset({400, 403, 404, 409, 412, 413})
 TRANSIENT_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
@@ -376,7 +376,7 @@ def error_detail(response: requests.Response, client_request_id: str | None) -> 
 def _code_for_status(status: int) -> str:
     """A code for an answer without a BatchError: ServiceUnavailable when transient, else the status phrase."""
     if classify(status, None) is Verdict.TRANSIENT:
-        return "ServiceUnavailable"  # CONTRACT §5: Batch's code, else ServiceUnavailable
+        return "ServiceUnavailable"  # docs/CONTRACT.md §5: Batch's code, else ServiceUnavailable
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:

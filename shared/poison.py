@@ -1,4 +1,4 @@
-"""Poison records (CONTRACT §6) and the writer that puts them on the poison queue."""
+"""Poison records (docs/CONTRACT.md §6) and the writer that puts them on the poison queue."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ class PoisonRecord:
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_document(self) -> dict[str, Any]:
-        """The record as the JSON object of CONTRACT §6."""
+        """The record as the JSON object of docs/CONTRACT.md §6."""
         document: dict[str, Any] = {
             "jobId": self.job_id,
             "reason": self.reason,

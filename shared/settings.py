@@ -28,7 +28,7 @@ MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
 BATCH_SCOPE = "https://batch.core.windows.net//.default"
 MAX_DEQUEUE_ENV = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
 ENCODING_ENV = "AzureFunctionsJobHost__extensions__queues__messageEncoding"
-# CONTRACT §2 names these three; other 127.x addresses are not taken as loopback (to the letter, and unusual).
+# docs/CONTRACT.md §2 names these three; other 127.x addresses are not taken as loopback (to the letter, and unusual).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}", re.ASCII | re.IGNORECASE)

@@ -71,7 +71,7 @@ def terminate(
     body: bytes | None = None,
     timeout: float = 10,
 ) -> requests.Response:
-    """POST a terminate the way our client does (CONTRACT §4)."""
+    """POST a terminate the way our client does (docs/CONTRACT.md §4)."""
     query: dict[str, Any] = {"api-version": API_VERSION, "timeout": 30}
     query.update(params or {})
     sent: dict[str, str | None] = {

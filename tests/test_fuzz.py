@@ -468,7 +468,7 @@ HOMOGLYPHS = "\u0430\u0435\u043e\u0440\u0441\u0456\u0501\u00e4\u00df\uff41\u2024
 
 @st.composite
 def bad_batch_urls(draw: st.DrawFn) -> str:
-    """A BATCH_ACCOUNT_URL the contract says must be refused."""
+    """A BATCH_ACCOUNT_URL docs/CONTRACT.md §2 says must be refused."""
     host = draw(hosts)
     kind = draw(
         st.sampled_from(

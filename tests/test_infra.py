@@ -118,7 +118,7 @@ def _app_settings() -> dict[str, str]:
 
 def _sample_values() -> dict[str, str]:
     assert SAMPLE.is_file(), (
-        "local.settings.sample.json is missing: it lists every setting the app reads (CONTRACT §2) and the "
+        "local.settings.sample.json is missing: it lists every setting the app reads (docs/CONTRACT.md §2) and the "
         "templates are checked against it"
     )
     values = json.loads(SAMPLE.read_text(encoding="utf-8"))["Values"]

@@ -1,4 +1,4 @@
-"""TerminateRequest.parse: CONTRACT §3, field by field."""
+"""TerminateRequest.parse: docs/CONTRACT.md §3, field by field."""
 
 from __future__ import annotations
 

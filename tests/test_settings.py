@@ -1,4 +1,4 @@
-"""Settings.from_env: CONTRACT §2, defaults and the named error."""
+"""Settings.from_env: docs/CONTRACT.md §2, defaults and the named error."""
 
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ param maximumInstanceCount int = 40
 @description('Allow SCM (Kudu) basic-auth publishing credentials. azd and Core Tools publish with Entra ID.')
 param scmBasicAuthEnabled bool = false
 
-// --- contract settings (shared/CONTRACT.md section 2) ---
+// --- contract settings (docs/CONTRACT.md §2) ---
 param batchAccountUrl string
 param batchApiVersion string
 param batchTimeoutSeconds int
