@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Any
 
 import azure.functions as func
 
-from shared.alerts import AlertRejected, AlertSettings, read_alert
-from shared.errors import ConfigurationError
-from shared.producer import EnqueueFailed, TerminateQueue
+from shared import wiring
+from shared.alerts import AlertSettings, read_alert
+from shared.errors import AlertRejected, ConfigurationError, EnqueueFailed
 
 log = logging.getLogger("batch_terminator.alerts")
-
-_lock = threading.Lock()
-_queue: TerminateQueue | None = None
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
@@ -36,7 +32,7 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
         log.info("alert_terminate rule=%r condition=%s: nothing to do", alert.rule, alert.monitor_condition)
         return _json(200, {"enqueued": [], "monitorCondition": alert.monitor_condition})
     try:
-        queue = _terminate_queue()
+        queue = wiring.current().terminate_queue()
     except ConfigurationError as exc:
         log.error("alert_terminate misconfigured: %s", exc)
         return _error(AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs"))
@@ -58,15 +54,6 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
         enqueued,
     )
     return _json(202, {"enqueued": enqueued})
-
-
-def _terminate_queue() -> TerminateQueue:
-    """The process's TerminateQueue, opened from the app settings on first use."""
-    global _queue
-    with _lock:
-        if _queue is None:
-            _queue = TerminateQueue.from_env()
-        return _queue
 
 
 def _error(exc: AlertRejected, headers: dict[str, str] | None = None) -> func.HttpResponse:

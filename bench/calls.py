@@ -24,7 +24,7 @@ from bench.harness import (
     settled_rss,
 )
 from bench.services import Services
-from shared import runtime
+from shared import wiring
 from shared.settings import DEFAULT_API_VERSION
 
 QUEUE_NAME = "bench-terminate"
@@ -54,11 +54,11 @@ def function_environment(services: Services, storage_connection: str) -> dict[st
 def function_app(services: Services, storage_connection: str) -> Iterator[None]:
     """terminate_job configured from the environment, as the Functions worker loads it; reset after."""
     with environment(function_environment(services, storage_connection)):
-        runtime.reset()
+        wiring.reset()
         try:
             yield
         finally:
-            runtime.reset()
+            wiring.reset()
 
 
 class Ours:
@@ -206,7 +206,7 @@ def per_call(services: Services, storage_connection: str, *, per_round: int, rou
         ours.handle(1)  # wires the runtime and gives the floor a request to copy
         floor = Floor(services, JobIds("floor"))
         # requests re-reads proxy settings from os.environ on every call unless trust_env is off: the floor
-        # below the floor, for reference only (ours resolves them once, see shared.runtime.pin_environment).
+        # below the floor, for reference only (ours resolves them once, see shared.wiring.pin_environment).
         bare = Floor(services, JobIds("floor-noenv"), trust_env=False)
         contenders: dict[str, Contender] = {"ours": ours, "floor": floor, "floor_trust_env_off": bare}
         missing = peer_available()

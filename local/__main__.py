@@ -30,7 +30,7 @@ from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from local.http_host import HttpHost
 from local.identity import IdentityEndpoint
 from local.timer_host import TimerHost, TimerNotLoaded, format_moment, timer_functions
-from shared import runtime
+from shared import storage, wiring
 from shared.errors import ConfigurationError, TerminatorError
 from shared.producer import TerminateQueue
 from shared.settings import HOST_JSON, PROJECT_ROOT, Settings, local_settings_values
@@ -168,7 +168,7 @@ def start_azurite(port: int, location: Path | None) -> Azurite:
 def create_queues(settings: Settings, names: Sequence[str]) -> None:
     """Create the queues (existing ones are fine)."""
     for name in dict.fromkeys(names):
-        client = runtime.queue_client(settings.storage, name, "none")
+        client = storage.queue_client(settings.storage, name, "none")
         with contextlib.suppress(ResourceExistsError):
             client.create_queue()
 
@@ -276,7 +276,7 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
         env.update(identity.environ())
         env["BATCH_ACCOUNT_URL"] = emulator.url
 
-    runtime.reset()
+    wiring.reset()
     settings = Settings.from_env()
     host_poison = f"{settings.terminate_queue_name}-poison"
     create_queues(settings, [settings.terminate_queue_name, settings.poison_queue_name, host_poison])
@@ -397,7 +397,7 @@ def report_terminations(run: Run) -> list[Termination]:
 
 def poison_records(run: Run) -> list[dict[str, Any]]:
     """The function's poison records, decoded, left in place."""
-    client = runtime.queue_client(
+    client = storage.queue_client(
         run.settings.storage, run.settings.poison_queue_name, run.settings.queues.message_encoding
     )
     records: list[dict[str, Any]] = []

@@ -24,8 +24,8 @@ from azure.storage.queue import QueueClient
 from azure.storage.queue import QueueMessage as StorageQueueMessage
 
 import terminate_job
-from shared.runtime import queue_client
 from shared.settings import QueueOptions, StorageSettings
+from shared.storage import queue_client
 
 log = logging.getLogger("local.host")
 

@@ -9,7 +9,8 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from local.batch_emulator import BATCH_RESOURCE, HttpRequest, HttpResponse, LoopbackService
+from local.batch_emulator.wire import BATCH_RESOURCE
+from local.loopback import HttpRequest, HttpResponse, LoopbackService
 
 APP_SERVICE_API_VERSION = "2019-08-01"
 ENDPOINT_PATH = "/msi/token"

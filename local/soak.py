@@ -38,7 +38,7 @@ from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, JobState
 from local.host import Invocation, QueueHost
 from local.identity import IdentityEndpoint
-from shared import runtime
+from shared import wiring
 from shared.batch import RetryPolicy
 from shared.producer import TerminateQueue
 from shared.settings import PROJECT_ROOT, QueueOptions, Settings
@@ -260,7 +260,7 @@ def run_worker(config_path: Path, generation: int) -> int:
     config = SoakConfig(**document["config"])
     options = config.queue_options()
     settings = replace(Settings.from_env(), queues=options)
-    runtime.install(runtime.build_terminator(settings, http_timeout=config.http_timeout, policy=config.policy()))
+    wiring.install(wiring.Wiring(settings, http_timeout=config.http_timeout, policy=config.policy()))
     outcomes = (log_dir / f"deliveries-{generation}.jsonl").open("a", encoding="utf-8", buffering=1)
     lock = threading.Lock()
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from shared.errors import ConfigurationError, InvalidMessage, Problem, TerminatorError
+from shared.errors import AlertRejected, BatchErrorDetail, ConfigurationError, InvalidMessage
 from shared.message import MAX_REASON_LENGTH, TerminateRequest, json_type
 from shared.producer import build_request
 
@@ -22,27 +22,6 @@ MAX_JOB_IDS = 100
 FIRED = "Fired"
 RESOLVED = "Resolved"
 _SHOWN = 80  # characters of a rejected value echoed back
-
-
-class AlertRejected(TerminatorError):
-    """The request cannot be acted on; carries the HTTP status and a BatchError-like error body."""
-
-    def __init__(self, status: int, code: str, message: str, values: tuple[Problem, ...] = ()) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.values = values
-
-    def document(self) -> dict[str, Any]:
-        """The JSON error answer."""
-        return {
-            "error": {
-                "code": self.code,
-                "message": self.message,
-                "values": [{"key": p.key, "value": p.value} for p in self.values],
-            }
-        }
 
 
 @dataclass(frozen=True)
@@ -81,11 +60,6 @@ class AlertRequest:
     def fired(self) -> bool:
         """Whether the requests should be enqueued."""
         return self.monitor_condition == FIRED
-
-    @property
-    def job_ids(self) -> list[str]:
-        """The job ids, in order, without duplicates."""
-        return [r.job_id for r in self.requests]
 
 
 def read_alert(body: bytes, settings: AlertSettings) -> AlertRequest:
@@ -133,7 +107,9 @@ def _plain(document: dict[str, Any]) -> AlertRequest:
             'or a {"jobId": "...", "reason": "..."} body',
         )
     if reason is not None and not isinstance(reason, str):
-        raise AlertRejected(400, "InvalidRequest", "reason must be a string", (Problem("reason", json_type(reason)),))
+        raise AlertRejected(
+            400, "InvalidRequest", "reason must be a string", (BatchErrorDetail("reason", json_type(reason)),)
+        )
     requests = _validated([job_id], reason or None)
     return AlertRequest("plain", FIRED, None, None, requests)
 
@@ -145,7 +121,7 @@ def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertReq
             400,
             "UnsupportedSchema",
             f'schemaId must be "{COMMON_SCHEMA_ID}": enable the common alert schema on the action group\'s action',
-            (Problem("schemaId", _show(schema)),),
+            (BatchErrorDetail("schemaId", _show(schema)),),
         )
     data = _object(document.get("data"), "data")
     essentials = _object(data.get("essentials"), "data.essentials")
@@ -157,11 +133,14 @@ def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertReq
             400,
             "InvalidAlert",
             "data.essentials.monitorCondition must be Fired or Resolved",
-            (Problem("monitorCondition", _show(condition)),),
+            (BatchErrorDetail("monitorCondition", _show(condition)),),
         )
     if not settings.allows(rule):
         raise AlertRejected(
-            403, "RuleNotAllowed", "this alert rule is not in ALERT_RULES_ALLOWED", (Problem("alertRule", _show(rule)),)
+            403,
+            "RuleNotAllowed",
+            "this alert rule is not in ALERT_RULES_ALLOWED",
+            (BatchErrorDetail("alertRule", _show(rule)),),
         )
     if condition == RESOLVED:
         return AlertRequest("alert", RESOLVED, rule, severity, ())
@@ -225,15 +204,15 @@ def _validated(job_ids: list[object], reason: str | None) -> tuple[TerminateRequ
     if len(unique) > MAX_JOB_IDS:
         raise AlertRejected(400, "TooManyJobIds", f"at most {MAX_JOB_IDS} job ids per call, got {len(unique)}")
     requests: list[TerminateRequest] = []
-    problems: list[Problem] = []
+    problems: list[BatchErrorDetail] = []
     for job_id in unique.values():
         if not isinstance(job_id, str):
-            problems.append(Problem("jobId", f"{_show(job_id)}: must be a string, got {json_type(job_id)}"))
+            problems.append(BatchErrorDetail("jobId", f"{_show(job_id)}: must be a string, got {json_type(job_id)}"))
             continue
         try:
             requests.append(build_request(job_id, reason))
         except InvalidMessage as exc:
-            problems.extend(Problem(p.key, f"{_show(job_id)}: {p.value}") for p in exc.problems)
+            problems.extend(BatchErrorDetail(p.key, f"{_show(job_id)}: {p.value}") for p in exc.problems)
     if problems:
         code = "InvalidJobId" if all(p.key == "jobId" for p in problems) else "InvalidRequest"
         raise AlertRejected(400, code, f"nothing was enqueued: {len(problems)} problem(s), see values", tuple(problems))

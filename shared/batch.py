@@ -19,8 +19,9 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import AzureError
 
-from shared.errors import BatchCallFailed, ErrorDetail, Problem
+from shared.errors import BatchCallFailed, BatchError, BatchErrorDetail
 from shared.message import JOB_ID_PATTERN, TerminateRequest, format_http_date
+from shared.outcome import Outcome, Result
 from shared.settings import BATCH_SCOPE, Settings
 
 log = logging.getLogger("batch_terminator.batch")
@@ -80,18 +81,6 @@ class RetryPolicy:
             return min(max(retry_after, 0.0), self.retry_after_cap)
         ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
         return ceiling / 2 + rng.uniform(0, ceiling / 2)
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """A terminate call that left the job terminating or completed."""
-
-    job_id: str
-    verdict: Verdict
-    http_status: int
-    code: str | None
-    request_id: str | None
-    client_request_id: str
 
 
 class TokenCredential(Protocol):
@@ -179,8 +168,8 @@ class BatchClient:
         """The Batch account URL every request goes to (no trailing slash)."""
         return self._base
 
-    def terminate(self, request: TerminateRequest, client_request_id: str) -> Outcome:
-        """Ask Batch to terminate the job; raise BatchCallFailed when it did not happen."""
+    def terminate(self, request: TerminateRequest, client_request_id: str) -> Result:
+        """Ask Batch to terminate the job: a Result with Batch's answer, or BatchCallFailed when it did not happen."""
         if not JOB_ID_PATTERN.fullmatch(request.job_id):
             raise ValueError("job id failed validation")  # parse() guarantees this; never build a bad URL
         url = f"{self._settings.account_url(request.account)}/jobs/{request.job_id}/terminate{self._query}"
@@ -196,9 +185,9 @@ class BatchClient:
             accept=_TERMINATE_ACCEPTS,
             label=f"terminate job={request.job_id}",
         )
-        return Outcome(
+        return Result(
+            outcome=Outcome.TERMINATED if verdict is Verdict.SUCCEEDED else Outcome.ALREADY_TERMINATED,
             job_id=request.job_id,
-            verdict=verdict,
             http_status=response.status_code,
             code=None if verdict is Verdict.SUCCEEDED else detail.code,
             request_id=response.headers.get("request-id"),
@@ -230,7 +219,7 @@ class BatchClient:
         client_request_id: str,
         accept: frozenset[Verdict],
         label: str,
-    ) -> tuple[requests.Response, ErrorDetail, Verdict]:
+    ) -> tuple[requests.Response, BatchError, Verdict]:
         """The one retry loop: token, 401 refresh, transient backoff; returns an answer whose verdict is accepted."""
         started = self._clock()
         attempt = 0
@@ -248,7 +237,7 @@ class BatchClient:
                     token = self._tokens.refresh(rejected)
                     rejected = None
             except AzureError as exc:
-                detail = ErrorDetail(
+                detail = BatchError(
                     "CredentialUnavailable", _first_line(exc), client_request_id=client_request_id if sent else None
                 )
                 floor = self._policy.credential_delay
@@ -280,7 +269,7 @@ class BatchClient:
                             self._tokens.refresh(token)
                             rejected = None
                         except AzureError as exc:
-                            detail = ErrorDetail(
+                            detail = BatchError(
                                 "CredentialUnavailable", _first_line(exc), client_request_id=client_request_id
                             )
                             floor = self._policy.credential_delay
@@ -334,11 +323,11 @@ def _conditional_headers(request: TerminateRequest) -> dict[str, str]:
     return headers
 
 
-def error_detail(response: requests.Response, client_request_id: str | None) -> ErrorDetail:
+def error_detail(response: requests.Response, client_request_id: str | None) -> BatchError:
     """Read a BatchError body (or describe a body that is not one)."""
     code: str | None = None
     message = ""
-    values: list[Problem] = []
+    values: list[BatchErrorDetail] = []
     try:
         document = response.json() if response.content else None
     except ValueError:
@@ -354,7 +343,7 @@ def error_detail(response: requests.Response, client_request_id: str | None) -> 
         raw_values = document.get("values")
         if isinstance(raw_values, list):
             values = [
-                Problem(str(item.get("key") or ""), str(item.get("value") or ""))
+                BatchErrorDetail(str(item.get("key") or ""), str(item.get("value") or ""))
                 for item in raw_values
                 if isinstance(item, dict)
             ]
@@ -363,8 +352,8 @@ def error_detail(response: requests.Response, client_request_id: str | None) -> 
         text = response.text[:512] if response.content else ""
         message = message or f"HTTP {response.status_code} {response.reason or ''} without a BatchError body".strip()
         if text:
-            values.append(Problem("body", text))
-    return ErrorDetail(
+            values.append(BatchErrorDetail("body", text))
+    return BatchError(
         code=code or "",
         message=message,
         values=tuple(values),
@@ -385,8 +374,8 @@ def _code_for_status(status: int) -> str:
     return "".join(word[:1].upper() + word[1:] for word in phrase.replace("-", " ").split())
 
 
-def _network_detail(what: str, exc: Exception, client_request_id: str) -> ErrorDetail:
-    return ErrorDetail(
+def _network_detail(what: str, exc: Exception, client_request_id: str) -> BatchError:
+    return BatchError(
         code="ServiceUnavailable",
         message=f"{what}: {type(exc).__name__}",
         client_request_id=client_request_id,

@@ -10,7 +10,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 from shared.batch import BatchClient
-from shared.errors import BatchCallFailed, ErrorDetail, Problem
+from shared.errors import BatchCallFailed, BatchError, BatchErrorDetail
 from shared.message import JOB_ID_PATTERN, parse_http_date
 from shared.settings import Settings
 
@@ -154,7 +154,9 @@ def _job(item: object) -> JobInfo | None:
 
 
 def _unexpected(message: str, *values: tuple[str, str]) -> BatchCallFailed:
-    detail = ErrorDetail(code="UnexpectedResponse", message=message, values=tuple(Problem(k, v) for k, v in values))
+    detail = BatchError(
+        code="UnexpectedResponse", message=message, values=tuple(BatchErrorDetail(k, v) for k, v in values)
+    )
     return BatchCallFailed(detail, attempts=1, transient=False)
 
 

@@ -50,11 +50,10 @@ from azure.core.exceptions import (
 )
 from azure.storage.queue import LinearRetry, QueueClient, QueueMessage
 
-from shared.errors import ConfigurationError, InvalidMessage
+from shared.errors import ConfigurationError, EnqueueFailed, InvalidMessage
 from shared.message import TerminateRequest
 from shared.poison import PoisonRecord
-from shared.producer import EnqueueFailed, TerminateQueue, build_request
-from shared.runtime import queue_client
+from shared.producer import TerminateQueue, build_request
 from shared.settings import (
     PROJECT_ROOT,
     StorageSettings,
@@ -63,6 +62,7 @@ from shared.settings import (
     queue_options,
     storage_from_env,
 )
+from shared.storage import queue_client
 
 T = TypeVar("T")
 

@@ -1,13 +1,46 @@
-"""The exceptions batch-terminator raises; foreign errors are mapped to these at the boundary."""
+"""The exceptions batch-terminator raises, and Batch's error data; foreign errors are mapped to these at the edge."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class BatchErrorDetail:
+    """One key/value pair of a BatchError's `values` (Batch REST: BatchErrorDetail)."""
+
+    key: str
+    value: str
+
+
+@dataclass(frozen=True)
+class BatchError:
+    """What went wrong at Batch (or on the way to it), in Batch REST's BatchError terms plus the answer's ids."""
+
+    code: str
+    message: str
+    values: tuple[BatchErrorDetail, ...] = ()
+    http_status: int | None = None
+    request_id: str | None = None
+    client_request_id: str | None = None
+
+
+def _rebuild(cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]) -> BaseException:
+    """Unpickle an exception without calling its __init__ (whose signature differs from its args)."""
+    exc = cls.__new__(cls)
+    exc.args = args
+    exc.__dict__.update(state)
+    return exc
 
 
 class TerminatorError(Exception):
     """Base class of every error this package raises on purpose."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own reduce calls cls(*args), which fails for an __init__ that takes other arguments.
+        return (_rebuild, (type(self), self.args, dict(self.__dict__)))
 
 
 class ConfigurationError(TerminatorError):
@@ -19,20 +52,12 @@ class ConfigurationError(TerminatorError):
         self.problem = problem
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One thing wrong with a message: the field and what is wrong with it."""
-
-    key: str
-    value: str
-
-
 class InvalidMessage(TerminatorError):
-    """A terminate message broke the schema; carries one Problem per rule broken."""
+    """A terminate message broke the schema; carries one BatchErrorDetail per rule broken."""
 
     def __init__(
         self,
-        problems: Sequence[Problem],
+        problems: Sequence[BatchErrorDetail],
         *,
         job_id: str | None = None,
         reason: str | None = None,
@@ -45,30 +70,16 @@ class InvalidMessage(TerminatorError):
         self.account = account
 
 
-@dataclass(frozen=True)
-class ErrorDetail:
-    """What went wrong at Batch (or on the way to it), in BatchError terms."""
-
-    code: str
-    message: str
-    values: tuple[Problem, ...] = ()
-    http_status: int | None = None
-    request_id: str | None = None
-    client_request_id: str | None = None
-
-
-@dataclass
 class BatchCallFailed(TerminatorError):
-    """A terminate call ended without the job reaching the state asked for."""
+    """A Batch call ended without the answer asked for."""
 
-    detail: ErrorDetail
-    attempts: int
-    transient: bool
-
-    def __str__(self) -> str:
-        status = self.detail.http_status if self.detail.http_status is not None else "-"
-        kind = "transient" if self.transient else "permanent"
-        return f"{kind} failure {self.detail.code} (HTTP {status}) after {self.attempts} attempt(s)"
+    def __init__(self, error: BatchError, *, attempts: int, transient: bool) -> None:
+        status = error.http_status if error.http_status is not None else "-"
+        kind = "transient" if transient else "permanent"
+        super().__init__(f"{kind} failure {error.code} (HTTP {status}) after {attempts} attempt(s)")
+        self.error = error
+        self.attempts = attempts
+        self.transient = transient
 
 
 class RetryLater(TerminatorError):
@@ -77,3 +88,28 @@ class RetryLater(TerminatorError):
 
 class PoisonWriteFailed(TerminatorError):
     """The poison record could not be written; the message must stay in the trigger queue."""
+
+
+class EnqueueFailed(TerminatorError):
+    """The queue did not take the message."""
+
+
+class AlertRejected(TerminatorError):
+    """An alert request cannot be acted on; carries the HTTP status and a BatchError-like error body."""
+
+    def __init__(self, status: int, code: str, message: str, values: tuple[BatchErrorDetail, ...] = ()) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+        self.values = values
+
+    def document(self) -> dict[str, Any]:
+        """The JSON error answer."""
+        return {
+            "error": {
+                "code": self.code,
+                "message": self.message,
+                "values": [{"key": p.key, "value": p.value} for p in self.values],
+            }
+        }

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
-from shared.errors import InvalidMessage, Problem
+from shared.errors import BatchErrorDetail, InvalidMessage
 from shared.settings import ALIAS_PATTERN, DEFAULT_ACCOUNT
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
@@ -57,7 +57,7 @@ class TerminateRequest:
         `accounts` are the configured aliases; None (a producer that does not know them) checks the alias form only.
         """
         document = load_object(body)
-        problems: list[Problem] = []
+        problems: list[BatchErrorDetail] = []
         fields: dict[str, Any] = {}
         raw_job_id = document.get("jobId")
         job_id = raw_job_id if isinstance(raw_job_id, str) else None
@@ -68,27 +68,27 @@ class TerminateRequest:
 
         # Unknown fields are ignored, even twice; a known field given twice is ambiguous.
         for key in sorted(document.duplicates & KNOWN_FIELDS):
-            problems.append(Problem(key, "appears more than once"))
+            problems.append(BatchErrorDetail(key, "appears more than once"))
         problem = job_id_problem(raw_job_id)
         if problem:
-            problems.append(Problem("jobId", problem))
+            problems.append(BatchErrorDetail("jobId", problem))
         else:
             fields["job_id"] = raw_job_id
         if raw_reason is not None:
             if not isinstance(raw_reason, str):
-                problems.append(Problem("reason", f"must be a string, got {json_type(raw_reason)}"))
+                problems.append(BatchErrorDetail("reason", f"must be a string, got {json_type(raw_reason)}"))
             elif len(raw_reason) > MAX_REASON_LENGTH:
-                problems.append(Problem("reason", f"must be at most {MAX_REASON_LENGTH} characters"))
+                problems.append(BatchErrorDetail("reason", f"must be at most {MAX_REASON_LENGTH} characters"))
             elif raw_reason:
                 fields["reason"] = raw_reason
         problem = account_problem(raw_account, accounts)
         if problem:
-            problems.append(Problem("account", problem))
+            problems.append(BatchErrorDetail("account", problem))
         elif raw_account is not None:
             account = fields["account"] = raw_account.lower()
         force = document.get("force")
         if force is not None and not isinstance(force, bool):
-            problems.append(Problem("force", f"must be a boolean, got {json_type(force)}"))
+            problems.append(BatchErrorDetail("force", f"must be a boolean, got {json_type(force)}"))
         elif force:
             fields["force"] = True
         for key, attribute in _STRING_HEADERS.items():
@@ -96,7 +96,7 @@ class TerminateRequest:
             if value is None:
                 continue
             if not isinstance(value, str) or not HEADER_VALUE_PATTERN.fullmatch(value):
-                problems.append(Problem(key, "must be a non-empty string of printable ASCII"))
+                problems.append(BatchErrorDetail(key, "must be a non-empty string of printable ASCII"))
             else:
                 fields[attribute] = value
         for key, attribute in _DATE_HEADERS.items():
@@ -105,19 +105,21 @@ class TerminateRequest:
                 continue
             parsed = parse_http_date(value) if isinstance(value, str) else None
             if parsed is None:
-                problems.append(Problem(key, "must be an ISO 8601 or RFC 1123 date"))
+                problems.append(BatchErrorDetail(key, "must be an ISO 8601 or RFC 1123 date"))
             else:
                 fields[attribute] = parsed
         given = [key for key in CONDITION_FIELDS if document.get(key) is not None]
         if len(given) > 1:
             # Batch answers MultipleConditionHeadersNotSupported; say so before sending anything.
             problems.append(
-                Problem("conditions", f"at most one of {', '.join(CONDITION_FIELDS)}; got {', '.join(given)}")
+                BatchErrorDetail("conditions", f"at most one of {', '.join(CONDITION_FIELDS)}; got {', '.join(given)}")
             )
         request_id = document.get("requestId")
         if request_id is not None:
             if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.fullmatch(request_id):
-                problems.append(Problem("requestId", "must be a UUID such as 9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"))
+                problems.append(
+                    BatchErrorDetail("requestId", "must be a UUID such as 9c4d50ee-2d56-4cd3-8152-34347dc9f2b0")
+                )
             else:
                 fields["request_id"] = request_id
 
@@ -230,12 +232,12 @@ def load_object(body: bytes | str) -> _Document:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidMessage([Problem("message", f"is not UTF-8 text (byte {exc.start})")]) from exc
+            raise InvalidMessage([BatchErrorDetail("message", f"is not UTF-8 text (byte {exc.start})")]) from exc
     else:
         text = body
     text = text.removeprefix("\ufeff")
     if not text.strip():
-        raise InvalidMessage([Problem("message", "is empty")])
+        raise InvalidMessage([BatchErrorDetail("message", "is empty")])
     if text.lstrip().startswith("{"):
         return _json_object(text)
     # A JSON object starts with "{", which is not in base64's alphabet: anything else may be base64 of one.
@@ -245,10 +247,10 @@ def load_object(body: bytes | str) -> _Document:
     try:
         document = json.loads(text, parse_constant=_refuse_constant)
     except RecursionError as exc:
-        raise InvalidMessage([Problem("message", "is nested too deeply")]) from exc
+        raise InvalidMessage([BatchErrorDetail("message", "is nested too deeply")]) from exc
     except ValueError as exc:
-        raise InvalidMessage([Problem("message", "is neither a JSON object nor base64 of one")]) from exc
-    raise InvalidMessage([Problem("message", f"must be a JSON object, got {json_type(document)}")])
+        raise InvalidMessage([BatchErrorDetail("message", "is neither a JSON object nor base64 of one")]) from exc
+    raise InvalidMessage([BatchErrorDetail("message", f"must be a JSON object, got {json_type(document)}")])
 
 
 def _base64_text(text: str) -> str | None:
@@ -263,11 +265,11 @@ def _json_object(text: str, what: str = "is not JSON") -> _Document:
     try:
         document = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_refuse_constant)
     except RecursionError as exc:
-        raise InvalidMessage([Problem("message", "is nested too deeply")]) from exc
+        raise InvalidMessage([BatchErrorDetail("message", "is nested too deeply")]) from exc
     except ValueError as exc:
-        raise InvalidMessage([Problem("message", f"{what} ({exc})")]) from exc
+        raise InvalidMessage([BatchErrorDetail("message", f"{what} ({exc})")]) from exc
     if not isinstance(document, _Document):
-        raise InvalidMessage([Problem("message", f"must be a JSON object, got {json_type(document)}")])
+        raise InvalidMessage([BatchErrorDetail("message", f"must be a JSON object, got {json_type(document)}")])
     return document
 
 

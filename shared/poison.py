@@ -14,7 +14,7 @@ from typing import Any
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
-from shared.errors import ErrorDetail, PoisonWriteFailed, Problem
+from shared.errors import BatchError, BatchErrorDetail, PoisonWriteFailed
 
 log = logging.getLogger("batch_terminator.poison")
 
@@ -28,7 +28,7 @@ MAX_ECHOED_CHARS = 1024
 class PoisonRecord:
     """Why a terminate message failed, with the message itself so an operator can replay it."""
 
-    error: ErrorDetail
+    error: BatchError
     attempts: int
     message_id: str | None
     original_message: bytes
@@ -100,10 +100,12 @@ class PoisonRecord:
         )
         failed_at = document.get("failedAt")
         return cls(
-            error=ErrorDetail(
+            error=BatchError(
                 code=str(error.get("code") or ""),
                 message=str(error.get("message") or ""),
-                values=tuple(Problem(str(v.get("key")), str(v.get("value"))) for v in error.get("values") or ()),
+                values=tuple(
+                    BatchErrorDetail(str(v.get("key")), str(v.get("value"))) for v in error.get("values") or ()
+                ),
                 http_status=error.get("httpStatus"),
                 request_id=error.get("requestId"),
                 client_request_id=error.get("clientRequestId"),
@@ -134,11 +136,6 @@ class PoisonWriter:
 
     def __init__(self, queue: QueueClient) -> None:
         self._queue = queue
-
-    @property
-    def queue_name(self) -> str:
-        """The poison queue's name."""
-        return self._queue.queue_name
 
     def write(self, record: PoisonRecord) -> None:
         """Put the record on the queue, or raise PoisonWriteFailed."""

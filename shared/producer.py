@@ -12,14 +12,10 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
-from shared.errors import InvalidMessage, TerminatorError
+from shared.errors import EnqueueFailed, InvalidMessage
 from shared.message import TerminateRequest, format_http_date
-from shared.runtime import queue_client
 from shared.settings import StorageSettings, queue_name_setting, queue_options, storage_from_env
-
-
-class EnqueueFailed(TerminatorError):
-    """The queue did not take the message."""
+from shared.storage import queue_client
 
 
 def build_request(
@@ -102,16 +98,4 @@ class TerminateQueue:
         return self.enqueue(build_request(job_id, reason, **options))
 
 
-def enqueue_terminate(
-    job_id: str,
-    reason: str | None = None,
-    *,
-    queue: TerminateQueue | None = None,
-    **options: Any,
-) -> str:
-    """Enqueue a terminate request on `queue`, or on the app's trigger queue read from the environment."""
-    target = queue or TerminateQueue.from_env()
-    return target.enqueue_terminate(job_id, reason, **options)
-
-
-__all__ = ["EnqueueFailed", "InvalidMessage", "TerminateQueue", "build_request", "enqueue_terminate"]
+__all__ = ["EnqueueFailed", "InvalidMessage", "TerminateQueue", "build_request"]

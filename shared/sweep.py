@@ -11,11 +11,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from shared.batch_read import BatchReader, JobInfo
-from shared.errors import BatchCallFailed, ConfigurationError, InvalidMessage
+from shared.errors import BatchCallFailed, ConfigurationError, EnqueueFailed
 from shared.message import JOB_ID_PATTERN
-from shared.producer import EnqueueFailed, TerminateQueue, build_request
-from shared.runtime import batch_client, queue_client
-from shared.settings import Settings
+from shared.producer import TerminateQueue, build_request
 
 log = logging.getLogger("batch_terminator.sweep")
 
@@ -116,11 +114,6 @@ class Sweeper:
         self._now = now
         self._clock = clock
 
-    @property
-    def policy(self) -> SweepPolicy:
-        """The policy this sweeper applies."""
-        return self._policy
-
     def run(self) -> SweepReport:
         """Sweep once; Batch and queue failures are logged and end the run (the next schedule tries again)."""
         started = self._clock()
@@ -133,10 +126,10 @@ class Sweeper:
             report.matched.clear()
             log.error(
                 "sweep stopped: Batch call failed code=%s status=%s request_id=%s message=%r attempts=%d",
-                exc.detail.code,
-                exc.detail.http_status,
-                exc.detail.request_id,
-                exc.detail.message[:200],
+                exc.error.code,
+                exc.error.http_status,
+                exc.error.request_id,
+                exc.error.message[:200],
                 exc.attempts,
             )
         else:
@@ -174,7 +167,7 @@ class Sweeper:
             try:
                 counts = self._reader.task_counts(job.id)
             except BatchCallFailed as exc:
-                if exc.detail.code != "JobNotFound":
+                if exc.error.code != "JobNotFound":
                     raise
                 log.info("sweep skips job=%s: deleted since it was listed", job.id)
                 return None
@@ -193,31 +186,12 @@ class Sweeper:
                 continue
             try:
                 message_id = self._queue.enqueue(build_request(match.job_id, match.reason))
-            except InvalidMessage as exc:  # ids and reasons are checked above; kept for safety
-                log.error("sweep cannot enqueue job=%s: %s", match.job_id, exc)
-                continue
             except EnqueueFailed as exc:
                 report.outcome = "enqueue_failed"
                 log.error("sweep stopped: %s (enqueued %d of %d)", exc, len(report.enqueued), len(report.matched))
                 return
             report.enqueued.append(match.job_id)
             log.info("sweep enqueued job=%s message_id=%s reason=%r", match.job_id, message_id, match.reason)
-
-
-def build_sweeper(
-    settings: Settings,
-    policy: SweepPolicy,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    http_timeout: float | None = None,
-) -> Sweeper:
-    """Wire the production objects: the app's Batch identity and retry policy, and its trigger queue."""
-    client = batch_client(settings, sleep=sleep, http_timeout=http_timeout)
-    queue = TerminateQueue(
-        queue_client(settings.storage, settings.terminate_queue_name, settings.queues.message_encoding)
-    )
-    log.info("sweep ready: batch=%s queue=%s %s", settings.batch_account_url, queue.queue_name, policy.describe())
-    return Sweeper(BatchReader(client, settings), queue, policy)
 
 
 def _kept(metadata: Mapping[str, str]) -> bool:

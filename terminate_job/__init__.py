@@ -6,9 +6,10 @@ import logging
 
 import azure.functions as func
 
+from shared import wiring
 from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
-from shared.runtime import get_terminator
-from shared.terminator import Delivery, Result
+from shared.outcome import Outcome
+from shared.terminator import Delivery
 
 log = logging.getLogger("batch_terminator")
 
@@ -17,7 +18,7 @@ def main(msg: func.QueueMessage) -> None:
     """Finish the message, or raise so the host delivers it again."""
     delivery = Delivery(body=msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
     try:
-        handled = get_terminator().handle(delivery)
+        result = wiring.current().terminator().handle(delivery)
     except RetryLater as exc:
         log.warning("%s", exc)
         raise
@@ -27,4 +28,4 @@ def main(msg: func.QueueMessage) -> None:
     except ConfigurationError as exc:
         log.error("terminate message_id=%s outcome=configuration_error: %s", msg.id, exc)
         raise
-    log.log(logging.ERROR if handled.result is Result.POISONED else logging.INFO, "%s", handled.describe())
+    log.log(logging.ERROR if result.outcome is Outcome.POISONED else logging.INFO, "%s", result.describe())

@@ -12,15 +12,23 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
-import alert_terminate
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator
 from local.identity import IdentityEndpoint
-from shared import runtime
+from shared import wiring
 from shared.message import TerminateRequest
+
+
+@pytest.fixture(autouse=True)
+def fresh_wiring() -> Iterator[None]:
+    """Every test starts without process objects, so the settings it sets are the ones read."""
+    wiring.reset()
+    yield
+    wiring.reset()
 
 
 @pytest.fixture(scope="session")
@@ -56,7 +64,7 @@ class Queues:
         client = self.client(self.poison)
         try:
             messages = client.peek_messages(max_messages=32)
-        except Exception:  # the queue does not exist yet: nothing was poisoned
+        except ResourceNotFoundError:  # the queue does not exist yet: nothing was poisoned
             return []
         return [json.loads(m.content) for m in messages]
 
@@ -71,12 +79,11 @@ def queues(azurite: Azurite) -> Queues:
 
 @pytest.fixture
 def trigger(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
-    """App settings for alert_terminate on Azurite, and a fresh process-wide queue client."""
+    """App settings for alert_terminate on Azurite."""
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
     for name in ("ALERT_JOB_ID_DIMENSION", "ALERT_RULES_ALLOWED", "AzureWebJobsStorage__queueServiceUri"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(alert_terminate, "_queue", None)
     return queues
 
 
@@ -99,7 +106,7 @@ def batch(identity: IdentityEndpoint) -> Iterator[BatchEmulator]:
 @pytest.fixture
 def function_env(
     monkeypatch: pytest.MonkeyPatch, queues: Queues, batch: BatchEmulator, identity: IdentityEndpoint
-) -> Iterator[dict[str, str]]:
+) -> dict[str, str]:
     """App settings for terminate_job pointing at Azurite, the emulator and the identity endpoint."""
     env = {
         "BATCH_ACCOUNT_URL": batch.url,
@@ -111,18 +118,15 @@ def function_env(
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    runtime.reset()
-    yield env
-    runtime.reset()
+    return env
 
 
 @pytest.fixture
-def no_sleep(function_env: dict[str, str]) -> Iterator[list[float]]:
+def no_sleep(function_env: dict[str, str]) -> list[float]:
     """Install the production wiring with a sleep that records instead of waiting."""
     slept: list[float] = []
-    runtime.install(runtime.build_terminator(runtime.Settings.from_env(), sleep=slept.append))
-    yield slept
-    runtime.reset()
+    wiring.install(wiring.Wiring(sleep=slept.append))
+    return slept
 
 
 MessageFactory = Callable[..., func.QueueMessage]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import copy
 import json
 from pathlib import Path
@@ -10,13 +9,11 @@ from typing import Any
 
 import azure.functions as func
 import pytest
-from azure.storage.queue import QueueClient
 
 import alert_terminate
-import terminate_job
-from local.batch_emulator import BatchEmulator, JobState
+from shared import wiring
 from shared.alerts import MAX_BODY_BYTES, MAX_JOB_IDS
-from tests.conftest import MessageFactory, Queues
+from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
 
@@ -506,34 +503,13 @@ def test_missing_settings_are_a_500_without_details(trigger: Queues, monkeypatch
 
 def test_the_queue_client_is_created_once_per_process(trigger: Queues) -> None:
     assert post(METRIC_ALERT).status_code == 202
-    first = alert_terminate._queue
+    first = wiring.current().terminate_queue()
     assert post(LOG_SEARCH_ALERT).status_code == 202
-    assert first is not None
-    assert alert_terminate._queue is first
+    assert wiring.current().terminate_queue() is first
     assert len(trigger.enqueued()) == 2
 
 
 @pytest.mark.usefixtures("no_sleep")
-def test_alert_reason_reaches_batch_through_the_queue(
-    function_env: dict[str, str],
-    batch: BatchEmulator,
-    queues: Queues,
-    make_message: MessageFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(alert_terminate, "_queue", None)
-    batch.add_job("nightly-render-42")
-    assert post(METRIC_ALERT).status_code == 202
-    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).receive_messages()
-
-    terminate_job.main(make_message(base64.b64decode(raw.content), message_id=raw.id))
-
-    job = batch.job("nightly-render-42")
-    assert job is not None
-    assert job.state in (JobState.TERMINATING, JobState.COMPLETED)
-    assert job.terminate_reason == "Alert 'batch-task-failures' fired (Sev2)"
-
-
 def test_function_json_is_a_function_key_post_trigger() -> None:
     bindings = json.loads((ROOT / "alert_terminate" / "function.json").read_text())["bindings"]
     trigger_binding = next(b for b in bindings if b["type"] == "httpTrigger")

@@ -185,7 +185,7 @@ def test_token_failure_waits_out_msal_failure_cache_even_under_a_small_retry_aft
     with pytest.raises(BatchCallFailed) as caught:
         client.terminate(TerminateRequest(job_id="job-1"), "c-1")
     assert caught.value.transient
-    assert caught.value.detail.code == "CredentialUnavailable"
+    assert caught.value.error.code == "CredentialUnavailable"
     assert len(slept) == 2
     assert min(slept) >= 5.0
 

@@ -16,10 +16,10 @@ import pytest
 from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient
 
 from shared import cli
-from shared.errors import ConfigurationError, ErrorDetail, Problem
+from shared.errors import BatchError, BatchErrorDetail, ConfigurationError
 from shared.poison import PoisonRecord, PoisonWriter
-from shared.runtime import queue_client
 from shared.settings import PROJECT_ROOT, StorageSettings
+from shared.storage import queue_client
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -72,7 +72,7 @@ def record(
 ) -> PoisonRecord:
     """A poison record as the function writes it."""
     body = original.encode() if isinstance(original, str) else original
-    detail = ErrorDetail(code, f"{code} happened", (Problem("k", "v"),), status, "req-1", "client-1")
+    detail = BatchError(code, f"{code} happened", (BatchErrorDetail("k", "v"),), status, "req-1", "client-1")
     return PoisonRecord(error=detail, attempts=attempts, message_id="m-1", original_message=body, job_id=job_id)
 
 

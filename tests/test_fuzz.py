@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import terminate_job
 from local.batch_emulator import BatchEmulator, RecordedRequest
 from local.identity import IdentityEndpoint
-from shared import runtime
+from shared import wiring
 from shared.errors import ConfigurationError, InvalidMessage, PoisonWriteFailed
 from shared.message import MAX_REASON_LENGTH, TerminateRequest
 from shared.poison import MAX_RECORD_BYTES, PoisonRecord, PoisonWriter
@@ -372,9 +372,11 @@ class Harness:
     batch: BatchEmulator
     identity: IdentityEndpoint
     poison: RecordingPoisonWriter
+    objects: wiring.Wiring  # kept across examples: one token and session for the module, as in a worker
 
     def run(self, body: bytes) -> tuple[list[RecordedRequest], list[dict[str, Any]]]:
         """Deliver one message to main() (which must return) and say what reached Batch and the poison queue."""
+        wiring.install(self.objects)  # each test starts from a reset wiring (tests/conftest.py)
         self.batch.reset()
         self.poison.records.clear()
         message = QueueMessage(id=str(uuid.uuid4()), body=body, dequeue_count=1, pop_receipt="pr")
@@ -384,7 +386,7 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def harness() -> Iterator[Harness]:
-    """One emulator, identity endpoint and installed Terminator for all examples of the module."""
+    """One emulator, identity endpoint and Wiring for all examples of the module."""
     with (
         IdentityEndpoint() as identity,
         BatchEmulator(authorize=identity.is_valid) as batch,
@@ -401,11 +403,9 @@ def harness() -> Iterator[Harness]:
             queues=QueueOptions(max_dequeue_count=5),
         )
         poison = RecordingPoisonWriter()
-        runtime.install(runtime.build_terminator(settings_, sleep=lambda _: None, http_timeout=5.0, poison=poison))
-        try:
-            yield Harness(batch, identity, poison)
-        finally:
-            runtime.reset()
+        yield Harness(
+            batch, identity, poison, wiring.Wiring(settings_, sleep=lambda _: None, http_timeout=5.0, poison=poison)
+        )
 
 
 def _original(record: dict[str, Any]) -> bytes:
@@ -581,11 +581,11 @@ def test_main_refuses_malformed_batch_url_before_any_token(bare_identity: Identi
                     Settings.from_env({**os.environ, **environ})
                 return
             mp.setenv(name, value)
-        runtime.reset()
+        wiring.reset()
         try:
             with pytest.raises(ConfigurationError) as caught:
                 terminate_job.main(message)
         finally:
-            runtime.reset()
+            wiring.reset()
     assert caught.value.setting == "BATCH_ACCOUNT_URL"
     assert bare_identity.requests == []

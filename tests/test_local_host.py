@@ -13,13 +13,14 @@ from dataclasses import replace
 
 import azure.functions as func
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from local.batch_emulator import BatchEmulator, Fault
 from local.host import Invocation, Outcome, PollingDelay, QueueHost
-from shared import runtime
+from shared import wiring
 from shared.producer import TerminateQueue
-from shared.settings import MAX_DEQUEUE_ENV, QueueOptions, Settings
+from shared.settings import MAX_DEQUEUE_ENV, QueueOptions
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ def raw_texts(queues: Queues, name: str) -> list[str]:
     """The stored text of every visible message (empty when the queue does not exist)."""
     try:
         return [m.content for m in raw_client(queues, name).peek_messages(max_messages=32)]
-    except Exception:
+    except ResourceNotFoundError:
         return []
 
 
@@ -131,7 +132,7 @@ def test_batch_unavailable_forever_ends_in_the_functions_poison_record(
 ) -> None:
     # host.json and the function read the same maxDequeueCount: the last delivery writes the record and returns.
     monkeypatch.setenv(MAX_DEQUEUE_ENV, "2")
-    runtime.install(runtime.build_terminator(Settings.from_env(), sleep=lambda _: None))
+    wiring.install(wiring.Wiring(sleep=lambda _: None))
     batch.add_job("job-503")
     batch.inject(Fault.status(503, "ServerBusy"), times=100)
     TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string).enqueue_terminate("job-503")

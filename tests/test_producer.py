@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.storage.queue import QueueClient
 
-from shared.errors import InvalidMessage
+from shared.errors import EnqueueFailed, InvalidMessage
 from shared.message import TerminateRequest
-from shared.producer import EnqueueFailed, TerminateQueue, build_request, enqueue_terminate
+from shared.producer import TerminateQueue, build_request
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -49,7 +49,7 @@ def test_invalid_request_is_refused_before_the_queue(queues: Queues, job_id: str
 def test_enqueue_reads_the_app_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> None:
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
-    enqueue_terminate("job-7")
+    TerminateQueue.from_env().enqueue_terminate("job-7")
     [raw] = queues.client(queues.trigger).peek_messages()
     assert json.loads(raw.content) == {"jobId": "job-7"}
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
@@ -20,10 +21,9 @@ import terminate_job
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, Fault, JobState
 from local.identity import IdentityEndpoint
-from shared import runtime
+from shared import wiring
 from shared.errors import RetryLater
 from shared.producer import TerminateQueue
-from shared.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -127,12 +127,8 @@ def world(custom_azurite: tuple[Azurite, str], monkeypatch: pytest.MonkeyPatch) 
             monkeypatch.setenv(name, value)
         made = World(azurite, key, connection, identity, batch, trigger)
         made.queue(trigger).create_queue()
-        runtime.reset()
-        runtime.install(runtime.build_terminator(Settings.from_env(), sleep=lambda _: None))
-        try:
-            yield made
-        finally:
-            runtime.reset()
+        wiring.install(wiring.Wiring(sleep=lambda _: None))
+        yield made
 
 
 @pytest.fixture
@@ -174,7 +170,7 @@ def poison_texts(world: World) -> list[str]:
     """The raw text of every poison record."""
     try:
         messages = world.queue(f"{world.trigger}-poison").peek_messages(max_messages=32)
-    except Exception:  # no poison queue yet
+    except ResourceNotFoundError:  # no poison queue yet
         return []
     return [m.content for m in messages]
 

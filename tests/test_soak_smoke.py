@@ -19,8 +19,8 @@ from local import soak
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, Fault, HttpRequest, JobState
 from local.soak import HOST_MOVED, Report, SentMessage, reconcile
-from shared import runtime
-from shared.settings import PROJECT_ROOT, Settings
+from shared import wiring
+from shared.settings import PROJECT_ROOT
 from tests.conftest import MessageFactory, Queues
 
 pytestmark = pytest.mark.integration
@@ -149,9 +149,9 @@ def test_azurite_restart_keeps_queued_messages(tmp_path: Path) -> None:
 def short_timeout(function_env: dict[str, str]) -> Iterator[list[float]]:
     """The production wiring with a 0.3 s client timeout and recorded sleeps, as in the soak."""
     slept: list[float] = []
-    runtime.install(runtime.build_terminator(Settings.from_env(), sleep=slept.append, http_timeout=0.3))
+    wiring.install(wiring.Wiring(sleep=slept.append, http_timeout=0.3))
     yield slept
-    runtime.reset()
+    wiring.reset()
 
 
 @pytest.mark.usefixtures("short_timeout")

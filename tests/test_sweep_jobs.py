@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import logging
@@ -15,19 +14,18 @@ from urllib.parse import urlsplit
 
 import pytest
 from azure.functions.timer import TimerRequest
-from azure.storage.queue import QueueClient
 
 import sweep_jobs
-import terminate_job
 from local.batch_emulator import ODATA_JSON, BatchEmulator, HttpRequest, HttpResponse, JobState
 from local.identity import IdentityEndpoint
+from shared import wiring
 from shared.batch import BatchClient, TokenProvider
 from shared.batch_read import BatchReader
 from shared.errors import BatchCallFailed, ConfigurationError
-from shared.runtime import batch_credential, http_session
 from shared.settings import Settings
-from shared.sweep import LIST_PAGE_SIZE, SweepPolicy, build_sweeper
-from tests.conftest import MessageFactory, Queues
+from shared.sweep import LIST_PAGE_SIZE, SweepPolicy
+from shared.wiring import batch_credential, http_session
+from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
 
@@ -103,7 +101,6 @@ def sweep_env(monkeypatch: pytest.MonkeyPatch, queues: Queues, account: SweepBat
     monkeypatch.setenv("BATCH_ACCOUNT_URL", account.url)
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
-    monkeypatch.setattr(sweep_jobs, "_sweeper", None)
     return queues
 
 
@@ -127,11 +124,10 @@ def ago(**delta: float) -> datetime:
     return datetime.now(UTC) - timedelta(**delta)
 
 
-def no_sleep_sweeper(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+def no_sleep_sweeper() -> list[float]:
     """Install the production wiring with a sleep that records instead of waiting."""
     slept: list[float] = []
-    sweeper = build_sweeper(Settings.from_env(), SweepPolicy.from_env(), sleep=slept.append)
-    monkeypatch.setattr(sweep_jobs, "_sweeper", sweeper)
+    wiring.install(wiring.Wiring(sleep=slept.append))
     return slept
 
 
@@ -297,7 +293,7 @@ def test_transient_listing_errors_are_retried_with_the_terminate_policy(
     monkeypatch.setenv("SWEEP_MAX_AGE_HOURS", "1")
     account.add_job("old-1", creation_time=ago(hours=3))
     account.list_failures = {1: (503, "ServerBusy"), 2: (500, "InternalError")}
-    slept = no_sleep_sweeper(monkeypatch)
+    slept = no_sleep_sweeper()
 
     run()
 
@@ -312,7 +308,7 @@ def test_listing_that_stays_unavailable_ends_the_run(
     monkeypatch.setenv("SWEEP_MAX_AGE_HOURS", "1")
     account.add_job("old-1", creation_time=ago(hours=3))
     account.list_failures = dict.fromkeys(range(1, 10), (503, "ServerBusy"))
-    slept = no_sleep_sweeper(monkeypatch)
+    slept = no_sleep_sweeper()
 
     run()
 
@@ -434,39 +430,16 @@ def test_the_sweeper_and_its_token_are_reused_across_runs(
 ) -> None:
     monkeypatch.setenv("SWEEP_MAX_AGE_HOURS", "1")
     run()
-    first = sweep_jobs._sweeper
+    first = wiring.current().sweeper()
     run()
 
     assert first is not None
-    assert sweep_jobs._sweeper is first
+    assert wiring.current().sweeper() is first
     assert account.list_calls() == 2
     assert identity.fetches == 1
 
 
 @pytest.mark.usefixtures("no_sleep")
-def test_sweep_reason_reaches_batch_through_the_queue(
-    function_env: dict[str, str],
-    batch: BatchEmulator,
-    queues: Queues,
-    make_message: MessageFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(sweep_jobs, "_sweeper", None)
-    for name in SWEEP_SETTINGS:
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("SWEEP_MAX_AGE_HOURS", "48")
-    batch.add_job("old-1", creation_time=ago(hours=72))
-    run()
-    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).receive_messages()
-
-    terminate_job.main(make_message(base64.b64decode(raw.content), message_id=raw.id))
-
-    job = batch.job("old-1")
-    assert job is not None
-    assert job.state in (JobState.TERMINATING, JobState.COMPLETED)
-    assert job.terminate_reason == "sweep: active 72.0 h > 48 h"
-
-
 def test_reader_refuses_to_send_the_token_elsewhere(sweep_env: Queues) -> None:
     settings = Settings.from_env()
     client = BatchClient(settings, TokenProvider(_NoCredential()), http_session())
@@ -484,7 +457,7 @@ def test_reader_reads_task_counts_and_reports_a_missing_job(sweep_env: Queues, a
     account.count_failures = {"job-1": (404, "JobNotFound")}
     with pytest.raises(BatchCallFailed) as caught:
         reader.task_counts("job-1")
-    assert caught.value.detail.code == "JobNotFound"
+    assert caught.value.error.code == "JobNotFound"
 
 
 def test_function_json_is_a_timer_on_the_schedule_setting() -> None:

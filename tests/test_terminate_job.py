@@ -6,17 +6,22 @@ import base64
 import json
 import re
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
+import azure.functions as func
 import pytest
+from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
+import alert_terminate
+import sweep_jobs
 import terminate_job
 from local.batch_emulator import BatchEmulator, Fault, JobState
 from local.identity import IdentityEndpoint
-from shared import runtime
+from shared import wiring
 from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
 from shared.poison import PoisonWriter
 from tests.conftest import MessageFactory, Queues
@@ -353,9 +358,8 @@ def test_transient_failure_on_last_attempt_is_poisoned(
 def test_read_timeout_is_transient(
     batch: BatchEmulator, make_message: MessageFactory, queues: Queues, function_env: dict[str, str]
 ) -> None:
-    settings = runtime.Settings.from_env()
     # The real client timeout is 35 s; a short one keeps the test quick.
-    runtime.install(runtime.build_terminator(settings, sleep=lambda _: None, http_timeout=0.3))
+    wiring.install(wiring.Wiring(sleep=lambda _: None, http_timeout=0.3))
     batch.add_job("job-1")
     batch.inject(Fault.delay(2.0, apply=False), times=10)
 
@@ -416,14 +420,13 @@ def test_token_endpoint_failure_with_attempts_left_raises(
 def test_failed_poison_write_raises_so_the_message_stays(
     batch: BatchEmulator, make_message: MessageFactory, function_env: dict[str, str]
 ) -> None:
-    settings = runtime.Settings.from_env()
     unreachable = QueueClient.from_connection_string(
         "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;"
         "QueueEndpoint=http://127.0.0.1:9/devstoreaccount1;",
         "nowhere-poison",
         retry_total=0,
     )
-    runtime.install(runtime.build_terminator(settings, sleep=lambda _: None, poison=PoisonWriter(unreachable)))
+    wiring.install(wiring.Wiring(sleep=lambda _: None, poison=PoisonWriter(unreachable)))
 
     with pytest.raises(PoisonWriteFailed):
         terminate_job.main(make_message({"jobId": "ghost"}))
@@ -445,7 +448,7 @@ def test_poison_queue_name_setting_is_used(
     monkeypatch: pytest.MonkeyPatch, make_message: MessageFactory, queues: Queues, function_env: dict[str, str]
 ) -> None:
     monkeypatch.setenv("POISON_QUEUE_NAME", f"{queues.trigger}-custom")
-    runtime.reset()
+    wiring.reset()
     terminate_job.main(make_message(b"not json"))
     custom = Queues(queues.connection_string, queues.trigger, f"{queues.trigger}-custom")
     assert [r["error"]["code"] for r in custom.poison_records()] == ["InvalidMessage"]
@@ -461,30 +464,33 @@ def test_settings_are_read_at_the_first_invocation_not_at_import(
     assert [r.query["api-version"] for r in terminate_requests(batch)] == ["2024-07-01.20.0"]
 
 
-def test_process_objects_are_reused_while_the_settings_stay_the_same(
+def test_process_objects_are_built_once_and_reused(
     batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, function_env: dict[str, str]
 ) -> None:
     for n in range(3):
         batch.add_job(f"job-{n}")
         terminate_job.main(make_message({"jobId": f"job-{n}"}))
-    assert runtime.get_terminator() is runtime.get_terminator()
+    assert wiring.current().terminator() is wiring.current().terminator()
     assert identity.fetches == 1
 
 
 @pytest.mark.usefixtures("function_env")
-def test_changed_settings_take_effect_on_the_next_invocation(
+def test_settings_are_cached_after_the_first_invocation_until_reset(
     monkeypatch: pytest.MonkeyPatch, identity: IdentityEndpoint, make_message: MessageFactory
 ) -> None:
-    # A harness that starts a new Batch emulator per test only sets the environment; no reset hook is needed.
+    # docs/CONTRACT.md §1: read at the first invocation and cached; in Azure a changed setting restarts the app.
     with BatchEmulator(authorize=identity.is_valid) as first, BatchEmulator(authorize=identity.is_valid) as second:
         first.add_job("job-1")
-        second.add_job("job-2")
+        first.add_job("job-2")
+        second.add_job("job-3")
         monkeypatch.setenv("BATCH_ACCOUNT_URL", first.url)
         terminate_job.main(make_message({"jobId": "job-1"}))
         monkeypatch.setenv("BATCH_ACCOUNT_URL", second.url)
         terminate_job.main(make_message({"jobId": "job-2"}))
-        assert [t.job_id for t in first.terminations] == ["job-1"]
-        assert [t.job_id for t in second.terminations] == ["job-2"]
+        wiring.reset()
+        terminate_job.main(make_message({"jobId": "job-3"}))
+        assert [t.job_id for t in first.terminations] == ["job-1", "job-2"]
+        assert [t.job_id for t in second.terminations] == ["job-3"]
 
 
 @pytest.mark.parametrize("url", ["http://batch.example.com", "https://user:secret@acct.batch.azure.com"])
@@ -496,7 +502,7 @@ def test_refused_batch_url_fails_before_any_token_is_requested(
     url: str,
 ) -> None:
     monkeypatch.setenv("BATCH_ACCOUNT_URL", url)
-    runtime.reset()
+    wiring.reset()
     with pytest.raises(ConfigurationError, match="BATCH_ACCOUNT_URL"):
         terminate_job.main(make_message({"jobId": "job-1"}))
     assert identity.requests == []
@@ -543,3 +549,55 @@ def test_invalid_job_id_cannot_forge_a_log_line(make_message: MessageFactory, ca
     lines = [line for r in captured_logs.records for line in r.getMessage().splitlines()]
     assert not any(line.startswith("terminate job=x") for line in lines)
     assert any("outcome=poisoned" in line and "job='a\\nterminate" in line for line in lines)
+
+
+def _alert(batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fired common-schema metric alert naming the job by its jobId dimension."""
+    batch.add_job("nightly-render-42")
+    alert = {
+        "schemaId": "azureMonitorCommonAlertSchema",
+        "data": {
+            "essentials": {"alertRule": "batch-task-failures", "severity": "Sev2", "monitorCondition": "Fired"},
+            "alertContext": {
+                "condition": {"allOf": [{"dimensions": [{"name": "jobId", "value": "nightly-render-42"}]}]}
+            },
+        },
+    }
+    request = func.HttpRequest(method="POST", url="/api/alert_terminate", body=json.dumps(alert).encode())
+    assert alert_terminate.main(request).status_code == 202
+    return "nightly-render-42"
+
+
+def _sweep(batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A sweep whose age policy picks one old job."""
+    for name in ("SWEEP_IDLE_MINUTES", "SWEEP_JOB_ID_PREFIX", "SWEEP_DRY_RUN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SWEEP_MAX_AGE_HOURS", "48")
+    batch.add_job("old-1", creation_time=datetime.now(UTC) - timedelta(hours=72))
+    sweep_jobs.main(TimerRequest(past_due=False))
+    return "old-1"
+
+
+@pytest.mark.parametrize(
+    ("producer", "reason"),
+    [(_alert, "Alert 'batch-task-failures' fired (Sev2)"), (_sweep, "sweep: active 72.0 h > 48 h")],
+    ids=["alert", "sweep"],
+)
+def test_a_producers_reason_reaches_batch_through_the_queue(
+    function_env: dict[str, str],
+    batch: BatchEmulator,
+    queues: Queues,
+    make_message: MessageFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    producer: Callable[[BatchEmulator, pytest.MonkeyPatch], str],
+    reason: str,
+) -> None:
+    job_id = producer(batch, monkeypatch)
+    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).receive_messages()
+
+    terminate_job.main(make_message(base64.b64decode(raw.content), message_id=raw.id))
+
+    job = batch.job(job_id)
+    assert job is not None
+    assert job.state in (JobState.TERMINATING, JobState.COMPLETED)
+    assert job.terminate_reason == reason

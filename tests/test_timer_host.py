@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from azure.functions.timer import TimerRequest
 
-import sweep_jobs
 from local.timer_host import (
     CronSchedule,
     ScheduleError,
@@ -194,7 +193,6 @@ def test_the_real_sweep_jobs_runs_from_the_timer(
 ) -> None:
     for name in ("SWEEP_MAX_AGE_HOURS", "SWEEP_IDLE_MINUTES", "SWEEP_JOB_ID_PREFIX", "SWEEP_DRY_RUN"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(sweep_jobs, "_sweeper", None)
     caplog.set_level(logging.INFO)
     timer = TimerHost.from_function(PROJECT_ROOT / "sweep_jobs", {"SWEEP_SCHEDULE": "0 0 0 1 1 *"})
 

@@ -1,0 +1,284 @@
+"""The Batch account's jobs: states, transitions, task counts, the terminate ledger — no HTTP."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+TASK_COUNT_KEYS = ("active", "running", "completed", "succeeded", "failed")
+DEFAULT_TERMINATE_REASON = "UserTerminate"
+JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class JobState(StrEnum):
+    """Batch job states."""
+
+    ACTIVE = "active"
+    TERMINATING = "terminating"
+    COMPLETED = "completed"
+    DELETING = "deleting"
+    DISABLED = "disabled"
+
+
+# Terminate's 409 answer for each state it refuses.
+TERMINATE_CONFLICTS: dict[JobState, str] = {
+    JobState.DELETING: "JobBeingDeleted",
+    JobState.TERMINATING: "JobBeingTerminated",
+    JobState.COMPLETED: "JobCompleted",
+}
+
+
+@dataclass
+class Job:
+    """A Batch job; terminate_count counts terminate requests that reached it, whatever the answer."""
+
+    id: str
+    state: JobState
+    etag: str
+    last_modified: datetime
+    creation_time: datetime
+    metadata: dict[str, str] = field(default_factory=dict)
+    task_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(TASK_COUNT_KEYS, 0))
+    terminate_reason: str | None = None
+    terminate_count: int = 0
+    state_transition_time: datetime | None = None
+    previous_state: JobState | None = None
+    previous_state_transition_time: datetime | None = None
+    end_time: datetime | None = None
+    completes_at: datetime | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """A request the emulator received; fault names the fault it was given, if any."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    job_id: str | None
+    fault: str | None = None
+
+    def json(self) -> Any:
+        """The body decoded as JSON."""
+        return json.loads(self.body)
+
+
+@dataclass(frozen=True)
+class Termination:
+    """One ledger entry: a terminate that moved a job out of active/disabled."""
+
+    job_id: str
+    reason: str
+    client_request_id: str | None
+    at: float
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why the account refused an operation: Batch's status, code and values."""
+
+    http_status: int
+    code: str
+    values: tuple[tuple[str, str], ...] = ()
+
+
+def utc(moment: datetime) -> datetime:
+    """Read a naive datetime as UTC and convert aware ones to UTC."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+def new_etag() -> str:
+    """Make an ETag shaped like Batch's (0x8D followed by hex digits)."""
+    return "0x8D" + uuid.uuid4().hex[:13].upper()
+
+
+def snapshot(job: Job) -> Job:
+    """A copy callers can keep without racing the server."""
+    return replace(job, metadata=dict(job.metadata), task_counts=dict(job.task_counts))
+
+
+class Account:
+    """The jobs of one Batch account behind one lock; every read settles due terminations first."""
+
+    def __init__(self) -> None:
+        self.terminate_delay = 0.0
+        self.auto_create_jobs = False
+        self._lock = threading.Lock()
+        self._jobs: dict[str, Job] = {}
+        self._terminations: list[Termination] = []
+
+    def add(
+        self,
+        job_id: str,
+        state: JobState = JobState.ACTIVE,
+        *,
+        creation_time: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+        task_counts: Mapping[str, int] | None = None,
+    ) -> Job:
+        """Create a job (Last-Modified = creation time) and return a snapshot of it."""
+        if not JOB_ID.fullmatch(job_id):
+            raise ValueError(f"invalid Batch job id: {job_id!r}")
+        counts = dict.fromkeys(TASK_COUNT_KEYS, 0)
+        unknown = set(task_counts or {}) - set(TASK_COUNT_KEYS)
+        if unknown:
+            raise ValueError(f"unknown task count keys: {sorted(unknown)}")
+        counts.update(task_counts or {})
+        created = utc(creation_time) if creation_time is not None else datetime.now(UTC)
+        with self._lock:
+            if job_id.lower() in self._jobs:
+                raise ValueError(f"job {job_id!r} already exists")
+            job = self._create(job_id, JobState(state), created)
+            job.metadata = dict(metadata or {})
+            job.task_counts = counts
+            return snapshot(job)
+
+    def job(self, job_id: str) -> Job | None:
+        """A snapshot of the job (ids are case-insensitive, as in Batch), or None."""
+        with self._lock:
+            job = self._jobs.get(job_id.lower())
+            if job is None:
+                return None
+            self._settle(job)
+            return snapshot(job)
+
+    def jobs(self) -> list[Job]:
+        """Snapshots of all jobs in creation order."""
+        with self._lock:
+            for job in self._jobs.values():
+                self._settle(job)
+            return [snapshot(job) for job in self._jobs.values()]
+
+    def set_state(self, job_id: str, state: JobState) -> Job:
+        """Move a job to `state` as the service would (new ETag, transition times)."""
+        with self._lock:
+            job = self._jobs[job_id.lower()]
+            self._transition(job, JobState(state), datetime.now(UTC))
+            job.completes_at = None
+            return snapshot(job)
+
+    def task_counts(self, job_id: str) -> dict[str, int] | None:
+        """The job's task counts, or None when there is no such job."""
+        with self._lock:
+            job = self._jobs.get(job_id.lower())
+            return dict(job.task_counts) if job is not None else None
+
+    @property
+    def terminations(self) -> list[Termination]:
+        """The ledger: one entry per terminate that moved a job out of active/disabled."""
+        with self._lock:
+            return list(self._terminations)
+
+    def reset(self) -> None:
+        """Forget jobs and the ledger."""
+        with self._lock:
+            self._jobs.clear()
+            self._terminations.clear()
+
+    def terminate(
+        self,
+        job_id: str,
+        reason: str,
+        *,
+        client_request_id: str | None,
+        force: bool,
+        failed_condition: Callable[[Job], str | None],
+    ) -> Job | Refusal:
+        """Job - Terminate: the terminating job's snapshot, or why it was refused."""
+        with self._lock:
+            job = self._jobs.get(job_id.lower())
+            if job is None and self.auto_create_jobs:
+                job = self._create(job_id, JobState.ACTIVE, datetime.now(UTC))
+            if job is None:
+                return Refusal(404, "JobNotFound")
+            self._settle(job)
+            job.terminate_count += 1
+            conflict = TERMINATE_CONFLICTS.get(job.state)
+            if conflict is not None:
+                return Refusal(409, conflict)
+            failed = failed_condition(job)
+            if failed is not None:
+                return Refusal(412, "ConditionNotMet", (("HeaderName", failed),))
+            now = datetime.now(UTC)
+            self._transition(job, JobState.TERMINATING, now)
+            job.terminate_reason = reason
+            job.completes_at = now + timedelta(seconds=max(self.terminate_delay, 0.0))
+            self._terminations.append(
+                Termination(
+                    job_id=job.id, reason=reason, client_request_id=client_request_id, at=now.timestamp(), force=force
+                )
+            )
+            return snapshot(job)
+
+    def page(self, after: str | None, limit: int, keep: Callable[[Job], bool]) -> tuple[list[Job], str | None] | None:
+        """Up to `limit` kept jobs after the key `after`, with the key to continue from (None: no more).
+
+        None when `after` is not a known key. The key is the last job served, so paging survives jobs
+        changing state in between.
+        """
+        with self._lock:
+            keys = list(self._jobs)
+            start = 0
+            if after is not None:
+                if after not in self._jobs:
+                    return None
+                start = keys.index(after) + 1
+            page: list[Job] = []
+            more = False
+            for job in self._iterate(keys[start:]):
+                if not keep(job):
+                    continue
+                if len(page) == limit:
+                    more = True
+                    break
+                page.append(snapshot(job))
+            return page, (page[-1].id.lower() if more and page else None)
+
+    # ---- helpers (callers hold the lock)
+
+    def _iterate(self, keys: list[str]) -> Iterator[Job]:
+        """Settled jobs for these keys."""
+        for key in keys:
+            job = self._jobs[key]
+            self._settle(job)
+            yield job
+
+    def _create(self, job_id: str, state: JobState, created: datetime) -> Job:
+        """Insert a new job."""
+        job = Job(
+            id=job_id,
+            state=state,
+            etag=new_etag(),
+            last_modified=created,
+            creation_time=created,
+            state_transition_time=created,
+            end_time=created if state == JobState.COMPLETED else None,
+        )
+        self._jobs[job_id.lower()] = job
+        return job
+
+    @staticmethod
+    def _transition(job: Job, state: JobState, when: datetime) -> None:
+        """Change state with Batch's bookkeeping (previous state, new ETag and Last-Modified)."""
+        job.previous_state, job.previous_state_transition_time = job.state, job.state_transition_time
+        job.state, job.state_transition_time = state, when
+        job.etag, job.last_modified = new_etag(), when
+        if state == JobState.COMPLETED:
+            job.end_time = when
+
+    def _settle(self, job: Job) -> None:
+        """Complete a terminating job whose terminate_delay has passed (lazily, on read)."""
+        due = job.completes_at
+        if job.state == JobState.TERMINATING and due is not None and datetime.now(UTC) >= due:
+            self._transition(job, JobState.COMPLETED, due)
+            job.completes_at = None

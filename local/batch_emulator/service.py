@@ -1,0 +1,388 @@
+"""The emulator's HTTP service: routes, query/auth/header checks and Batch's answers for each job operation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import uuid
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote, unquote, urlencode
+
+from local.batch_emulator.faults import Fault, FaultPlan
+from local.batch_emulator.model import (
+    DEFAULT_TERMINATE_REASON,
+    JOB_ID,
+    Account,
+    Job,
+    JobState,
+    RecordedRequest,
+    Refusal,
+    Termination,
+)
+from local.batch_emulator.wire import (
+    JOB_FIELDS,
+    WWW_AUTHENTICATE,
+    Reply,
+    http_date,
+    job_document,
+    parse_http_date,
+    seconds_text,
+)
+from local.loopback import HttpRequest, HttpResponse, LoopbackService
+
+logger = logging.getLogger(__name__)
+
+MAX_SERVER_TIMEOUT = 30
+MAX_RESULTS = 1000
+
+_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}\.\d+\.\d+")
+_DIGITS = re.compile(r"\d{1,9}")
+_STATE_FILTER = re.compile(r"\s*state\s+eq\s+'([a-z]+)'\s*")
+
+
+class BatchEmulator(LoopbackService):
+    """Loopback Azure Batch account: terminate, get, list and taskcounts for jobs, with faults and a ledger."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        authorize: Callable[[str], bool] | None = None,
+        latency: float = 0.0,
+        terminate_delay: float = 0.0,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(host, port)
+        self.authorize = authorize
+        self.latency = latency
+        # Soak tests and benchmarks turn this off so memory stays flat over long runs.
+        self.record_requests = True
+        self.account = Account()
+        self.account.terminate_delay = terminate_delay
+        self.faults = FaultPlan(seed)
+        # Guards the recorded requests and the fault plan together, so `requests` is in the order faults were drawn.
+        self._lock = threading.Lock()
+        self._requests: list[RecordedRequest] = []
+
+    @property
+    def url(self) -> str:
+        """The account URL, e.g. http://127.0.0.1:PORT."""
+        return self.base_url
+
+    # ---- test-facing state (delegated to the account and the fault plan)
+
+    @property
+    def terminate_delay(self) -> float:
+        """Seconds a terminated job stays `terminating` before it reads as `completed`."""
+        return self.account.terminate_delay
+
+    @terminate_delay.setter
+    def terminate_delay(self, seconds: float) -> None:
+        self.account.terminate_delay = seconds
+
+    @property
+    def auto_create_jobs(self) -> bool:
+        """Whether a terminate for an unknown id creates the job first instead of answering JobNotFound."""
+        return self.account.auto_create_jobs
+
+    @auto_create_jobs.setter
+    def auto_create_jobs(self, enabled: bool) -> None:
+        self.account.auto_create_jobs = enabled
+
+    @property
+    def slow_seconds(self) -> float:
+        """How long the `slow` fault rate delays an answer."""
+        return self.faults.slow_seconds
+
+    @slow_seconds.setter
+    def slow_seconds(self, seconds: float) -> None:
+        self.faults.slow_seconds = seconds
+
+    def add_job(
+        self,
+        job_id: str,
+        state: JobState = JobState.ACTIVE,
+        *,
+        creation_time: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+        task_counts: Mapping[str, int] | None = None,
+    ) -> Job:
+        """Create a job (Last-Modified = creation time) and return a snapshot of it."""
+        return self.account.add(job_id, state, creation_time=creation_time, metadata=metadata, task_counts=task_counts)
+
+    def job(self, job_id: str) -> Job | None:
+        """A snapshot of the job (ids are case-insensitive, as in Batch), or None."""
+        return self.account.job(job_id)
+
+    def jobs(self) -> list[Job]:
+        """Snapshots of all jobs in creation order."""
+        return self.account.jobs()
+
+    def set_state(self, job_id: str, state: JobState) -> Job:
+        """Move a job to `state` as the service would (new ETag, transition times)."""
+        return self.account.set_state(job_id, state)
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request received so far, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    @property
+    def terminations(self) -> list[Termination]:
+        """The ledger: one entry per terminate that moved a job out of active/disabled."""
+        return self.account.terminations
+
+    def inject(self, fault: Fault, times: int = 1, job_id: str | None = None) -> None:
+        """Give the next `times` terminate requests (for `job_id`, or any) this fault; queued FIFO."""
+        with self._lock:
+            self.faults.inject(fault, times, job_id)
+
+    def set_fault_rates(self, rates: Mapping[str, float], seed: int | None = None) -> None:
+        """Give each terminate request a random fault with these probabilities (keys: RATE_KINDS)."""
+        with self._lock:
+            self.faults.set_rates(rates, seed)
+
+    def reset(self) -> None:
+        """Forget jobs, recorded requests, the ledger, injected faults and fault rates."""
+        self.account.reset()
+        with self._lock:
+            self._requests.clear()
+            self.faults.reset()
+
+    # ---- HTTP
+
+    def handle(self, request: HttpRequest) -> HttpResponse | None:
+        """Route one request, apply any fault, and answer after `latency`."""
+        reply = Reply(request, self.url)
+        route, job_id, response = self._route(request, reply)
+        with self._lock:
+            fault = self.faults.take(job_id) if route == "terminate" and job_id is not None else None
+            if self.record_requests:
+                self._requests.append(
+                    RecordedRequest(
+                        method=request.method,
+                        path=request.path,
+                        query=dict(request.query),
+                        headers=dict(request.headers),
+                        body=request.body,
+                        job_id=job_id,
+                        fault=fault.label if fault else None,
+                    )
+                )
+        if response is None and route == "terminate" and job_id is not None:
+            response = self._terminate_with_fault(reply, job_id, fault)
+            if response is None:
+                return None
+        elif response is None:
+            response = self._read(route, reply, job_id)
+        return response if self._sleep(self.latency) else None
+
+    def _route(self, request: HttpRequest, reply: Reply) -> tuple[str, str | None, HttpResponse | None]:
+        """Find (route, job id, early error) for a request."""
+        segments = [unquote(part) for part in request.path.strip("/").split("/")]
+        match request.method, segments:
+            case "GET", ["jobs"]:
+                return "list", None, None
+            case "GET", ["jobs", job_id]:
+                route = "get"
+            case "GET", ["jobs", job_id, "taskcounts"]:
+                route = "taskcounts"
+            case "POST", ["jobs", job_id, "terminate"]:
+                route = "terminate"
+            case _:
+                return "invalid", None, reply.error(400, "InvalidUri")
+        if not JOB_ID.fullmatch(job_id):
+            return route, None, reply.error(400, "InvalidUri", values=[("JobId", job_id)])
+        return route, job_id, None
+
+    def _terminate_with_fault(self, reply: Reply, job_id: str, fault: Fault | None) -> HttpResponse | None:
+        """Play the fault around the terminate; None means the connection is dropped."""
+        if fault is None:
+            return self._terminate(reply, job_id)
+        if fault.kind == "status":
+            extra = {"Retry-After": seconds_text(fault.retry_after)} if fault.retry_after is not None else None
+            return reply.error(fault.http_status, fault.code, fault.message, fault.values, extra)
+        if fault.kind == "drop":
+            if fault.apply:
+                self._terminate(reply, job_id)
+            return None
+        if fault.apply:
+            response = self._terminate(reply, job_id)
+            return response if self._sleep(fault.seconds) else None
+        return self._terminate(reply, job_id) if self._sleep(fault.seconds) else None
+
+    def _check_query(self, reply: Reply) -> HttpResponse | None:
+        """api-version and timeout (every route) and force (terminate)."""
+        query = reply.request.query
+        version = query.get("api-version")
+        if version is None:
+            values = [("QueryParameterName", "api-version")]
+            return reply.error(400, "MissingRequiredQueryParameter", values=values)
+        if not _API_VERSION.fullmatch(version):
+            return reply.bad_query("api-version", version, "The api-version is not of the form YYYY-MM-DD.N.N.")
+        timeout = query.get("timeout")
+        if timeout is not None and not (_DIGITS.fullmatch(timeout) and 1 <= int(timeout) <= MAX_SERVER_TIMEOUT):
+            return reply.bad_query("timeout", timeout, f"timeout must be an integer from 1 to {MAX_SERVER_TIMEOUT}.")
+        force = query.get("force")
+        if force is not None and reply.request.method == "POST" and force not in ("true", "false"):
+            return reply.bad_query("force", force, "force must be true or false.")
+        return None
+
+    def _check_auth(self, reply: Reply) -> HttpResponse | None:
+        """401 AuthenticationFailed unless a bearer token is present and accepted."""
+        scheme, _, token = reply.request.headers.get("authorization", "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            detail = "The Authorization header is missing or is not a Bearer token."
+        elif self.authorize is not None and not self.authorize(token):
+            detail = "The access token is invalid, revoked or expired."
+        else:
+            return None
+        return reply.error(
+            401,
+            "AuthenticationFailed",
+            values=[("AuthenticationErrorDetail", detail)],
+            extra={"WWW-Authenticate": WWW_AUTHENTICATE},
+        )
+
+    def _check_terminate_headers(self, reply: Reply) -> HttpResponse | None:
+        """Content-Type, client-request-id, ocp-date and conditional date formats."""
+        headers = reply.request.headers
+        content_type = headers.get("content-type", "")
+        if not content_type.lower().startswith("application/json"):
+            return reply.bad_header("Content-Type", content_type)
+        client_request_id = headers.get("client-request-id")
+        if client_request_id is not None:
+            try:
+                uuid.UUID(client_request_id)
+            except ValueError:
+                return reply.bad_header("client-request-id", client_request_id)
+        for name in ("ocp-date", "if-modified-since", "if-unmodified-since"):
+            value = headers.get(name)
+            if value is not None and parse_http_date(value) is None:
+                return reply.bad_header(name, value)
+        return None
+
+    def _terminate(self, reply: Reply, job_id: str) -> HttpResponse:
+        """The Job - Terminate operation."""
+        error = self._check_query(reply) or self._check_auth(reply) or self._check_terminate_headers(reply)
+        if error is not None:
+            return error
+        request = reply.request
+        try:
+            payload = json.loads(request.body.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not UTF-8 JSON.")])
+        if not isinstance(payload, dict):
+            return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not a JSON object.")])
+        reason = payload.get("terminateReason")
+        if reason is None:
+            reason = DEFAULT_TERMINATE_REASON
+        elif not isinstance(reason, str):
+            values = [("PropertyName", "terminateReason"), ("Reason", "terminateReason must be a string.")]
+            return reply.error(400, "InvalidRequestBody", values=values)
+        outcome = self.account.terminate(
+            job_id,
+            reason,
+            client_request_id=request.headers.get("client-request-id"),
+            force=request.query.get("force") == "true",
+            failed_condition=lambda job: _failed_condition(request.headers, job),
+        )
+        if isinstance(outcome, Refusal):
+            return reply.error(outcome.http_status, outcome.code, values=outcome.values)
+        headers = {
+            "ETag": outcome.etag,
+            "Last-Modified": http_date(outcome.last_modified),
+            "DataServiceId": f"{self.url}/jobs/{outcome.id}",
+        }
+        return reply.empty(202, headers)
+
+    def _read(self, route: str, reply: Reply, job_id: str | None) -> HttpResponse:
+        """GET /jobs, /jobs/{id} and /jobs/{id}/taskcounts."""
+        error = self._check_query(reply) or self._check_auth(reply)
+        if error is not None:
+            return error
+        query = reply.request.query
+        if route == "taskcounts":
+            counts = self.account.task_counts(str(job_id))
+            if counts is None:
+                return reply.error(404, "JobNotFound")
+            return reply.json(
+                {
+                    "odata.metadata": f"{self.url}/$metadata#taskcounts/@Element",
+                    "taskCounts": counts,
+                    "taskSlotCounts": dict(counts),
+                }
+            )
+        selected = _selection(query.get("$select"))
+        if isinstance(selected, str):
+            return reply.bad_query("$select", query["$select"], f"Unknown property {selected!r}.")
+        if route == "get":
+            job = self.account.job(str(job_id))
+            if job is None:
+                return reply.error(404, "JobNotFound")
+            document = job_document(job, self.url, selected)
+            return reply.json({"odata.metadata": f"{self.url}/$metadata#jobs/@Element", **document})
+        return self._list(reply, selected)
+
+    def _list(self, reply: Reply, selected: tuple[str, ...]) -> HttpResponse:
+        """GET /jobs with $filter (state eq '...'), $select, maxresults and $skiptoken paging."""
+        query = reply.request.query
+        wanted: JobState | None = None
+        filter_text = query.get("$filter")
+        if filter_text is not None:
+            matched = _STATE_FILTER.fullmatch(filter_text)
+            if matched is None or matched.group(1) not in {state.value for state in JobState}:
+                return reply.bad_query("$filter", filter_text, "Only state eq '<state>' is supported.")
+            wanted = JobState(matched.group(1))
+        raw_max = query.get("maxresults", str(MAX_RESULTS))
+        if not (_DIGITS.fullmatch(raw_max) and 1 <= int(raw_max) <= MAX_RESULTS):
+            return reply.bad_query("maxresults", raw_max, f"maxresults must be from 1 to {MAX_RESULTS}.")
+        token = query.get("$skiptoken")
+        paged = self.account.page(token, int(raw_max), lambda job: wanted is None or job.state == wanted)
+        if paged is None:
+            return reply.bad_query("$skiptoken", str(token), "Unknown continuation token.")
+        page, next_key = paged
+        documents = [job_document(job, self.url, selected) for job in page]
+        payload: dict[str, Any] = {"odata.metadata": f"{self.url}/$metadata#jobs", "value": documents}
+        if next_key is not None:
+            params = {name: value for name, value in query.items() if name != "$skiptoken"}
+            params["$skiptoken"] = next_key
+            payload["odata.nextLink"] = f"{self.url}/jobs?" + urlencode(params, quote_via=quote, safe="$,'")
+        return reply.json(payload)
+
+
+def _selection(value: str | None) -> tuple[str, ...] | str:
+    """The $select fields (empty = all), or the first unknown name."""
+    names = tuple(name.strip() for name in (value or "").split(",") if name.strip())
+    unknown = [name for name in names if name not in JOB_FIELDS]
+    return unknown[0] if unknown else names
+
+
+def _failed_condition(headers: Mapping[str, str], job: Job) -> str | None:
+    """The name of the first If-* header the job fails, or None."""
+
+    def tags(value: str) -> set[str]:
+        return {tag.strip().removeprefix("W/").strip('"') for tag in value.split(",")}
+
+    if_match = headers.get("if-match")
+    if if_match is not None and if_match.strip() != "*" and job.etag not in tags(if_match):
+        return "If-Match"
+    if_none_match = headers.get("if-none-match")
+    if if_none_match is not None and (if_none_match.strip() == "*" or job.etag in tags(if_none_match)):
+        return "If-None-Match"
+    # HTTP dates have whole seconds, so compare at that resolution.
+    modified = job.last_modified.replace(microsecond=0)
+    since = parse_http_date(headers.get("if-modified-since", ""))
+    if since is not None and modified <= since:
+        return "If-Modified-Since"
+    unmodified_since = parse_http_date(headers.get("if-unmodified-since", ""))
+    if unmodified_since is not None and modified > unmodified_since:
+        return "If-Unmodified-Since"
+    return None

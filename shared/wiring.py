@@ -1,0 +1,221 @@
+"""The process's objects, built in one place on first use and reused: settings, identity, HTTP, clients, services."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import TypeVar
+
+import requests
+from azure.core.credentials import TokenCredential
+from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from requests.adapters import HTTPAdapter
+from requests.utils import get_environ_proxies
+
+from shared.batch import BatchClient, RetryPolicy, TokenProvider
+from shared.batch_read import BatchReader
+from shared.poison import PoisonWriter
+from shared.producer import TerminateQueue
+from shared.settings import Settings
+from shared.storage import queue_client
+from shared.sweep import Sweeper, SweepPolicy
+from shared.terminator import Terminator
+
+log = logging.getLogger("batch_terminator")
+
+T = TypeVar("T")
+
+
+def batch_credential(client_id: str | None) -> TokenCredential:
+    """Managed identity where the platform provides one; the developer's chain elsewhere."""
+    if os.environ.get("IDENTITY_ENDPOINT") or os.environ.get("MSI_ENDPOINT") or os.environ.get("WEBSITE_INSTANCE_ID"):
+        # Our own loop retries token failures with backoff; a second layer would only stretch them.
+        return ManagedIdentityCredential(client_id=client_id, retry_total=0)
+    return DefaultAzureCredential(managed_identity_client_id=client_id)
+
+
+def http_session(account_url: str | None = None, *, pool_size: int = 24) -> requests.Session:
+    """A pooled session for Batch calls; requests retries nothing on its own (we do)."""
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    if account_url is not None:
+        pin_environment(session, account_url)
+    return session
+
+
+def pin_environment(session: requests.Session, url: str) -> None:
+    """Resolve once what requests reads from the environment on every request to this URL's host."""
+    # requests scans os.environ twice per request for proxy settings (~140 us a call with 36 variables, more
+    # with a Function App's); the answer depends only on the host and the environment, both fixed for the process.
+    session.proxies.update(get_environ_proxies(url))
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    # trust_env=False also drops ~/.netrc basic auth, which would overwrite the bearer token anyway.
+    session.trust_env = False
+
+
+_UNBUILT = object()
+
+
+class Wiring:
+    """One process's objects: each built from the settings on first use, then shared by every thread."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        http_timeout: float | None = None,
+        policy: RetryPolicy | None = None,
+        poison: PoisonWriter | None = None,
+    ) -> None:
+        self._environ = environ
+        self._sleep = sleep
+        self._http_timeout = http_timeout
+        self._policy = policy
+        self._lock = threading.RLock()  # reentrant: building one object builds the ones it needs
+        self._built: dict[str, object] = {}
+        if settings is not None:
+            self._built["settings"] = settings
+        if poison is not None:
+            self._built["poison_writer"] = poison
+
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        """The object called `name`, built on the first call; a build that raises is tried again next time."""
+        value = self._built.get(name, _UNBUILT)
+        if value is _UNBUILT:
+            with self._lock:
+                value = self._built.get(name, _UNBUILT)
+                if value is _UNBUILT:
+                    value = build()
+                    self._built[name] = value
+        return value  # type: ignore[return-value]
+
+    def settings(self) -> Settings:
+        """The app settings, validated once; a ConfigurationError names the bad setting."""
+        return self._once("settings", lambda: Settings.from_env(self._environ))
+
+    @property
+    def concurrency(self) -> int:
+        """How many invocations the host runs at once (batchSize + newBatchThreshold): the pools' size."""
+        queues = self.settings().queues
+        return queues.batch_size + queues.new_batch_threshold
+
+    def credential(self) -> TokenCredential:
+        """The app's identity for Batch."""
+        return self._once("credential", lambda: batch_credential(self.settings().azure_client_id))
+
+    def tokens(self) -> TokenProvider:
+        """The one Batch token cache of the process."""
+        return self._once("tokens", lambda: TokenProvider(self.credential()))
+
+    def session(self) -> requests.Session:
+        """The pooled HTTP session for Batch calls."""
+        return self._once(
+            "session", lambda: http_session(self.settings().batch_account_url, pool_size=self.concurrency)
+        )
+
+    def batch_client(self) -> BatchClient:
+        """The Batch client: identity, pooled session and retry policy."""
+
+        def build() -> BatchClient:
+            return BatchClient(
+                self.settings(),
+                self.tokens(),
+                self.session(),
+                policy=self._policy,
+                sleep=self._sleep,
+                http_timeout=self._http_timeout,
+            )
+
+        return self._once("batch_client", build)
+
+    def batch_reader(self) -> BatchReader:
+        """Job - List and task counts over the same client."""
+        return self._once("batch_reader", lambda: BatchReader(self.batch_client(), self.settings()))
+
+    def poison_writer(self) -> PoisonWriter:
+        """The writer of poison records."""
+
+        def build() -> PoisonWriter:
+            settings = self.settings()
+            encoding = settings.queues.message_encoding
+            client = queue_client(settings.storage, settings.poison_queue_name, encoding, pool_size=self.concurrency)
+            return PoisonWriter(client)
+
+        return self._once("poison_writer", build)
+
+    def terminator(self) -> Terminator:
+        """The terminate_job service."""
+
+        def build() -> Terminator:
+            settings = self.settings()
+            made = Terminator(self.batch_client(), self.poison_writer(), max_dequeue_count=settings.max_dequeue_count)
+            log.info(
+                "batch-terminator ready: batch=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d",
+                settings.batch_account_url,
+                settings.batch_api_version,
+                settings.terminate_queue_name,
+                settings.poison_queue_name,
+                settings.max_dequeue_count,
+            )
+            return made
+
+        return self._once("terminator", build)
+
+    def terminate_queue(self) -> TerminateQueue:
+        """The producer for the trigger queue; reads only the storage and queue settings (no Batch ones)."""
+        return self._once("terminate_queue", lambda: TerminateQueue.from_env(self._environ))
+
+    def sweep_policy(self) -> SweepPolicy:
+        """The SWEEP_* settings."""
+        return self._once("sweep_policy", lambda: SweepPolicy.from_env(self._environ))
+
+    def sweeper(self) -> Sweeper | None:
+        """The sweep_jobs service, or None while no SWEEP_* policy picks jobs."""
+        policy = self.sweep_policy()
+        if not policy.enabled:
+            return None
+
+        def build() -> Sweeper:
+            settings = self.settings()
+            queue = self.terminate_queue()
+            log.info(
+                "sweep ready: batch=%s queue=%s %s", settings.batch_account_url, queue.queue_name, policy.describe()
+            )
+            return Sweeper(self.batch_reader(), queue, policy)
+
+        return self._once("sweeper", build)
+
+
+_lock = threading.Lock()
+_current: Wiring | None = None
+
+
+def current() -> Wiring:
+    """The process's Wiring (created on first use; its objects are built as they are asked for)."""
+    global _current
+    wiring = _current
+    if wiring is None:
+        with _lock:
+            if _current is None:
+                _current = Wiring()
+            wiring = _current
+    return wiring
+
+
+def install(wiring: Wiring | None) -> None:
+    """Use this Wiring for the process (a host or test that wires its own); None goes back to the settings."""
+    global _current
+    with _lock:
+        _current = wiring
+
+
+def reset() -> None:
+    """Forget the process's objects so the next call re-reads the settings (tests)."""
+    install(None)
