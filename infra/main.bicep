@@ -42,6 +42,12 @@ param batchAccountName string
 @description('Resource group of the existing Batch account (same subscription).')
 param batchAccountResourceGroup string
 
+@description('Optional BATCH_ACCOUNTS: more accounts by alias, "alias=https://{account}.{region}.batch.azure.com,..." (docs/CONTRACT.md §2). Empty: only the account above (alias default).')
+param batchAccounts string = ''
+
+@description('The existing Batch accounts named in batchAccounts, as [{name, resourceGroup}] (same subscription): the identity gets Azure Batch Job Submitter on each.')
+param additionalBatchAccounts array = []
+
 // --- contract settings (docs/CONTRACT.md §2) -------------------------------------------------------
 @minLength(3)
 @maxLength(56) // the poison queue appends "-poison" and queue names are at most 63 characters
@@ -60,6 +66,53 @@ param batchTimeoutSeconds int = 30
 @maxValue(100)
 @description('Attempts per message before the host moves it to the poison queue (overrides host.json).')
 param maxDequeueCount int = 5
+
+// --- guards (docs/CONTRACT.md §5a) ------------------------------------------------------------------------------
+@description('TERMINATE_ALLOWED_JOB_ID_PREFIXES: comma-separated job id prefixes (case-insensitive) that may be terminated. Empty: every id.')
+param terminateAllowedJobIdPrefixes string = ''
+
+@description('TERMINATE_HONOR_KEEP: read each job first and refuse jobs whose metadata has batch-terminator-keep=true.')
+param terminateHonorKeep bool = false
+
+@description('TERMINATE_DRY_RUN: never call Job - Terminate; log outcome dry_run instead (for rolling out a new producer).')
+param terminateDryRun bool = false
+
+// --- confirmation (docs/CONTRACT.md §5b) ------------------------------------------------------------------------
+@minLength(3)
+@maxLength(56) // the host's poison queue for it appends "-poison"
+@description('CONFIRM_QUEUE_NAME: queue of pending confirmation checks (always set: the confirm_termination binding names it).')
+param confirmQueueName string = 'batch-terminate-confirm'
+
+@minValue(0)
+@maxValue(604800) // a queue message can stay invisible for at most 7 days
+@description('CONFIRM_AFTER_SECONDS: seconds after a 202 at which the job is checked; 0 turns confirmation off.')
+param confirmAfterSeconds int = 0
+
+@minValue(1)
+@maxValue(100)
+@description('CONFIRM_MAX_CHECKS: checks before a job still not finished becomes a TerminationStuck record.')
+param confirmMaxChecks int = 3
+
+@description('CONFIRM_FORCE: a job still terminating at a check is terminated once more with force=true.')
+param confirmForce bool = false
+
+// --- worker ----------------------------------------------------------------------------------------------------
+@minValue(1)
+@maxValue(32) // the Python worker's documented maximum
+@description('PYTHON_THREADPOOL_THREAD_COUNT: worker threads. At least host.json batchSize + newBatchThreshold (16 + 8), so every message the host holds has a thread and none waits out its functionTimeout queued (README, "Concurrency budget").')
+param pythonThreadpoolThreadCount int = 24
+
+// --- operations: alert rules and the workbook ---------------------------------------------------------------------
+@description('Optional e-mail address told when an alert rule fires (azd: ALERT_EMAIL). Empty: the rules still fire, visible in Azure Monitor > Alerts.')
+param alertEmail string = ''
+
+@minValue(0)
+@description('Poison-record alert: fires when more than this many records of one code are written in 15 minutes (0: the first one).')
+param poisonedAlertThreshold int = 0
+
+@minValue(0)
+@description('Configuration-error / host-moved alert: fires when more than this many occur in 15 minutes (0: the first one).')
+param hostGaveUpAlertThreshold int = 0
 
 // --- scale -------------------------------------------------------------------------------------------------
 @allowed([
@@ -89,12 +142,27 @@ param storageSkuName string = 'Standard_LRS'
 @description('Allow SCM (Kudu) basic-auth publishing credentials (off: azd and Core Tools publish with Entra ID).')
 param scmBasicAuthEnabled bool = false
 
-// --- settings for functions that may be added to this app later ---------------------------------------------
+// --- alert_terminate (docs/CONTRACT.md §9) ----------------------------------------------------------------------
 @description('ALERT_JOB_ID_DIMENSION: alert dimension that carries the Batch job id.')
 param alertJobIdDimension string = 'jobId'
 
 @description('ALERT_RULES_ALLOWED: comma-separated alert rule names accepted (empty: every rule is accepted).')
 param alertRulesAllowed string = ''
+
+@description('ALERT_SELECT_JOB_ID_PREFIX: alerts that name no job (budgets) select active jobs whose id starts with this (empty: no such filter).')
+param alertSelectJobIdPrefix string = ''
+
+@description('ALERT_SELECT_POOL_ID: ... jobs running on this pool (executionInfo.poolId, else poolInfo.poolId).')
+param alertSelectPoolId string = ''
+
+@description('ALERT_SELECT_METADATA: ... jobs whose metadata has this key=value pair.')
+param alertSelectMetadata string = ''
+
+@minValue(1)
+@description('ALERT_MAX_JOBS: the most jobs one alert may stop; more selected: nothing is enqueued, 409 TooManyJobs.')
+param alertMaxJobs int = 100
+
+// --- sweep_jobs ----------------------------------------------------------------------------------------------------
 
 @description('SWEEP_SCHEDULE: NCRONTAB schedule of the sweep timer.')
 param sweepSchedule string = '0 */15 * * * *'
@@ -110,6 +178,10 @@ param sweepJobIdPrefix string = ''
 
 @description('SWEEP_DRY_RUN: log what would be terminated without terminating.')
 param sweepDryRun bool = true
+
+@minValue(1)
+@description('SWEEP_MAX_JOBS: the most jobs one sweep run may enqueue; more matched: nothing is enqueued, an error is logged.')
+param sweepMaxJobs int = 100
 
 // --- names ---------------------------------------------------------------------------------------------------
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
@@ -150,6 +222,7 @@ module storage 'modules/storage.bicep' = {
     skuName: storageSkuName
     terminateQueueName: terminateQueueName
     poisonQueueName: poisonQueueName
+    confirmQueueName: confirmQueueName
     deploymentContainerName: deploymentContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     appPrincipalId: identity.properties.principalId
@@ -168,9 +241,45 @@ module batchRole 'modules/batch-role.bicep' = {
   }
 }
 
+// --- Batch: Job Submitter on every further account of BATCH_ACCOUNTS -------------------------------------------------
+module additionalBatchRoles 'modules/batch-role.bicep' = [for (account, i) in additionalBatchAccounts: {
+  name: 'batch-role-${i}-${resourceToken}'
+  scope: resourceGroup(account.resourceGroup)
+  params: {
+    batchAccountName: account.name
+    principalId: identity.properties.principalId
+  }
+}]
+
+// --- alert rules on the app's telemetry, and the operations workbook --------------------------------------------------
+module alerts 'modules/alerts.bicep' = {
+  name: 'alerts'
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+    nameSuffix: resourceToken
+    alertEmail: alertEmail
+    poisonedThreshold: poisonedAlertThreshold
+    hostGaveUpThreshold: hostGaveUpAlertThreshold
+  }
+}
+
+module workbook 'modules/workbook.bicep' = {
+  name: 'workbook'
+  params: {
+    location: location
+    tags: tags
+    applicationInsightsId: monitoring.outputs.applicationInsightsId
+  }
+}
+
 // --- the function app (depends on the role assignments through the storage and batchRole outputs) ---------------
 module functionApp 'modules/function-app.bicep' = {
   name: 'function-app'
+  dependsOn: [
+    additionalBatchRoles
+  ]
   params: {
     location: location
     tags: tags
@@ -193,13 +302,27 @@ module functionApp 'modules/function-app.bicep' = {
     terminateQueueName: terminateQueueName
     poisonQueueName: poisonQueueName
     maxDequeueCount: maxDequeueCount
+    batchAccounts: batchAccounts
+    terminateAllowedJobIdPrefixes: terminateAllowedJobIdPrefixes
+    terminateHonorKeep: terminateHonorKeep
+    terminateDryRun: terminateDryRun
+    confirmQueueName: confirmQueueName
+    confirmAfterSeconds: confirmAfterSeconds
+    confirmMaxChecks: confirmMaxChecks
+    confirmForce: confirmForce
+    pythonThreadpoolThreadCount: pythonThreadpoolThreadCount
     alertJobIdDimension: alertJobIdDimension
     alertRulesAllowed: alertRulesAllowed
+    alertSelectJobIdPrefix: alertSelectJobIdPrefix
+    alertSelectPoolId: alertSelectPoolId
+    alertSelectMetadata: alertSelectMetadata
+    alertMaxJobs: alertMaxJobs
     sweepSchedule: sweepSchedule
     sweepMaxAgeHours: sweepMaxAgeHours
     sweepIdleMinutes: sweepIdleMinutes
     sweepJobIdPrefix: sweepJobIdPrefix
     sweepDryRun: sweepDryRun
+    sweepMaxJobs: sweepMaxJobs
   }
 }
 
@@ -216,6 +339,8 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.queueEndpoint
 output TERMINATE_QUEUE_NAME string = storage.outputs.terminateQueueName
 output POISON_QUEUE_NAME string = storage.outputs.poisonQueueName
+output CONFIRM_QUEUE_NAME string = storage.outputs.confirmQueueName
 output BATCH_ACCOUNT_URL string = 'https://${batchRole.outputs.accountEndpoint}'
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
 output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsWorkspaceId
+output AZURE_WORKBOOK_ID string = workbook.outputs.workbookId

@@ -204,16 +204,20 @@ def test_queues_match_terminate_queue_name_and_its_poison_queue() -> None:
         _top_level_entries(body)["name"]
         for _, body in _resources(storage, "Microsoft.Storage/storageAccounts/queueServices/queues@")
     )
-    assert queue_names == ["poisonQueueName", "terminateQueueName"]
-    # main passes the same two values to the storage module and to the app settings.
+    assert queue_names == ["confirmQueueName", "poisonQueueName", "terminateQueueName"]
+    # main passes the same values to the storage module and to the app settings.
     for module in ("storage", "functionApp"):
         (params,) = [
             _top_level_entries(_property_block(body, "params")) for symbol, body in _modules(main) if symbol == module
         ]
         assert params["terminateQueueName"] == "terminateQueueName", module
         assert params["poisonQueueName"] == "poisonQueueName", module
+        assert params["confirmQueueName"] == "confirmQueueName", module
     assert settings["TERMINATE_QUEUE_NAME"] == "terminateQueueName"
     assert settings["POISON_QUEUE_NAME"] == "poisonQueueName"
+    assert settings["CONFIRM_QUEUE_NAME"] == "confirmQueueName"
+    assert _param_default(main, "confirmQueueName") == sample["CONFIRM_QUEUE_NAME"]
+    assert sample["CONFIRM_QUEUE_NAME"] not in (sample["TERMINATE_QUEUE_NAME"], sample["POISON_QUEUE_NAME"])
 
 
 def _modules(text: str) -> list[tuple[str, str]]:
@@ -326,3 +330,384 @@ def test_every_checkov_skip_has_a_reason() -> None:
     assert skips
     for line in skips:
         assert re.match(r"^\s*-\s*CKV2?_[A-Z]+_\d+\s+#\s*reason:\s*\S.{10,}$", line), line
+
+
+# --- the spec (docs/CONTRACT.md) against the templates ---------------------------------------------------------
+
+SPEC = ROOT / "docs" / "CONTRACT.md"
+HOST_JSON = ROOT / "host.json"
+QUERIES = INFRA / "queries"
+
+# Spec settings deliberately not in local.settings.sample.json: they only mean something to the deployed worker.
+DEPLOYED_ONLY = {"PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"}
+
+# Where the template's default differs from the spec's, on purpose.
+DEPLOYED_DEFAULTS = {
+    # A first deployment only logs what the sweep would do; switching it on is the operator's choice.
+    "SWEEP_DRY_RUN": "true",
+    # The worker's own default depends on the instance's cpus; infra gives every held message a thread.
+    "PYTHON_THREADPOOL_THREAD_COUNT": "24",
+}
+
+
+def _spec_section(number: str) -> str:
+    text = SPEC.read_text(encoding="utf-8")
+    m = re.search(r"^#{2,3} §" + re.escape(number) + r"\..*?(?=^## )", text + "\n## ", re.M | re.S)
+    assert m, f"docs/CONTRACT.md has no §{number}"
+    return m.group(0)
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    """The cells of every table row of a section (header and separator rows left out)."""
+    rows = []
+    for line in section.splitlines():
+        if line.startswith("|") and not re.match(r"^\|[-| ]+\|$", line):
+            rows.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+    return [row for row in rows if row[0] not in ("name", "attribute")]
+
+
+def _spec_settings() -> dict[str, tuple[str, str]]:
+    """Setting name -> (required, default) from the tables of docs/CONTRACT.md §2."""
+    settings = {}
+    for row in _table_rows(_spec_section("2")):
+        m = re.match(r"^`([A-Za-z_][A-Za-z0-9_]*)`", row[0])
+        assert m, f"unexpected settings row in docs/CONTRACT.md §2: {row}"
+        assert len(row) == 4, f"unexpected settings row in docs/CONTRACT.md §2: {row}"
+        settings[m.group(1)] = (row[1], row[2])
+    assert len(settings) >= 30, "the settings tables of docs/CONTRACT.md §2 were not found"
+    return settings
+
+
+def _spec_default(default: str) -> str | None:
+    """The literal default a spec cell states ('' for none), or None when it names no single literal."""
+    if default.startswith("—") or default.startswith("empty"):
+        return ""
+    m = re.match(r"^(?:host\.json, else )?`([^`]*)`", default)
+    return m.group(1) if m else None
+
+
+def _param(text: str, name: str) -> tuple[str, str | None]:
+    """(type, default expression or None) of a Bicep parameter."""
+    m = re.search(r"^param\s+" + re.escape(name) + r"\s+(\w+)(?:\s*=\s*(.+?))?\s*$", text, re.M)
+    assert m, f"param {name} not found"
+    return m.group(1), m.group(2)
+
+
+def _as_setting_value(bicep_type: str, default: str) -> str:
+    """A Bicep parameter default as the app setting string it becomes."""
+    if bicep_type == "string":
+        m = re.fullmatch(r"'([^']*)'", default)
+        assert m, f"not a string literal: {default}"
+        return m.group(1)
+    assert bicep_type in ("int", "bool"), bicep_type
+    return default
+
+
+def _setting_param(expression: str) -> str | None:
+    """The parameter an app setting expression is built from (`x`, `string(x)`, `x ? 'true' : 'false'`)."""
+    m = re.fullmatch(r"(?:string\()?([a-z]\w*)\)?(?: \? 'true' : 'false')?", expression)
+    return m.group(1) if m else None
+
+
+def _main_param_for(module_param: str) -> str | None:
+    """The main.bicep parameter main passes to the function-app module's parameter of that name, if any."""
+    (params,) = [
+        _top_level_entries(_property_block(body, "params"))
+        for symbol, body in _modules(_bicep("main.bicep"))
+        if symbol == "functionApp"
+    ]
+    value = params.get(module_param)
+    if value is None or not re.search(r"^param\s+" + re.escape(value) + r"\s", _bicep("main.bicep"), re.M):
+        return None  # a var or an expression: derived from deployed resources
+    return value
+
+
+def test_every_spec_setting_is_an_app_setting_and_in_the_sample() -> None:
+    settings = _app_settings()
+    sample = _sample_values()
+    spec = set(_spec_settings())
+    assert not sorted(spec - NOT_APP_SETTINGS - set(settings)), "settings in docs/CONTRACT.md §2 not deployed"
+    assert not sorted(spec - DEPLOYED_ONLY - set(sample)), "settings in docs/CONTRACT.md §2 not in the sample"
+    # ... and the sample names nothing the spec does not describe (platform names aside).
+    assert not sorted(set(sample) - spec - NOT_APP_SETTINGS), "settings in the sample but not in docs/CONTRACT.md §2"
+
+
+def test_deployed_defaults_are_the_specs() -> None:
+    main = _bicep("main.bicep")
+    settings = _app_settings()
+    checked = []
+    for name, (required, default) in _spec_settings().items():
+        param = _setting_param(settings.get(name, ""))
+        main_param = _main_param_for(param) if param else None
+        if main_param is None:
+            continue  # derived from deployed resources (URLs, names, the identity), not a parameter
+        bicep_type, expression = _param(main, main_param)
+        assert expression is not None, f"{main_param} ({name}) has no default"
+        deployed = _as_setting_value(bicep_type, expression)
+        spec_default = _spec_default(default)
+        if name in DEPLOYED_DEFAULTS:
+            assert deployed == DEPLOYED_DEFAULTS[name], name
+        elif required.startswith("yes"):
+            assert deployed, f"{name} is required: the template must give it a value"
+        else:
+            assert spec_default is not None, f"docs/CONTRACT.md §2 states no literal default for {name}: {default}"
+            assert deployed == spec_default, f"{name}: template default {deployed!r}, spec {spec_default!r}"
+        checked.append(name)
+    assert len(checked) >= 20, checked
+
+
+def test_every_held_message_has_a_worker_thread() -> None:
+    queues = json.loads(HOST_JSON.read_text(encoding="utf-8"))["extensions"]["queues"]
+    held = queues["batchSize"] + queues["newBatchThreshold"]
+    main = _bicep("main.bicep")
+    assert _app_settings()["PYTHON_THREADPOOL_THREAD_COUNT"] == "string(pythonThreadpoolThreadCount)"
+    assert _main_param_for("pythonThreadpoolThreadCount") == "pythonThreadpoolThreadCount"
+    bicep_type, default = _param(main, "pythonThreadpoolThreadCount")
+    assert bicep_type == "int"
+    assert default is not None
+    assert int(default) >= held
+    max_value = re.search(r"@maxValue\((\d+)\)[^\n]*\n(?:@[^\n]*\n)*param pythonThreadpoolThreadCount\b", main)
+    assert max_value
+    assert int(max_value.group(1)) >= held
+    assert int(_sample_values()["PYTHON_THREADPOOL_THREAD_COUNT"]) >= held
+
+
+def test_worker_exports_opentelemetry_to_application_insights() -> None:
+    settings = _app_settings()
+    assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "'true'"
+    # With Entra auth only (local auth is off on the component), as the same identity.
+    assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "applicationInsightsConnectionString"
+    assert "Authorization=AAD" in settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
+
+
+def test_further_batch_accounts_get_job_submitter_too() -> None:
+    main = _bicep("main.bicep")
+    assert _param(main, "batchAccounts") == ("string", "''")
+    assert _app_settings()["BATCH_ACCOUNTS"] == "batchAccounts"
+    header = r"^module additionalBatchRoles 'modules/batch-role\.bicep' = "
+    m = re.search(header + r"\[for \(account, i\) in additionalBatchAccounts: \{", main, re.M)
+    assert m, "no Job Submitter grant per additional Batch account"
+    loop = _block(main, m.end() - 1)
+    assert "scope: resourceGroup(account.resourceGroup)" in loop
+    assert "batchAccountName: account.name" in loop
+    assert "principalId: identity.properties.principalId" in loop
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert parameters["batchAccounts"]["value"] == "${BATCH_ACCOUNTS}"
+
+
+# --- alert rules and the workbook: their queries name what the app writes -------------------------------------
+
+
+def _spec_attributes() -> set[str]:
+    """Every attribute docs/CONTRACT.md §8 says a record may carry."""
+    section = _spec_section("8")
+    names = {name for row in _table_rows(section) for name in re.findall(r"`(\w+)`", row[0])}
+    assert {"jobId", "outcome", "code", "durationMs", "run"} <= names, names
+    assert "`setting`" in section
+    return names | {"setting"}
+
+
+def _spec_outcomes() -> tuple[set[str], set[str]]:
+    """(message outcomes, run outcomes) of docs/CONTRACT.md §8."""
+    rows = [row for row in _table_rows(_spec_section("8")) if row[0] == "`outcome`"]
+    assert len(rows) == 2, rows
+    message, run = (set(re.findall(r"`(\w+)`", row[1])) for row in rows)
+    assert message == {"terminated", "already_terminated", "poisoned", "dry_run", "confirmed"}
+    assert not message & run
+    return message, run
+
+
+def _query_files() -> dict[str, str]:
+    files = {p.name: p.read_text(encoding="utf-8") for p in sorted(QUERIES.glob("*.kql"))}
+    assert files, "no queries in infra/queries"
+    return files
+
+
+def _query_text(kql: str) -> str:
+    return "\n".join(line for line in kql.splitlines() if not line.lstrip().startswith("//"))
+
+
+def _loaded_queries(bicep_name: str) -> list[str]:
+    return re.findall(r"loadTextContent\('\.\./queries/([\w.-]+\.kql)'\)", _bicep(bicep_name))
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in QUERIES.glob("*.kql")))
+def test_query_names_only_attributes_the_app_writes(name: str) -> None:
+    query = _query_text(_query_files()[name])
+    assert "customDimensions[" not in query, "use customDimensions.<name> so this test can read the query"
+    used = set(re.findall(r"customDimensions\.(\w+)", query))
+    unknown = used - _spec_attributes()
+    assert not unknown, f"{name} reads attributes docs/CONTRACT.md §8 does not define: {sorted(unknown)}"
+    message, run = _spec_outcomes()
+    literals = set(re.findall(r'outcome\)?\s*==\s*"(\w+)"', query))
+    for listed in re.findall(r"outcome\s+in\s*\(([^)]*)\)", query):
+        literals |= set(re.findall(r'"(\w+)"', listed))
+    assert literals <= message | run, f"{name} compares outcome with unknown values: {sorted(literals - message - run)}"
+
+
+def test_every_query_file_is_used_by_a_template() -> None:
+    used = set(_loaded_queries("modules/alerts.bicep")) | set(_loaded_queries("modules/workbook.bicep"))
+    assert used == set(_query_files())
+
+
+def _rules() -> dict[str, str]:
+    rules = dict(_resources(_bicep("modules/alerts.bicep"), "Microsoft.Insights/scheduledQueryRules@"))
+    assert set(rules) == {"poisonedRule", "hostGaveUpRule"}
+    return rules
+
+
+def _rule_condition(body: str) -> tuple[str, dict[str, str], str]:
+    """(query file, condition entries, dimensions block) of a rule's single condition."""
+    criteria = _property_block(_property_block(body, "properties"), "criteria")
+    m = re.search(r"allOf:\s*\[\s*\{", criteria)
+    assert m
+    condition = _block(criteria, m.end() - 1)
+    (query_file,) = re.findall(r"loadTextContent\('\.\./queries/([\w.-]+\.kql)'\)", condition)
+    dimensions = re.search(r"dimensions:\s*\[(.*?)\n\s{10}\]", condition, re.S)
+    assert dimensions
+    return query_file, _top_level_entries(condition), dimensions.group(1)
+
+
+def test_poisoned_rule_counts_poison_records_per_code() -> None:
+    query_file, condition, dimensions = _rule_condition(_rules()["poisonedRule"])
+    query = _query_text(_query_files()[query_file])
+    assert re.search(r'customDimensions\.outcome\)\s*==\s*"poisoned"', query)
+    assert re.search(r"\bcode = tostring\(customDimensions\.code\)", query)
+    assert re.findall(r"name:\s*'(\w+)'", dimensions) == ["code"]
+    assert condition["timeAggregation"] == "'Count'"
+    assert condition["operator"] == "'GreaterThan'"
+    assert condition["threshold"] == "poisonedThreshold"
+    assert re.search(r"^param poisonedThreshold int = 0$", _bicep("modules/alerts.bicep"), re.M)
+    assert re.search(r"^param poisonedAlertThreshold int = 0$", _bicep("main.bicep"), re.M)
+
+
+def test_host_gave_up_rule_counts_configuration_errors_and_host_moved_messages() -> None:
+    query_file, condition, dimensions = _rule_condition(_rules()["hostGaveUpRule"])
+    query = _query_text(_query_files()[query_file])
+    assert re.search(r'customDimensions\.code\)\s*==\s*"ConfigurationError"', query)
+    assert "exceptions" in query
+    assert "ConfigurationError" in query
+    # The Storage Queues extension's warning when it moves a message (QueueProcessor.CopyMessageToPoisonQueueAsync).
+    assert '"MaxDequeueCount"' in query
+    assert '"Moving message to queue"' in query
+    assert re.findall(r"name:\s*'(\w+)'", dimensions) == ["kind"]
+    assert "kind" in re.findall(r"\| project ([^\n]+)", query)[-1]
+    assert condition["threshold"] == "hostGaveUpThreshold"
+
+
+def test_rules_query_application_insights_and_notify_the_optional_operator() -> None:
+    text = _bicep("modules/alerts.bicep")
+    for symbol, body in _rules().items():
+        props = _property_block(body, "properties")
+        assert re.search(r"scopes:\s*\[\s*applicationInsightsId\s*\]", props), symbol
+        assert re.search(r"actionGroups:\s*actionGroups\b", props), symbol
+        assert _top_level_entries(props)["enabled"] == "true", symbol
+    ((symbol, group),) = _resources(text, "Microsoft.Insights/actionGroups@")
+    assert re.search(
+        r"^resource operators 'Microsoft\.Insights/actionGroups@[^']+' = if \(!empty\(alertEmail\)\) \{", text, re.M
+    )
+    assert "emailAddress: alertEmail" in group
+    assert re.search(r"^var actionGroups = empty\(alertEmail\) \? \[\] : \[operators\.id\]$", text, re.M)
+    assert re.search(r"^param alertEmail string = ''$", _bicep("main.bicep"), re.M)
+    (alerts,) = [body for s, body in _modules(_bicep("main.bicep")) if s == "alerts"]
+    params = _top_level_entries(_property_block(alerts, "params"))
+    assert params["alertEmail"] == "alertEmail"
+    assert params["applicationInsightsId"] == "monitoring.outputs.applicationInsightsId"
+    parameters = json.loads((INFRA / "main.parameters.json").read_text(encoding="utf-8"))["parameters"]
+    assert parameters["alertEmail"]["value"] == "${ALERT_EMAIL}"
+
+
+WORKBOOK_PANELS = {"outcomes-over-time", "poison-by-code", "batch-latency", "sweep-runs", "alert-requests"}
+
+
+def test_workbook_shows_outcomes_poison_latency_sweeps_and_alerts() -> None:
+    text = _bicep("modules/workbook.bicep")
+    assert {name.removesuffix(".kql") for name in _loaded_queries("modules/workbook.bicep")} == WORKBOOK_PANELS
+    for panel in WORKBOOK_PANELS:
+        assert re.search(
+            r"name: '" + panel + r"'\n\s*content: \{[^}]*query: loadTextContent\('\.\./queries/" + panel, text
+        )
+    queries = {name: _query_text(_query_files()[f"{name}.kql"]) for name in WORKBOOK_PANELS}
+    message, _run = _spec_outcomes()
+    (listed,) = re.findall(r"outcome\s+in\s*\(([^)]*)\)", queries["outcomes-over-time"])
+    assert set(re.findall(r'"(\w+)"', listed)) == message
+    assert re.search(r"by bin\(timestamp, \w+\), outcome", queries["outcomes-over-time"])
+    assert re.search(r"\bby code\b", queries["poison-by-code"])
+    assert "percentile(durationMs, 50)" in queries["batch-latency"]
+    assert "percentile(durationMs, 95)" in queries["batch-latency"]
+    assert 'customDimensions.run) == "sweep"' in queries["sweep-runs"]
+    assert 'customDimensions.run) == "alert"' in queries["alert-requests"]
+    ((_, workbook),) = _resources(text, "Microsoft.Insights/workbooks@")
+    assert re.search(r"^\s*name:\s*guid\(", workbook, re.M)
+    props = _top_level_entries(_property_block(workbook, "properties"))
+    assert props["sourceId"] == "applicationInsightsId"
+    assert props["serializedData"] == "string(workbook)"
+    assert props["category"] == "'workbook'"
+
+
+# --- docs/DEPLOY.md follows the templates and the spec ----------------------------------------------------------
+
+DEPLOY = ROOT / "docs" / "DEPLOY.md"
+
+
+def _deploy_kql_blocks() -> list[str]:
+    blocks = re.findall(r"```kusto\n(.*?)```", DEPLOY.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) >= 3, "docs/DEPLOY.md lost its KQL examples"
+    return blocks
+
+
+def test_deploy_doc_queries_read_customdimensions_the_app_writes() -> None:
+    attributes = _spec_attributes()
+    message, run = _spec_outcomes()
+    text = "\n".join(_query_text(block) for block in _deploy_kql_blocks())
+    assert not re.search(r"\bextract\(", text), "parse customDimensions, not the message text"
+    assert not sorted(set(re.findall(r"customDimensions\.(\w+)", text)) - attributes)
+    compared = set(re.findall(r'customDimensions\.outcome\)\s*==\s*"(\w+)"', text))
+    assert message <= compared, f"docs/DEPLOY.md has no query for outcomes {sorted(message - compared)}"
+    for listed in re.findall(r"outcome\)?\s+in\s*\(([^)]*)\)", text):
+        assert set(re.findall(r'"(\w+)"', listed)) <= message | run
+    assert 'customDimensions.run) == "sweep"' in text
+    assert 'customDimensions.run) == "alert"' in text
+
+
+def test_deploy_doc_lists_every_deployed_setting() -> None:
+    documented = set(re.findall(r"^\| `([A-Za-z_][A-Za-z0-9_]*)` \|", DEPLOY.read_text(encoding="utf-8"), re.M))
+    missing = sorted(set(_app_settings()) - documented)
+    assert not missing, f"app settings not in docs/DEPLOY.md's table: {missing}"
+
+
+PRODUCERS = ROOT / "docs" / "PRODUCERS.md"
+
+
+def _budget_walkthrough() -> str:
+    text = PRODUCERS.read_text(encoding="utf-8")
+    start = text.index("## A budget kill switch")
+    (bicep,) = [
+        b for b in re.findall(r"```bicep\n(.*?)```", text[start:], re.S) if "Microsoft.Consumption/budgets" in b
+    ]
+    return _strip_comments(bicep)
+
+
+def test_budget_walkthrough_routes_the_budget_to_alert_terminate() -> None:
+    bicep = _budget_walkthrough()
+    ((group_symbol, group),) = _resources(bicep, "Microsoft.Insights/actionGroups@")
+    (webhook,) = re.findall(r"serviceUri:\s*'([^']+)'", group)
+    assert webhook == "https://${functionHost}/api/alert_terminate?code=${alertFunctionKey}"
+    assert re.search(r"@secure\(\)\n(?:@[^\n]*\n)*param alertFunctionKey string", bicep)
+    ((_, budget),) = _resources(bicep, "Microsoft.Consumption/budgets@")
+    notifications = _property_block(_property_block(budget, "properties"), "notifications")
+    groups = re.findall(r"contactGroups:\s*\[\s*([\w.]+)\s*\]", notifications)
+    assert groups == [f"{group_symbol}.id"], "exactly one notification should call the kill switch"
+    assert re.search(r"thresholdType:\s*'Actual'", notifications)
+
+
+def test_budget_walkthrough_names_the_selection_settings() -> None:
+    text = PRODUCERS.read_text(encoding="utf-8")
+    section = text[text.index("## A budget kill switch") :]
+    main = _bicep("main.bicep")
+    for setting in ("ALERT_SELECT_JOB_ID_PREFIX", "ALERT_SELECT_POOL_ID", "ALERT_SELECT_METADATA", "ALERT_MAX_JOBS"):
+        assert setting in _spec_settings(), setting
+        param = _setting_param(_app_settings()[setting])
+        assert param is not None
+        assert f"`{setting}` (`{param}`)" in section, f"{setting} and its template parameter {param}"
+        assert re.search(r"^param " + param + r"\s", main, re.M)

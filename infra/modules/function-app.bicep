@@ -61,15 +61,31 @@ param batchTimeoutSeconds int
 param terminateQueueName string
 param poisonQueueName string
 param maxDequeueCount int
+param batchAccounts string
+param terminateAllowedJobIdPrefixes string
+param terminateHonorKeep bool
+param terminateDryRun bool
+param confirmQueueName string
+param confirmAfterSeconds int
+param confirmMaxChecks int
+param confirmForce bool
 
-// --- settings of functions that may be added to this app later ---
+// --- the Python worker: one thread per message the host holds (host.json batchSize + newBatchThreshold) ---
+param pythonThreadpoolThreadCount int
+
+// --- alert_terminate (docs/CONTRACT.md §9) and sweep_jobs ---
 param alertJobIdDimension string
 param alertRulesAllowed string
+param alertSelectJobIdPrefix string
+param alertSelectPoolId string
+param alertSelectMetadata string
+param alertMaxJobs int
 param sweepSchedule string
 param sweepMaxAgeHours string
 param sweepIdleMinutes string
 param sweepJobIdPrefix string
 param sweepDryRun bool
+param sweepMaxJobs int
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
@@ -142,9 +158,13 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     AzureWebJobsStorage__tableServiceUri: storageTableEndpoint
     AzureWebJobsStorage__credential: 'managedidentity'
     AzureWebJobsStorage__clientId: identityClientId
-    // Telemetry, Entra-authenticated as the same identity.
+    // Telemetry, Entra-authenticated as the same identity. The worker exports the app's OpenTelemetry logs and
+    // metrics to Application Insights (host.json telemetryMode OpenTelemetry), so the docs/CONTRACT.md §8
+    // attributes arrive as customDimensions.
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
+    PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+    PYTHON_THREADPOOL_THREAD_COUNT: string(pythonThreadpoolThreadCount)
     // Batch token credential (azure-identity ManagedIdentityCredential / DefaultAzureCredential).
     AZURE_CLIENT_ID: identityClientId
     BATCH_ACCOUNT_URL: batchAccountUrl
@@ -153,13 +173,26 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     TERMINATE_QUEUE_NAME: terminateQueueName
     POISON_QUEUE_NAME: poisonQueueName
     AzureFunctionsJobHost__extensions__queues__maxDequeueCount: string(maxDequeueCount)
+    BATCH_ACCOUNTS: batchAccounts
+    TERMINATE_ALLOWED_JOB_ID_PREFIXES: terminateAllowedJobIdPrefixes
+    TERMINATE_HONOR_KEEP: terminateHonorKeep ? 'true' : 'false'
+    TERMINATE_DRY_RUN: terminateDryRun ? 'true' : 'false'
+    CONFIRM_QUEUE_NAME: confirmQueueName
+    CONFIRM_AFTER_SECONDS: string(confirmAfterSeconds)
+    CONFIRM_MAX_CHECKS: string(confirmMaxChecks)
+    CONFIRM_FORCE: confirmForce ? 'true' : 'false'
     ALERT_JOB_ID_DIMENSION: alertJobIdDimension
     ALERT_RULES_ALLOWED: alertRulesAllowed
+    ALERT_SELECT_JOB_ID_PREFIX: alertSelectJobIdPrefix
+    ALERT_SELECT_POOL_ID: alertSelectPoolId
+    ALERT_SELECT_METADATA: alertSelectMetadata
+    ALERT_MAX_JOBS: string(alertMaxJobs)
     SWEEP_SCHEDULE: sweepSchedule
     SWEEP_MAX_AGE_HOURS: sweepMaxAgeHours
     SWEEP_IDLE_MINUTES: sweepIdleMinutes
     SWEEP_JOB_ID_PREFIX: sweepJobIdPrefix
     SWEEP_DRY_RUN: sweepDryRun ? 'true' : 'false'
+    SWEEP_MAX_JOBS: string(sweepMaxJobs)
   }
 }
 

@@ -1,5 +1,6 @@
 // Storage account used for everything the app stores: the Functions host (AzureWebJobsStorage, identity
-// based), the trigger queue and its poison queue, and the Flex Consumption deployment package container.
+// based), the trigger queue, its poison queue and the confirmation queue, and the Flex Consumption deployment
+// package container.
 // Shared key access is disabled: every caller authenticates with Entra ID and RBAC.
 
 @description('Azure region.')
@@ -29,6 +30,9 @@ param terminateQueueName string
 
 @description('Poison queue (POISON_QUEUE_NAME): the host and the function both write failures here.')
 param poisonQueueName string
+
+@description('Confirmation queue (CONFIRM_QUEUE_NAME): pending checks that a terminated job really finished.')
+param confirmQueueName string
 
 @description('Blob container holding the Flex Consumption deployment package.')
 param deploymentContainerName string
@@ -142,6 +146,11 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: poisonQueueName
 }
 
+resource confirmQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: confirmQueueName
+}
+
 // Who enqueued or deleted what, and when: queue read/write/delete requests go to Log Analytics.
 resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'queue-logs'
@@ -219,3 +228,4 @@ output tableEndpoint string = storage.properties.primaryEndpoints.table
 output deploymentContainerName string = deploymentContainer.name
 output terminateQueueName string = terminateQueue.name
 output poisonQueueName string = poisonQueue.name
+output confirmQueueName string = confirmQueue.name
