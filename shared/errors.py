@@ -82,6 +82,14 @@ class BatchCallFailed(TerminatorError):
         self.transient = transient
 
 
+class JobRefused(TerminatorError):
+    """A guard (docs/CONTRACT.md §5a) refused the message; it ends as a poison record with this error."""
+
+    def __init__(self, error: BatchError) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
+
+
 class RetryLater(TerminatorError):
     """Raised from the trigger so the host delivers the message again."""
 

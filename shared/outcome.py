@@ -14,6 +14,8 @@ class Outcome(enum.Enum):
     TERMINATED = "terminated"
     ALREADY_TERMINATED = "already_terminated"
     POISONED = "poisoned"
+    DRY_RUN = "dry_run"
+    CONFIRMED = "confirmed"
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class Result:
     client_request_id: str | None
     attempt: int = 1
     duration: float = 0.0
+    account: str | None = None
     message_id: str | None = None
 
     def describe(self) -> str:

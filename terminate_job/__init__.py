@@ -7,7 +7,7 @@ import logging
 import azure.functions as func
 
 from shared import wiring
-from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
+from shared.errors import ConfigurationError, EnqueueFailed, PoisonWriteFailed, RetryLater
 from shared.outcome import Outcome
 from shared.terminator import Delivery
 
@@ -24,6 +24,9 @@ def main(msg: func.QueueMessage) -> None:
         raise
     except PoisonWriteFailed as exc:
         log.error("terminate message_id=%s outcome=poison_write_failed: %s", msg.id, exc)
+        raise
+    except EnqueueFailed as exc:  # the confirmation check (docs/CONTRACT.md §5b) could not be scheduled
+        log.error("terminate message_id=%s outcome=confirm_write_failed: %s", msg.id, exc)
         raise
     except ConfigurationError as exc:
         log.error("terminate message_id=%s outcome=configuration_error: %s", msg.id, exc)

@@ -38,7 +38,7 @@ def test_defaults_follow_the_contract() -> None:
     assert loaded.poison_queue_name == "batch-terminate-poison"
     assert loaded.azure_client_id is None
     assert loaded.max_dequeue_count == 5
-    assert loaded.queues.message_encoding == "base64"
+    assert loaded.queues.message_encoding == "none"  # host.json: the host binds the text as it is
     assert loaded.http_timeout_seconds > loaded.batch_timeout_seconds
 
 
