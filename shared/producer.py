@@ -28,9 +28,14 @@ def build_request(
     if_modified_since: datetime | str | None = None,
     if_unmodified_since: datetime | str | None = None,
     request_id: str | None = None,
+    account: str | None = None,
 ) -> TerminateRequest:
-    """A TerminateRequest checked by the same parser the function uses; raises InvalidMessage."""
-    document: dict[str, Any] = {"jobId": job_id, "reason": reason, "force": force or None}
+    """A TerminateRequest checked by the same parser the function uses; raises InvalidMessage.
+
+    `account` is an alias of the app's BATCH_ACCOUNTS (absent: default); the producer checks its form, the
+    function checks that it is configured.
+    """
+    document: dict[str, Any] = {"jobId": job_id, "reason": reason, "account": account, "force": force or None}
     document["ifMatch"] = if_match
     document["ifNoneMatch"] = if_none_match
     for key, value in (("ifModifiedSince", if_modified_since), ("ifUnmodifiedSince", if_unmodified_since)):
@@ -55,8 +60,12 @@ class TerminateQueue:
         credential: TokenCredential | None = None,
         message_encoding: str | None = None,
     ) -> TerminateQueue:
-        """Open the queue by connection string, or by account URL + azure-identity credential."""
-        encoding = message_encoding or queue_options({}).message_encoding
+        """Open the queue by connection string, or by account URL + azure-identity credential.
+
+        Messages go as plain JSON text (messageEncoding none, as this app's host.json has); pass
+        message_encoding="base64" for a host configured for base64. The function reads either.
+        """
+        encoding = message_encoding or "none"
         if connection_string:
             storage = StorageSettings(connection_string=connection_string)
         elif account_url:
