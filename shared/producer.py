@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -29,11 +29,13 @@ def build_request(
     if_unmodified_since: datetime | str | None = None,
     request_id: str | None = None,
     account: str | None = None,
+    accounts: Collection[str] | None = None,
 ) -> TerminateRequest:
     """A TerminateRequest checked by the same parser the function uses; raises InvalidMessage.
 
-    `account` is an alias of the app's BATCH_ACCOUNTS (absent: default); the producer checks its form, the
-    function checks that it is configured.
+    `account` is an alias (absent: default). Given `accounts` (the app's aliases, e.g.
+    settings.account_aliases(env)) it must be one of them; without, only its form is checked and the
+    function refuses an alias it does not know.
     """
     document: dict[str, Any] = {"jobId": job_id, "reason": reason, "account": account, "force": force or None}
     document["ifMatch"] = if_match
@@ -41,7 +43,7 @@ def build_request(
     for key, value in (("ifModifiedSince", if_modified_since), ("ifUnmodifiedSince", if_unmodified_since)):
         document[key] = format_http_date(value) if isinstance(value, datetime) else value
     document["requestId"] = request_id
-    return TerminateRequest.parse(json.dumps({k: v for k, v in document.items() if v is not None}))
+    return TerminateRequest.parse(json.dumps({k: v for k, v in document.items() if v is not None}), accounts=accounts)
 
 
 class TerminateQueue:

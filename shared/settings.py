@@ -170,7 +170,12 @@ def poison_queue_name(env: Mapping[str, str], queue_name: str) -> str:
     return name
 
 
-def batch_accounts(raw: str, default_url: str) -> tuple[tuple[str, str], ...]:
+def account_aliases(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The configured aliases (`default` first) from BATCH_ACCOUNTS alone, for tools that need no Batch URL."""
+    return (DEFAULT_ACCOUNT, *(alias for alias, _ in batch_accounts(env.get("BATCH_ACCOUNTS", ""), None)))
+
+
+def batch_accounts(raw: str, default_url: str | None) -> tuple[tuple[str, str], ...]:
     """Parse BATCH_ACCOUNTS (`alias=url,...`) into (alias, url) pairs, each URL validated as BATCH_ACCOUNT_URL."""
     setting = "BATCH_ACCOUNTS"
     pairs: list[tuple[str, str]] = []
@@ -191,7 +196,7 @@ def batch_accounts(raw: str, default_url: str) -> tuple[tuple[str, str], ...]:
             raise ConfigurationError(setting, f"account {alias!r}: {exc.problem}") from exc
         if alias == DEFAULT_ACCOUNT:
             # Repeating BATCH_ACCOUNT_URL under its own alias is harmless; pointing it elsewhere is not.
-            if valid.lower() != default_url.lower():
+            if default_url is not None and valid.lower() != default_url.lower():
                 raise ConfigurationError(setting, "may not redefine the alias default (that is BATCH_ACCOUNT_URL)")
             continue
         pairs.append((alias, valid))

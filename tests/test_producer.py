@@ -79,3 +79,10 @@ def test_missing_queue_is_a_clear_error(queues: Queues) -> None:
     queue = TerminateQueue.connect("no-such-queue", connection_string=queues.connection_string)
     with pytest.raises(EnqueueFailed, match="no-such-queue"):
         queue.enqueue(build_request("job-1"))
+
+
+def test_known_accounts_are_checked_when_given() -> None:
+    assert build_request("job-1", account="EU", accounts=("default", "eu")).account == "eu"
+    with pytest.raises(InvalidMessage) as caught:
+        build_request("job-1", account="us", accounts=("default", "eu"))
+    assert [p.key for p in caught.value.problems] == ["account"]

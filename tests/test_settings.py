@@ -13,6 +13,7 @@ from shared.settings import (
     ConfirmSettings,
     GuardSettings,
     Settings,
+    account_aliases,
     api_version_supports_force,
     local_settings_values,
     parse_timespan,
@@ -334,3 +335,15 @@ def test_a_default_poison_name_too_long_for_a_queue_is_named() -> None:
 
 def test_63_character_poison_name_is_accepted() -> None:
     assert settings(POISON_QUEUE_NAME="p" * 63).poison_queue_name == "p" * 63
+
+
+def test_aliases_can_be_read_without_a_batch_url() -> None:
+    assert account_aliases({"BATCH_ACCOUNTS": "EU=https://a.westeurope.batch.azure.com,us=http://localhost:1"}) == (
+        "default",
+        "eu",
+        "us",
+    )
+    assert account_aliases({}) == ("default",)
+    with pytest.raises(ConfigurationError) as caught:
+        account_aliases({"BATCH_ACCOUNTS": "eu=ftp://x"})
+    assert caught.value.setting == "BATCH_ACCOUNTS"
