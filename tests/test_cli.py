@@ -59,7 +59,7 @@ def env(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
 def writer(queues: Queues) -> PoisonWriter:
     """The function's own poison writer on this test's poison queue."""
     storage = StorageSettings(connection_string=queues.connection_string)
-    return PoisonWriter(queue_client(storage, queues.poison, "base64"))
+    return PoisonWriter(queue_client(storage, queues.poison, "none"))  # host.json's messageEncoding
 
 
 def record(
@@ -78,10 +78,8 @@ def record(
 
 def trigger_bodies(queues: Queues) -> list[bytes]:
     """The trigger queue's messages as the function would receive them (bytes), without removing them."""
-    client = QueueClient.from_connection_string(
-        queues.connection_string, queues.trigger, message_decode_policy=BinaryBase64DecodePolicy()
-    )
-    return [m.content for m in client.peek_messages(max_messages=32)]
+    client = QueueClient.from_connection_string(queues.connection_string, queues.trigger)
+    return [m.content.encode("utf-8") for m in client.peek_messages(max_messages=32)]
 
 
 def message_count(queues: Queues, name: str) -> int:
@@ -99,12 +97,6 @@ def test_enqueue_prints_the_message_id_and_sends_every_option(env: Queues, run: 
         "--reason",
         "budget exceeded",
         "--force",
-        "--if-match",
-        '"0x8D"',
-        "--if-none-match",
-        '"0x8E"',
-        "--if-modified-since",
-        "2026-11-25T12:00:00Z",
         "--if-unmodified-since",
         "Wed, 25 Nov 2026 13:00:00 GMT",
         "--request-id",
@@ -117,9 +109,6 @@ def test_enqueue_prints_the_message_id_and_sends_every_option(env: Queues, run: 
         "jobId": "job-1",
         "reason": "budget exceeded",
         "force": True,
-        "ifMatch": '"0x8D"',
-        "ifNoneMatch": '"0x8E"',
-        "ifModifiedSince": "Wed, 25 Nov 2026 12:00:00 GMT",
         "ifUnmodifiedSince": "Wed, 25 Nov 2026 13:00:00 GMT",
         "requestId": REQUEST_ID,
     }
@@ -358,15 +347,24 @@ def test_replay_dry_run_changes_nothing(env: Queues, run: Run, writer: PoisonWri
     assert message_count(env, env.trigger) == 0
 
 
-def test_replay_restores_a_non_utf8_original_byte_for_byte(env: Queues, run: Run, writer: PoisonWriter) -> None:
+def test_replay_restores_a_non_utf8_original_byte_for_byte(
+    monkeypatch: pytest.MonkeyPatch, env: Queues, run: Run
+) -> None:
+    # Only a base64 trigger queue can carry bytes that are not UTF-8 (with "none" the host binds strict UTF-8).
+    monkeypatch.setenv("AzureFunctionsJobHost__extensions__queues__messageEncoding", "base64")
+    storage = StorageSettings(connection_string=env.connection_string)
     original = b'\xff\xfe{"jobId":"job-1"}\x00'
-    writer.write(record(original, job_id=None, code="InvalidMessage", status=None))
-    assert env.poison_records()[0]["originalMessageEncoding"] == "base64"
+    PoisonWriter(queue_client(storage, env.poison, "base64")).write(
+        record(original, job_id=None, code="InvalidMessage", status=None)
+    )
     code, _, err = run("poison", "replay", "--code", "InvalidMessage")
     assert code == 0
     assert "it will fail again" in err  # an invalid original is replayed as asked, with a warning
-    assert trigger_bodies(env) == [original]
-    assert env.poison_records() == []
+    client = QueueClient.from_connection_string(
+        env.connection_string, env.trigger, message_decode_policy=BinaryBase64DecodePolicy()
+    )
+    assert [m.content for m in client.peek_messages()] == [original]
+    assert message_count(env, env.poison) == 0
 
 
 def test_replay_of_a_host_moved_message_sends_it_back_unchanged(env: Queues, run: Run) -> None:
