@@ -26,6 +26,7 @@ log = logging.getLogger("batch_terminator")
 
 # States in which the job is gone or finished: nothing left to confirm.
 DONE_STATES = frozenset({"completed", "deleting"})
+GONE_CODES = frozenset({"JobNotFound", "JobBeingDeleted"})
 # Job - Get with $select: what a check and a TerminationStuck record need.
 CONFIRM_SELECT = "id,state,stateTransitionTime"
 _REQUEST_ID_NAMESPACE = uuid.UUID("0b8f3c52-0a7e-4c1e-9a57-4e1d2f6c9b31")
@@ -202,7 +203,7 @@ class Confirmer:
             try:
                 self._client.terminate(request, str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"force:{client_request_id}")))
             except BatchCallFailed as exc:
-                if exc.error.code == "JobNotFound":
+                if exc.error.code in GONE_CODES:  # deleted, or being deleted, since the read: done
                     return self._confirmed(check, exc.error, client_request_id, attempt, started)
                 return self._failed(check, body, exc, attempt, started)
             forced = True
