@@ -25,7 +25,7 @@ from bench.harness import Figure, WorkerLikeHandler, summarize_warnings
 from bench.services import Services
 from bench.worker import RemoteWorker
 from local.azurite import Azurite
-from local.host import Invocation, Outcome, QueueHost
+from local.queue_host import Invocation, QueueHost, Settlement
 from shared.settings import QueueOptions
 
 LATENCY = 0.020
@@ -67,7 +67,7 @@ def app_settings(concurrency: int) -> dict[str, str | None]:
 
 def storage_client(connection_string: str, name: str) -> QueueClient:
     """A client that reads and writes stored text, pooled for every host thread, failing fast on a stalled answer."""
-    # local/host.py's own clients keep requests' default pool of 10 connections, which churns with 24-32 threads,
+    # local/queue_host.py's own clients keep requests' default pool of 10 connections, which churns with 24-32 threads,
     # and wait 60 s on an answer Azurite never sends (seen about once a run at concurrency 32): the .NET host has
     # neither limit, so the bench hands the host clients without them.
     session = requests.Session()
@@ -132,7 +132,7 @@ class _Counter:
         """on_invocation callback."""
         with self._lock:
             self.slowest = max(self.slowest, invocation.duration)
-            if invocation.outcome is Outcome.SUCCEEDED:
+            if invocation.outcome is Settlement.SUCCEEDED:
                 self.succeeded += 1
             else:
                 self.other.append(invocation)

@@ -183,6 +183,19 @@ param sweepDryRun bool = true
 @description('SWEEP_MAX_JOBS: the most jobs one sweep run may enqueue; more matched: nothing is enqueued, an error is logged.')
 param sweepMaxJobs int = 100
 
+@description('SWEEP_ACCOUNTS: comma-separated account aliases to sweep (empty: every configured account).')
+param sweepAccounts string = ''
+
+@minValue(1)
+@maxValue(64)
+@description('SWEEP_CONCURRENCY: Job - Get Task Counts reads in flight at once.')
+param sweepConcurrency int = 16
+
+@minValue(1)
+@maxValue(240) // well under the 5-minute functionTimeout of host.json
+@description('SWEEP_RUN_BUDGET_SECONDS: no new read starts after this many seconds of a run.')
+param sweepRunBudgetSeconds int = 120
+
 // --- names ---------------------------------------------------------------------------------------------------
 var resourceToken = toLower(uniqueString(subscription().id, resourceGroup().id, environmentName, location))
 var tags = {
@@ -323,6 +336,9 @@ module functionApp 'modules/function-app.bicep' = {
     sweepJobIdPrefix: sweepJobIdPrefix
     sweepDryRun: sweepDryRun
     sweepMaxJobs: sweepMaxJobs
+    sweepAccounts: sweepAccounts
+    sweepConcurrency: sweepConcurrency
+    sweepRunBudgetSeconds: sweepRunBudgetSeconds
   }
 }
 

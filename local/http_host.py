@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import hmac
-import importlib
 import json
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
 
 import azure.functions as func
 
-from local.loopback import TrackingHTTPServer
+from local.functions import FunctionFolder, FunctionLoadError, function_folders
+from local.loopback import HttpRequest, HttpResponse, LoopbackService
 from shared.settings import HOST_JSON, PROJECT_ROOT
 
 log = logging.getLogger("local.http")
@@ -48,10 +45,6 @@ _CONSTRAINTS = {
     "double": r"-?\d+(?:\.\d+)?",
     "float": r"-?\d+(?:\.\d+)?",
 }
-
-
-class FunctionLoadError(Exception):
-    """A function folder's HTTP binding cannot be served; the message says why."""
 
 
 class _Out(func.Out[T]):
@@ -91,22 +84,14 @@ class HttpFunction:
         object.__setattr__(self, "_defaults", defaults)
 
     @classmethod
-    def load(cls, function_dir: Path, route_prefix: str = DEFAULT_ROUTE_PREFIX) -> HttpFunction | None:
+    def load(cls, function: FunctionFolder | Path, route_prefix: str = DEFAULT_ROUTE_PREFIX) -> HttpFunction | None:
         """The function in this folder if its function.json has an httpTrigger binding, else None."""
-        function_json = function_dir / "function.json"
-        try:
-            document = json.loads(function_json.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise FunctionLoadError(f"{function_dir.name}: {function_json.name} is not readable JSON ({exc})") from exc
-        bindings = [b for b in document.get("bindings") or [] if isinstance(b, dict)]
-        trigger = next((b for b in bindings if b.get("type") == "httpTrigger"), None)
+        folder = function if isinstance(function, FunctionFolder) else FunctionFolder.read(function)
+        trigger = folder.binding("httpTrigger")
         if trigger is None:
             return None
-        output = next((b for b in bindings if b.get("type") == "http" and b.get("direction") == "out"), None)
-        script = str(document.get("scriptFile") or "__init__.py")
-        module_name = function_dir.name if script == "__init__.py" else f"{function_dir.name}.{Path(script).stem}"
-        handler = getattr(importlib.import_module(module_name), str(document.get("entryPoint") or "main"))
-        return cls.from_binding(function_dir.name, trigger, output, handler, route_prefix)
+        output = folder.binding("http", "out")
+        return cls.from_binding(folder.name, trigger, output, folder.load_entry_point(), route_prefix)
 
     @classmethod
     def from_binding(
@@ -205,127 +190,37 @@ def route_prefix(host_json: Path = HOST_JSON) -> str:
 def http_functions(root: Path = PROJECT_ROOT, host_json: Path | None = None) -> list[HttpFunction]:
     """Every function folder under root whose function.json has an httpTrigger binding."""
     prefix = route_prefix(host_json or root / "host.json")
-    loaded = (HttpFunction.load(path.parent, prefix) for path in sorted(root.glob("*/function.json")))
+    loaded = (HttpFunction.load(folder, prefix) for folder in function_folders(root, "httpTrigger"))
     return [function for function in loaded if function is not None]
 
 
-@dataclass(frozen=True)
-class _Answer:
-    """What goes back on the socket."""
-
-    status: int
-    headers: list[tuple[str, str]] = field(default_factory=list)
-    body: bytes = b""
-
-
-def _text(status: int, text: str, headers: Iterable[tuple[str, str]] = ()) -> _Answer:
+def _text(status: int, text: str, headers: Mapping[str, str] | None = None) -> HttpResponse:
     """A short plain-text answer from the host itself."""
-    return _Answer(status, [("Content-Type", "text/plain; charset=utf-8"), *headers], text.encode())
+    return HttpResponse(status, {"Content-Type": "text/plain; charset=utf-8", **(headers or {})}, text.encode())
 
 
-def _answer_from(result: Any) -> _Answer:
+def _answer_from(result: Any) -> HttpResponse:
     """The function's return value as the worker encodes it: HttpResponse, str (200), None (204)."""
     if isinstance(result, func.HttpResponse):
-        headers = [(name, value) for name, value in result.headers.items() if name.lower() not in _HOST_HEADERS]
-        if not any(name.lower() == "content-type" for name, _ in headers):
+        headers = {name: value for name, value in result.headers.items() if name.lower() not in _HOST_HEADERS}
+        if not any(name.lower() == "content-type" for name in headers):
             mimetype = result.mimetype
             content_type = f"{mimetype}; charset={result.charset}" if mimetype.startswith("text/") else mimetype
-            headers.append(("Content-Type", content_type))
-        return _Answer(int(result.status_code), headers, result.get_body() or b"")
+            headers["Content-Type"] = content_type
+        return HttpResponse(int(result.status_code), headers, result.get_body() or b"")
     if isinstance(result, str):
         return _text(200, result)
     if result is None:
-        return _Answer(204)
+        return HttpResponse(204)
     raise TypeError(f"an HTTP function must return func.HttpResponse or str, not {type(result).__name__}")
 
 
-class _Server(TrackingHTTPServer):
-    """The loopback server, with the object that answers its requests."""
-
-    request_queue_size = 64
-
-    def __init__(self, address: tuple[str, int], host: HttpHost) -> None:
-        self.host = host
-        super().__init__(address, _Handler)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Reads one request, lets the host answer it, writes the answer."""
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-    timeout = 120  # an idle keep-alive connection is closed after this
-    server: _Server
-
-    def _dispatch(self) -> None:
-        """Serve any method through HttpHost.answer()."""
-        try:
-            body = self._read_body()
-        except ValueError as exc:
-            self.close_connection = True
-            self._write(_text(400, f"bad request body: {exc}", [("Connection", "close")]))
-            return
-        answer = self.server.host.answer(
-            self.command, self.path, [(name, value) for name, value in self.headers.items()], body
-        )
-        self._write(answer)
-
-    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = do_TRACE = _dispatch
-
-    def _read_body(self) -> bytes:
-        """The body, framed by Content-Length or chunked transfer coding (no size limit: the function decides)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            return self._read_chunked()
-        length_text = self.headers.get("Content-Length")
-        if not length_text:
-            return b""
-        if not length_text.strip().isdigit():
-            raise ValueError(f"Content-Length {length_text!r} is not a number")
-        length = int(length_text)
-        body = self.rfile.read(length) if length else b""
-        if len(body) != length:
-            raise ValueError(f"the connection closed after {len(body)} of {length} bytes")
-        return body
-
-    def _read_chunked(self) -> bytes:
-        """Decode a chunked body, skipping chunk extensions and trailers."""
-        chunks: list[bytes] = []
-        while True:
-            size_line = self.rfile.readline(1024)
-            try:
-                size = int(size_line.split(b";", 1)[0].strip(), 16)
-            except ValueError:
-                raise ValueError(f"bad chunk size line {size_line[:40]!r}") from None
-            if size == 0:
-                while self.rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                    pass
-                return b"".join(chunks)
-            chunk = self.rfile.read(size)
-            if len(chunk) != size:
-                raise ValueError("the connection closed inside a chunk")
-            chunks.append(chunk)
-            self.rfile.readline(8)
-
-    def _write(self, answer: _Answer) -> None:
-        """Status, headers (always with Content-Length) and, except for HEAD, the body."""
-        self.send_response(answer.status)
-        for name, value in answer.headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(answer.body)))
-        self.end_headers()
-        if self.command != "HEAD" and answer.body:
-            self.wfile.write(answer.body)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """No access line from http.server (its request line shows ?code=); HttpHost.answer logs each request."""
-
-    def log_message(self, format: str, *args: Any) -> None:
-        """http.server's error lines go to DEBUG instead of stderr."""
-        log.debug("%s %s", self.address_string(), format % args)
-
-
-class HttpHost:
+class HttpHost(LoopbackService):
     """Serves HTTP-triggered functions on loopback with the host's routing and function-key check."""
+
+    idle_timeout = 120.0  # an idle keep-alive connection is closed after this
+    poll_interval = 0.1
+    request_queue_size = 64
 
     def __init__(
         self,
@@ -335,11 +230,9 @@ class HttpHost:
         host: str = "127.0.0.1",
         function_key: str | None = None,
     ) -> None:
+        super().__init__(host, port)
         self.functions = list(functions)
         self.function_key = function_key or secrets.token_urlsafe(32)
-        self._address = (host, port)
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self.requests = 0
 
     @classmethod
@@ -348,18 +241,6 @@ class HttpHost:
     ) -> HttpHost:
         """A host for every HTTP-triggered function of the app under root."""
         return cls(http_functions(root), port=port, function_key=function_key)
-
-    @property
-    def port(self) -> int:
-        """The bound port (known once started)."""
-        if self._server is None:
-            raise RuntimeError("the HTTP host is not started")
-        return self._server.server_port
-
-    @property
-    def base_url(self) -> str:
-        """http://127.0.0.1:<port>."""
-        return f"http://{self._address[0]}:{self.port}"
 
     def function(self, name: str) -> HttpFunction:
         """The served function with this name."""
@@ -376,73 +257,37 @@ class HttpHost:
             url += f"?{KEY_PARAM}={self.function_key}"
         return url
 
-    def start(self) -> HttpHost:
-        """Bind (OSError when the port is taken) and serve on a daemon thread."""
-        if self._server is not None:
-            raise RuntimeError("the HTTP host is already started")
-        self._server = _Server(self._address, self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.1},
-            name=f"http:{self._server.server_port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving, close open connections and release the port."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        server.shutdown()
-        server.close_connections()
-        server.server_close()
-        if thread is not None:
-            thread.join(5)
-        self._server = self._thread = None
-
-    def __enter__(self) -> HttpHost:
-        """Start."""
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        """Stop."""
-        self.stop()
-
-    def answer(self, method: str, target: str, headers: list[tuple[str, str]], body: bytes) -> _Answer:
+    def handle(self, request: HttpRequest) -> HttpResponse:
         """Route, authorize and invoke one request; log one line (the path only: the query may hold the key)."""
         started = time.monotonic()
         self.requests += 1
-        split = urlsplit(target)
-        path = split.path or "/"
+        method, target, body = request.method, request.target, request.body
+        path = request.path or "/"
         matched = [(function, params) for function in self.functions if (params := function.match(path)) is not None]
         if not matched:
             log.info("%s %s -> 404 (no function has this route)", method, path)
-            return _Answer(404)
+            return HttpResponse(404)
         allowed = [(function, params) for function, params in matched if method in function.allowed_methods()]
         if not allowed:
             # Like the Functions host: methods are part of the route, so another method is a 404, not a 405.
             methods = sorted({m for function, _ in matched for m in function.allowed_methods()})
             log.info("%s %s -> 404 (%s takes %s)", method, path, matched[0][0].name, ", ".join(methods))
-            return _Answer(404)
+            return HttpResponse(404)
         function, route_params = allowed[0]
-        params = _params(split.query)
-        merged = _headers(headers)
+        params = _params(request.raw_query)
+        merged = _headers(request.header_pairs)
         if function.auth_level != "anonymous" and not self._authorized(params, merged):
             log.info("%s %s -> 401 (%s needs its function key)", method, path, function.name)
             return _text(401, f"{function.name} needs the function key: ?{KEY_PARAM}=<key> or an {KEY_HEADER} header")
         host = merged.get("host") or f"{self._address[0]}:{self.port}"
-        request = func.HttpRequest(
+        delivered = func.HttpRequest(
             method, f"http://{host}{target}", headers=merged, params=params, route_params=route_params, body=body
         )
         try:
-            answer = _answer_from(function.invoke(request))
+            answer = _answer_from(function.invoke(delivered))
         except Exception:
             log.exception("%s %s -> 500 (%s raised)", method, path, function.name)
-            return _Answer(500)
+            return HttpResponse(500)
         log.info(
             "%s %s -> %d (%s, %.0f ms)", method, path, answer.status, function.name, (time.monotonic() - started) * 1000
         )
@@ -476,7 +321,6 @@ __all__ = [
     "DEFAULT_PORT",
     "KEY_HEADER",
     "KEY_PARAM",
-    "FunctionLoadError",
     "HttpFunction",
     "HttpHost",
     "http_functions",

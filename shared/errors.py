@@ -121,3 +121,11 @@ class AlertRejected(TerminatorError):
                 "values": [{"key": p.key, "value": p.value} for p in self.values],
             }
         }
+
+
+class CliError(TerminatorError):
+    """An operator CLI failure, reported as one line on stderr with a specific exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

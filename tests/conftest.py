@@ -165,3 +165,10 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+@pytest.fixture
+def other_batch(identity: IdentityEndpoint) -> Iterator[BatchEmulator]:
+    """A second Batch account beside `batch` (its own port, jobs and ledger), for multi-account routing."""
+    with BatchEmulator(authorize=identity.is_valid) as emulator:
+        yield emulator

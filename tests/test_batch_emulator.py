@@ -171,7 +171,8 @@ def test_terminate_records_ledger_entry_with_client_request_id(emulator: BatchEm
     emulator.add_job("render")
     client_request_id = str(uuid.uuid4())
     started = time.time()
-    terminate(http, emulator, "render", headers={"client-request-id": client_request_id}, params={"force": "true"})
+    params = {"force": "true", "api-version": "2024-07-01.20.0"}
+    terminate(http, emulator, "render", headers={"client-request-id": client_request_id}, params=params)
     [entry] = emulator.terminations
     assert (entry.job_id, entry.reason, entry.client_request_id, entry.force) == (
         "render",
@@ -350,12 +351,12 @@ def test_many_concurrent_connections_are_all_served(emulator: BatchEmulator) -> 
     ("params", "code", "parameter"),
     [
         ({"api-version": None}, "MissingRequiredQueryParameter", "api-version"),
-        ({"api-version": "2023-11-01"}, "InvalidQueryParameterValue", "api-version"),
-        ({"api-version": "latest"}, "InvalidQueryParameterValue", "api-version"),
+        ({"api-version": "2023-11-01"}, "UnsupportedRequestVersion", "api-version"),
+        ({"api-version": "latest"}, "UnsupportedRequestVersion", "api-version"),
         ({"timeout": 0}, "InvalidQueryParameterValue", "timeout"),
-        ({"timeout": 31}, "InvalidQueryParameterValue", "timeout"),
         ({"timeout": "soon"}, "InvalidQueryParameterValue", "timeout"),
-        ({"force": "yes"}, "InvalidQueryParameterValue", "force"),
+        ({"force": "true"}, "UnsupportedQueryParameter", "force"),
+        ({"force": "yes", "api-version": "2024-07-01.20.0"}, "InvalidQueryParameterValue", "force"),
     ],
 )
 def test_bad_query_parameters_are_rejected_before_anything_else(
@@ -368,7 +369,14 @@ def test_bad_query_parameters_are_rejected_before_anything_else(
 
 
 @pytest.mark.parametrize(
-    "params", [{"timeout": 1}, {"timeout": 30, "force": "false"}, {"api-version": "2024-07-01.20.0"}]
+    "params",
+    [
+        {"timeout": 1},
+        # "If the value is larger than 30, the default will be used instead" (the specs' timeOut).
+        {"timeout": 31},
+        {"timeout": 30, "force": "false", "api-version": "2024-07-01.20.0"},
+        {"api-version": "2024-07-01.20.0"},
+    ],
 )
 def test_valid_query_variants_are_accepted(
     emulator: BatchEmulator, http: requests.Session, params: dict[str, Any]
@@ -441,7 +449,7 @@ def test_malformed_headers_are_invalid_header_value(
     assert detail(error)["HeaderName"].lower() == name.lower()
 
 
-@pytest.mark.parametrize("body", [b"", b"not json", b"[]", b'"text"', b'{"terminateReason": 5}', b"\xff\xfe"])
+@pytest.mark.parametrize("body", [b"not json", b"[]", b'"text"', b'{"terminateReason": 5}', b"\xff\xfe"])
 def test_body_must_be_json_object_with_string_reason(
     emulator: BatchEmulator, http: requests.Session, body: bytes
 ) -> None:
@@ -871,7 +879,7 @@ def test_list_without_filter_returns_every_state_and_no_next_link(
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("$filter", "id eq 'render'"),
+        ("$filter", "poolInfo/poolId eq 'render'"),
         ("$filter", "state eq 'sleeping'"),
         ("$select", "id,colour"),
         ("maxresults", "0"),

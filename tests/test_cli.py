@@ -1,21 +1,33 @@
-"""The operator CLI (`python -m shared.cli`) over Azurite: output, queue effects, exit codes."""
+"""The operator CLI (`batch-terminator`, package ops/) over Azurite: output, queue effects, exit codes."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import importlib
+import importlib.metadata
 import io
 import json
 import os
 import subprocess
 import sys
+import sysconfig
 import time
+import tomllib
+import urllib.parse
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
+from typing import Any
 
 import pytest
-from azure.storage.queue import BinaryBase64DecodePolicy, QueueClient
+from azure.core.exceptions import ResourceExistsError
+from azure.storage.queue import QueueClient
 
-from shared import cli
+from ops.__main__ import entry, main
+from ops.output import Progress
+from ops.storage_errors import endpoint_of
+from ops.target import Target, open_queue, resolve_target
 from shared.errors import BatchError, BatchErrorDetail, ConfigurationError
 from shared.poison import PoisonRecord, PoisonWriter
 from shared.settings import PROJECT_ROOT, StorageSettings
@@ -25,16 +37,18 @@ from tests.conftest import Queues
 pytestmark = pytest.mark.integration
 
 REQUEST_ID = "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
+ENCODING_SETTING = "AzureFunctionsJobHost__extensions__queues__messageEncoding"
+BOTH_ENCODINGS = pytest.mark.parametrize("encoding", ["none", "base64"])
 Run = Callable[..., tuple[int, str, str]]
 
 
 @pytest.fixture
 def run(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Call cli.main in-process; return (exit code, stdout, stderr)."""
+    """Call main in-process; return (exit code, stdout, stderr)."""
 
     def invoke(*argv: str) -> tuple[int, str, str]:
         capsys.readouterr()
-        code = cli.main(list(argv))
+        code = main(list(argv))
         out, err = capsys.readouterr()
         return code, out, err
 
@@ -42,7 +56,13 @@ def run(capsys: pytest.CaptureFixture[str]) -> Run:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
+def encoding() -> str:
+    """The trigger queue's messageEncoding: none, as host.json has it (docs/CONTRACT.md §3); BOTH_ENCODINGS for both."""
+    return "none"
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, queues: Queues, encoding: str) -> Queues:
     """The function's settings in the environment, pointing at this test's queues."""
     for name in list(os.environ):
         if name.startswith(("AzureWebJobsStorage", "AzureFunctionsJobHost__")) or name in (
@@ -52,14 +72,15 @@ def env(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
             monkeypatch.delenv(name)
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
+    monkeypatch.setenv(ENCODING_SETTING, encoding)
     return queues
 
 
 @pytest.fixture
-def writer(queues: Queues) -> PoisonWriter:
-    """The function's own poison writer on this test's poison queue."""
+def writer(queues: Queues, encoding: str) -> PoisonWriter:
+    """The function's own poison writer on this test's poison queue, in the trigger queue's encoding."""
     storage = StorageSettings(connection_string=queues.connection_string)
-    return PoisonWriter(queue_client(storage, queues.poison, "none"))  # host.json's messageEncoding
+    return PoisonWriter(queue_client(storage, queues.poison, encoding))
 
 
 def record(
@@ -76,42 +97,84 @@ def record(
     return PoisonRecord(error=detail, attempts=attempts, message_id="m-1", original_message=body, job_id=job_id)
 
 
-def trigger_bodies(queues: Queues) -> list[bytes]:
-    """The trigger queue's messages as the function would receive them (bytes), without removing them."""
-    client = QueueClient.from_connection_string(queues.connection_string, queues.trigger)
-    return [m.content.encode("utf-8") for m in client.peek_messages(max_messages=32)]
+def raw(queues: Queues, name: str) -> QueueClient:
+    """A client that reads and writes message text as stored: no encoding policy."""
+    return QueueClient.from_connection_string(queues.connection_string, name)
+
+
+def message_bytes(text: str, encoding: str) -> bytes:
+    """The message the function reads from this queue text: the host's decoding, then JSON text or base64 of it."""
+    if encoding == "base64":
+        return base64.b64decode(text, validate=True)
+    return text.encode("utf-8") if text.lstrip().startswith("{") else base64.b64decode(text, validate=True)
+
+
+def trigger_bodies(queues: Queues, encoding: str) -> list[bytes]:
+    """The trigger queue's messages as the function would read them (bytes), without removing them."""
+    return [message_bytes(m.content, encoding) for m in raw(queues, queues.trigger).peek_messages(max_messages=32)]
+
+
+def stored(queues: Queues, name: str, encoding: str) -> list[dict[str, Any]]:
+    """A queue's messages as JSON documents, decoded as the function reads them, without removing them."""
+    return [json.loads(message_bytes(m.content, encoding)) for m in raw(queues, name).peek_messages(max_messages=32)]
+
+
+def host_moved(queues: Queues, text: str, encoding: str, *, ttl: int | None = None) -> str:
+    """Put a message on the poison queue as the host moves one: the trigger queue's text unchanged; its id."""
+    client = raw(queues, queues.poison)
+    with contextlib.suppress(ResourceExistsError):
+        client.create_queue()
+    content = base64.b64encode(text.encode()).decode() if encoding == "base64" else text
+    return str(client.send_message(content, time_to_live=ttl).id)
 
 
 def message_count(queues: Queues, name: str) -> int:
     """Azurite's (exact) message count, hidden messages included."""
-    return int(queues.client(name).get_queue_properties().approximate_message_count)
+    return int(raw(queues, name).get_queue_properties().approximate_message_count or 0)
 
 
 # --- enqueue -----------------------------------------------------------------------------------------------
 
 
-def test_enqueue_prints_the_message_id_and_sends_every_option(env: Queues, run: Run) -> None:
+@BOTH_ENCODINGS
+def test_enqueue_prints_the_message_id_and_sends_every_option_in_the_queue_encoding(
+    env: Queues, run: Run, encoding: str
+) -> None:
     code, out, err = run(
         "enqueue",
         "job-1",
         "--reason",
         "budget exceeded",
         "--force",
-        "--if-unmodified-since",
-        "Wed, 25 Nov 2026 13:00:00 GMT",
+        "--if-modified-since",
+        "2026-11-25T12:00:00Z",
         "--request-id",
         REQUEST_ID,
     )
     assert (code, err) == (0, "")
-    [message] = env.client(env.trigger).peek_messages()
+    [message] = raw(env, env.trigger).peek_messages()
     assert out == f"{message.id}\n"
-    assert json.loads(message.content) == {
+    assert message.content.startswith("{") == (encoding == "none")
+    assert json.loads(message_bytes(message.content, encoding)) == {
         "jobId": "job-1",
         "reason": "budget exceeded",
         "force": True,
-        "ifUnmodifiedSince": "Wed, 25 Nov 2026 13:00:00 GMT",
+        "ifModifiedSince": "Wed, 25 Nov 2026 12:00:00 GMT",
         "requestId": REQUEST_ID,
     }
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "field"),
+    [
+        ("--if-match", '"0x8D"', "ifMatch"),
+        ("--if-unmodified-since", "Wed, 25 Nov 2026 13:00:00 GMT", "ifUnmodifiedSince"),
+    ],
+)
+def test_enqueue_sends_each_condition(env: Queues, run: Run, option: str, value: str, field: str) -> None:
+    code, _, _ = run("enqueue", "job-1", option, value)
+    assert code == 0
+    assert stored(env, env.trigger, "none") == [{"jobId": "job-1", field: value}]
 
 
 def test_enqueue_json_and_explicit_connection_options(
@@ -125,7 +188,7 @@ def test_enqueue_json_and_explicit_connection_options(
     document = json.loads(out)
     assert document["queue"] == queues.trigger
     assert document["message"] == {"jobId": "j-2"}
-    [message] = queues.client(queues.trigger).peek_messages()
+    [message] = raw(queues, queues.trigger).peek_messages()
     assert document["messageId"] == message.id
 
 
@@ -191,7 +254,7 @@ def test_file_skips_comments_and_blank_lines_and_applies_the_options(env: Queues
     document = json.loads(out)
     assert document["enqueued"] == 2
     assert [(m["line"], m["jobId"]) for m in document["messages"]] == [(3, "job-a"), (5, "job-b")]
-    bodies = sorted((json.loads(b) for b in trigger_bodies(env)), key=lambda d: d["jobId"])
+    bodies = sorted(stored(env, env.trigger, "none"), key=lambda d: d["jobId"])
     assert bodies == [{"jobId": j, "reason": "cleanup", "force": True} for j in ("job-a", "job-b")]
 
 
@@ -213,7 +276,7 @@ def test_file_of_250_ids_enqueues_250_with_progress(env: Queues, run: Run, tmp_p
     assert out == f"enqueued 250 terminate request(s) to {env.trigger}\n"
     assert "enqueued 250/250 (100%)" in err.splitlines()  # a line per 10% when stderr is not a TTY
     assert len(err.splitlines()) == 10
-    client = env.client(env.trigger)
+    client = raw(env, env.trigger)
     received = [json.loads(m.content)["jobId"] for m in client.receive_messages(messages_per_page=32)]
     assert sorted(received) == wanted
 
@@ -230,7 +293,7 @@ def test_progress_redraws_in_place_on_a_tty() -> None:
             return True
 
     stream = Tty()
-    progress = cli.Progress(3, stream)
+    progress = Progress(3, stream)
     for _ in range(3):
         progress.advance()
     progress.close()
@@ -241,22 +304,27 @@ def test_progress_redraws_in_place_on_a_tty() -> None:
 # --- poison list / show ------------------------------------------------------------------------------------
 
 
-def test_poison_list_is_a_table_of_records_and_host_moved_messages(env: Queues, run: Run, writer: PoisonWriter) -> None:
+@BOTH_ENCODINGS
+def test_poison_list_is_a_table_of_records_and_host_moved_messages(
+    env: Queues, run: Run, writer: PoisonWriter, encoding: str
+) -> None:
     writer.write(record('{"jobId":"job-1"}', job_id="job-1"))
     writer.write(record('{"jobId":"job-2"}', job_id="job-2", code="ConditionNotMet", status=412, attempts=3))
-    env.client(env.poison).send_message('{"jobId":"job-3"}')  # what the host moves after maxDequeueCount
+    host_moved(env, '{"jobId":"job-3","account":"eu"}', encoding, ttl=7 * 86400)  # after maxDequeueCount
     code, out, err = run("poison", "list")
     assert (code, err) == (0, "")
     header, *rows = out.splitlines()
-    assert header.split() == ["ID", "JOB", "ID", "CODE", "HTTP", "ATTEMPTS", "FAILED", "AT"]
-    assert [row.split()[1:5] for row in rows] == [
-        ["job-1", "JobNotFound", "404", "1"],
-        ["job-2", "ConditionNotMet", "412", "3"],
-        ["job-3", "(moved", "by", "host)"],
+    assert header.split() == ["ID", "JOB", "ID", "ACCOUNT", "CODE", "HTTP", "ATTEMPTS", "FAILED", "AT", "EXPIRES"]
+    peeked = raw(env, env.poison).peek_messages(max_messages=32)
+    assert peeked[2].expires_on is not None
+    moved_expiry = peeked[2].expires_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert [row.split()[1:] for row in rows] == [
+        ["job-1", "-", "JobNotFound", "404", "1", rows[0].split()[6], "never"],
+        ["job-2", "-", "ConditionNotMet", "412", "3", rows[1].split()[6], "never"],
+        ["job-3", "eu", "(moved", "by", "host)", "-", "unknown", rows[2].split()[8], moved_expiry],
     ]
-    ids = [m.id for m in env.client(env.poison).peek_messages(max_messages=32)]
-    assert [row.split()[0] for row in rows] == ids
-    assert len(env.poison_records()) == 3  # peeked, not dequeued
+    assert [row.split()[0] for row in rows] == [m.id for m in peeked]
+    assert len(raw(env, env.poison).peek_messages(max_messages=32)) == 3  # peeked, not dequeued
 
     code, out, _ = run("poison", "list", "--code", "conditionnotmet", "--json")
     assert code == 0
@@ -265,14 +333,22 @@ def test_poison_list_is_a_table_of_records_and_host_moved_messages(env: Queues, 
         "id": None,
         "kind": "record",
         "jobId": "job-2",
+        "account": None,
         "code": "ConditionNotMet",
         "httpStatus": 412,
         "attempts": 3,
         "failedAt": None,
+        "expiresOn": None,
         "replayable": True,
     }
-    code, out, _ = run("--json", "poison", "list", "--job-id", "job-3")
-    assert [r["kind"] for r in json.loads(out)] == ["message"]
+    code, out, _ = run("--json", "poison", "list", "--account", "EU")
+    [moved] = json.loads(out)
+    assert (moved["kind"], moved["jobId"], moved["attempts"], moved["expiresOn"]) == (
+        "message",
+        "job-3",
+        None,
+        moved_expiry,
+    )
 
 
 def test_poison_list_reads_past_the_32_peek_limit_and_leaves_every_record_visible(
@@ -283,7 +359,7 @@ def test_poison_list_reads_past_the_32_peek_limit_and_leaves_every_record_visibl
     code, out, _ = run("poison", "list", "--limit", "0", "--json")
     assert code == 0
     assert sorted(r["jobId"] for r in json.loads(out)) == sorted(f"job-{n}" for n in range(40))
-    assert len(env.client(env.poison).peek_messages(max_messages=32)) == 32  # released, visible again
+    assert len(raw(env, env.poison).peek_messages(max_messages=32)) == 32  # released, visible again
     code, out, _ = run("poison", "list", "--code", "JobNotFound", "--json")
     assert len(json.loads(out)) == 20
     code, out, err = run("poison", "list", "--limit", "5")
@@ -291,16 +367,60 @@ def test_poison_list_reads_past_the_32_peek_limit_and_leaves_every_record_visibl
     assert "showing 5 of about 40" in err
 
 
-def test_poison_show_prints_the_full_record(env: Queues, run: Run, writer: PoisonWriter) -> None:
+@BOTH_ENCODINGS
+def test_poison_show_prints_the_full_record(env: Queues, run: Run, writer: PoisonWriter, encoding: str) -> None:
     writer.write(record('{"jobId":"job-1"}'))
-    [peeked] = env.client(env.poison).peek_messages()
+    [peeked] = raw(env, env.poison).peek_messages()
     code, out, _ = run("poison", "show", peeked.id)
     assert code == 0
     assert out.startswith("{\n  ")  # pretty-printed
-    assert json.loads(out) == json.loads(peeked.content)
+    assert json.loads(out) == json.loads(message_bytes(peeked.content, encoding))
     code, out, _ = run("--json", "poison", "show", peeked.id)
     assert out.count("\n") == 1
     assert json.loads(out)["error"]["code"] == "JobNotFound"
+
+
+@BOTH_ENCODINGS
+def test_poison_show_of_a_host_moved_message_says_what_is_known(env: Queues, run: Run, encoding: str) -> None:
+    moved_id = host_moved(env, '{"jobId":"job-3"}', encoding, ttl=7 * 86400)
+    [peeked] = raw(env, env.poison).peek_messages()
+    assert peeked.expires_on is not None
+    assert peeked.inserted_on is not None
+    code, out, _ = run("poison", "show", moved_id)
+    assert code == 0
+    assert json.loads(out) == {
+        "kind": "message",
+        "id": moved_id,
+        "jobId": "job-3",
+        "account": "default",
+        "insertedOn": peeked.inserted_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "expiresOn": peeked.expires_on.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "attempts": None,
+        "message": '{"jobId":"job-3"}',
+    }
+
+
+def test_a_base64_message_in_a_plain_queue_is_read_and_replayed_as_it_was(env: Queues, run: Run) -> None:
+    # A producer with TextBase64EncodePolicy on a messageEncoding none queue: the function reads it (§3), so may we.
+    text = base64.b64encode(b'{"jobId":"job-7","account":"eu"}').decode()
+    moved_id = host_moved(env, text, "none")
+    code, out, _ = run("--json", "poison", "list")
+    assert code == 0
+    assert [(r["id"], r["jobId"], r["account"]) for r in json.loads(out)] == [(moved_id, "job-7", "eu")]
+    code, _, _ = run("poison", "replay", "--account", "eu")
+    assert code == 0
+    assert [m.content for m in raw(env, env.trigger).peek_messages()] == [text]
+
+
+def test_records_written_in_base64_still_read_once_the_queue_is_plain(env: Queues, run: Run) -> None:
+    storage = StorageSettings(connection_string=env.connection_string)
+    PoisonWriter(queue_client(storage, env.poison, "base64")).write(record('{"jobId":"job-1"}'))
+    code, out, _ = run("--json", "poison", "list")
+    assert code == 0
+    assert [(r["kind"], r["jobId"], r["code"]) for r in json.loads(out)] == [("record", "job-1", "JobNotFound")]
+    code, _, _ = run("poison", "replay")
+    assert code == 0
+    assert [m.content for m in raw(env, env.trigger).peek_messages()] == ['{"jobId":"job-1"}']
 
 
 def test_poison_show_of_an_unknown_id_exits_1(env: Queues, run: Run, writer: PoisonWriter) -> None:
@@ -313,14 +433,15 @@ def test_poison_show_of_an_unknown_id_exits_1(env: Queues, run: Run, writer: Poi
 def test_missing_poison_queue_exits_3(env: Queues, run: Run) -> None:
     code, _, err = run("poison", "list")
     assert code == 3
-    assert err == f"error: queue {env.poison} does not exist at {cli.endpoint_of(env.client(env.poison))}\n"
+    assert err == f"error: queue {env.poison} does not exist at {endpoint_of(raw(env, env.poison))}\n"
 
 
 # --- poison replay / purge ---------------------------------------------------------------------------------
 
 
+@BOTH_ENCODINGS
 def test_replay_re_enqueues_the_exact_original_text_and_deletes_the_record(
-    env: Queues, run: Run, writer: PoisonWriter
+    env: Queues, run: Run, writer: PoisonWriter, encoding: str
 ) -> None:
     original = ' { "jobId" : "job-9",  "reason": "h\u00e9llo \u2603" }\n'
     writer.write(record(original, job_id="job-9"))
@@ -328,72 +449,71 @@ def test_replay_re_enqueues_the_exact_original_text_and_deletes_the_record(
     code, out, err = run("poison", "replay", "--code", "JobNotFound")
     assert (code, err) == (0, "")
     assert out.splitlines()[-1] == f"replayed 1 record(s) to {env.trigger}; skipped 0"
-    assert trigger_bodies(env) == [original.encode("utf-8")]
-    [kept] = env.poison_records()
+    assert trigger_bodies(env, encoding) == [original.encode("utf-8")]
+    [kept] = stored(env, env.poison, encoding)
     assert kept["jobId"] == "job-keep"
-    assert len(env.client(env.poison).peek_messages(max_messages=32)) == 1  # the other one is visible again
+    assert len(raw(env, env.poison).peek_messages(max_messages=32)) == 1  # the other one is visible again
 
 
 def test_replay_dry_run_changes_nothing(env: Queues, run: Run, writer: PoisonWriter) -> None:
     writer.write(record('{"jobId":"job-1"}'))
     writer.write(record('{"jobId":"job-2"}', job_id="job-2"))
-    before = [(m.id, m.dequeue_count) for m in env.client(env.poison).peek_messages(max_messages=32)]
+    before = [(m.id, m.dequeue_count) for m in raw(env, env.poison).peek_messages(max_messages=32)]
     code, out, _ = run("poison", "replay", "--dry-run", "--json")
     assert code == 0
     document = json.loads(out)
     assert document["dryRun"] is True
     assert [r["jobId"] for r in document["replayed"]] == ["job-1", "job-2"]
-    assert [(m.id, m.dequeue_count) for m in env.client(env.poison).peek_messages(max_messages=32)] == before
+    assert [(m.id, m.dequeue_count) for m in raw(env, env.poison).peek_messages(max_messages=32)] == before
     assert message_count(env, env.trigger) == 0
 
 
+@BOTH_ENCODINGS
 def test_replay_restores_a_non_utf8_original_byte_for_byte(
-    monkeypatch: pytest.MonkeyPatch, env: Queues, run: Run
+    env: Queues, run: Run, writer: PoisonWriter, encoding: str
 ) -> None:
-    # Only a base64 trigger queue can carry bytes that are not UTF-8 (with "none" the host binds strict UTF-8).
-    monkeypatch.setenv("AzureFunctionsJobHost__extensions__queues__messageEncoding", "base64")
-    storage = StorageSettings(connection_string=env.connection_string)
     original = b'\xff\xfe{"jobId":"job-1"}\x00'
-    PoisonWriter(queue_client(storage, env.poison, "base64")).write(
-        record(original, job_id=None, code="InvalidMessage", status=None)
-    )
+    writer.write(record(original, job_id=None, code="InvalidMessage", status=None))
+    assert stored(env, env.poison, encoding)[0]["originalMessageEncoding"] == "base64"
     code, _, err = run("poison", "replay", "--code", "InvalidMessage")
     assert code == 0
     assert "it will fail again" in err  # an invalid original is replayed as asked, with a warning
-    client = QueueClient.from_connection_string(
-        env.connection_string, env.trigger, message_decode_policy=BinaryBase64DecodePolicy()
-    )
-    assert [m.content for m in client.peek_messages()] == [original]
-    assert message_count(env, env.poison) == 0
+    assert trigger_bodies(env, encoding) == [original]
+    assert stored(env, env.poison, encoding) == []
 
 
-def test_replay_of_a_host_moved_message_sends_it_back_unchanged(env: Queues, run: Run) -> None:
-    env.client(env.poison).create_queue()
-    env.client(env.poison).send_message('{"jobId":"job-3"}')
+@BOTH_ENCODINGS
+def test_replay_of_a_host_moved_message_sends_it_back_unchanged(env: Queues, run: Run, encoding: str) -> None:
+    host_moved(env, '{"jobId":"job-3"}', encoding, ttl=7 * 86400)
     code, _, _ = run("poison", "replay", "--job-id", "JOB-3")
     assert code == 0
-    assert trigger_bodies(env) == [b'{"jobId":"job-3"}']
-    assert env.poison_records() == []
+    assert trigger_bodies(env, encoding) == [b'{"jobId":"job-3"}']
+    [replayed] = raw(env, env.trigger).peek_messages()
+    assert replayed.expires_on is not None
+    assert replayed.expires_on.year == 9999  # the replayed message does not expire either
+    assert stored(env, env.poison, encoding) == []
 
 
-def test_replay_skips_a_truncated_record_and_keeps_it(env: Queues, run: Run, writer: PoisonWriter) -> None:
+def test_replay_skips_a_truncated_record_and_keeps_it(
+    env: Queues, run: Run, writer: PoisonWriter, encoding: str
+) -> None:
     writer.write(record(b'{"jobId":"big","reason":"' + b"x" * 60000 + b'"}', job_id="big", code="InvalidMessage"))
-    assert env.poison_records()[0]["originalMessageTruncated"] is True
+    assert stored(env, env.poison, encoding)[0]["originalMessageTruncated"] is True
     code, out, err = run("poison", "replay")
     assert code == 1  # nothing replayed
     assert "skipped" in err
     assert "truncated" in err
     assert out.splitlines()[-1] == f"replayed 0 record(s) to {env.trigger}; skipped 1"
-    assert len(env.poison_records()) == 1
+    assert len(stored(env, env.poison, encoding)) == 1
     assert message_count(env, env.trigger) == 0
 
 
-def test_replay_with_nothing_matching_exits_1(env: Queues, run: Run, writer: PoisonWriter) -> None:
+def test_replay_with_nothing_matching_exits_1(env: Queues, run: Run, writer: PoisonWriter, encoding: str) -> None:
     writer.write(record('{"jobId":"job-1"}'))
     code, _, err = run("poison", "replay", "--job-id", "other")
     assert code == 1
     assert "no matching poison records" in err
-    assert len(env.poison_records()) == 1
+    assert len(stored(env, env.poison, encoding)) == 1
 
 
 def test_replay_to_a_missing_trigger_queue_exits_3_and_keeps_the_records(
@@ -403,22 +523,22 @@ def test_replay_to_a_missing_trigger_queue_exits_3_and_keeps_the_records(
     code, _, err = run("--queue", "no-such-queue", "--poison-queue", env.poison, "poison", "replay")
     assert code == 3
     assert "queue no-such-queue does not exist" in err
-    assert len(env.client(env.poison).peek_messages()) == 1
+    assert len(raw(env, env.poison).peek_messages()) == 1
 
 
-def test_purge_deletes_the_matching_records(env: Queues, run: Run, writer: PoisonWriter) -> None:
+def test_purge_deletes_the_matching_records(env: Queues, run: Run, writer: PoisonWriter, encoding: str) -> None:
     writer.write(record('{"jobId":"job-1"}'))
     writer.write(record('{"jobId":"job-2"}', job_id="job-2"))
     writer.write(record('{"jobId":"job-3"}', job_id="job-3", code="ConditionNotMet", status=412))
     code, out, _ = run("poison", "purge", "--code", "JobNotFound")
     assert code == 0
     assert out == f"purged 2 record(s) from {env.poison}\n"
-    assert [r["jobId"] for r in env.poison_records()] == ["job-3"]
+    assert [r["jobId"] for r in stored(env, env.poison, encoding)] == ["job-3"]
     code, out, _ = run("poison", "purge", "--code", "JobNotFound", "--json")
     assert (code, json.loads(out)["purged"]) == (1, 0)
     code, out, _ = run("poison", "purge", "--all")
     assert (code, out) == (0, f"purged 1 record(s) from {env.poison}\n")
-    assert env.poison_records() == []
+    assert stored(env, env.poison, encoding) == []
 
 
 # --- storage failures and settings -------------------------------------------------------------------------
@@ -445,41 +565,63 @@ def test_settings_come_from_the_environment_then_the_settings_files(tmp_path: Pa
     sample = {"Values": {"AzureWebJobsStorage": "UseDevelopmentStorage=true", "TERMINATE_QUEUE_NAME": "from-sample"}}
     (tmp_path / "local.settings.sample.json").write_text(json.dumps(sample), encoding="utf-8")
     (tmp_path / "host.json").write_text('{"extensions": {"queues": {"messageEncoding": "none"}}}', encoding="utf-8")
-    target = cli.resolve_target(environ={}, root=tmp_path)
-    assert target == cli.Target(
+    target = resolve_target(environ={}, root=tmp_path)
+    assert target == Target(
         StorageSettings(connection_string="UseDevelopmentStorage=true"), "from-sample", "from-sample-poison", "none"
     )
     # UseDevelopmentStorage=true is Azurite on 10001, the local run command's, with the well-known account
-    assert cli.open_queue(target.storage, "q").url == "http://127.0.0.1:10001/devstoreaccount1/q"
+    assert open_queue(target.storage, "q").url == "http://127.0.0.1:10001/devstoreaccount1/q"
 
     local = {"Values": {"TERMINATE_QUEUE_NAME": "from-local", "POISON_QUEUE_NAME": "dead-letters"}}
     (tmp_path / "local.settings.json").write_text(json.dumps(local), encoding="utf-8")
     env = {"AzureWebJobsStorage__queueServiceUri": "https://acct.queue.core.windows.net", "POISON_QUEUE_NAME": ""}
-    target = cli.resolve_target(environ=env, root=tmp_path)
+    target = resolve_target(environ=env, root=tmp_path)
     assert (target.queue, target.poison_queue) == ("from-local", "dead-letters")
     assert target.storage.connection_string is None  # storage settings are never mixed across sources
     assert target.storage.queue_service_uri == "https://acct.queue.core.windows.net"
     assert target.encoding == "none"
 
-    target = cli.resolve_target(queue="other", environ=env, root=tmp_path)
+    target = resolve_target(queue="other", environ=env, root=tmp_path)
     assert (target.queue, target.poison_queue) == ("other", "other-poison")
 
 
 def test_missing_storage_setting_names_it(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="AzureWebJobsStorage"):
-        cli.resolve_target(environ={"TERMINATE_QUEUE_NAME": "q-1"}, root=tmp_path)
+        resolve_target(environ={"TERMINATE_QUEUE_NAME": "q-1"}, root=tmp_path)
 
 
-def test_help_runs_as_a_module() -> None:
+def help_text_ok(result: subprocess.CompletedProcess[str]) -> None:
+    """The top-level --help, printed whole, with the console script's name."""
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.startswith("usage: batch-terminator ")
+    for word in ("enqueue", "poison", "Exit codes"):
+        assert word in result.stdout
+
+
+def test_help_runs_as_a_module_from_another_directory(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "shared.cli", "--help"],
-        cwd=PROJECT_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+        [sys.executable, "-m", "ops", "--help"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 0
-    assert "enqueue" in result.stdout
-    assert "poison" in result.stdout
-    assert "Exit codes" in result.stdout
+    help_text_ok(result)
+
+
+def test_console_script_names_the_cli_entry() -> None:
+    project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    module, _, function = project["project"]["scripts"]["batch-terminator"].partition(":")
+    assert getattr(importlib.import_module(module), function) is entry
+    assert "ops" in project["tool"]["setuptools"]["packages"]
+
+
+def test_installed_console_script_runs_this_tree_from_any_directory(tmp_path: Path) -> None:
+    owner = Path(sys.prefix).resolve().parent
+    if owner != PROJECT_ROOT:  # as ./dev setup: a venv borrowed from another tree keeps that tree's CLI
+        pytest.skip(f"this venv belongs to {owner}; its ./dev setup installs the console script")
+    site_packages = sysconfig.get_paths()["purelib"]  # not the tree's own batch_terminator.egg-info
+    installed = list(importlib.metadata.distributions(name="batch-terminator", path=[site_packages]))
+    assert installed, "batch-terminator is not installed in this venv: run ./dev setup"
+    source = json.loads(installed[0].read_text("direct_url.json") or "{}").get("url", "")
+    assert Path(urllib.parse.urlsplit(source).path).resolve() == PROJECT_ROOT, f"installed from {source}"
+    script = Path(sys.executable).parent / "batch-terminator"
+    result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    help_text_ok(result)

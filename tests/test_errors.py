@@ -11,6 +11,7 @@ from shared.errors import (
     BatchCallFailed,
     BatchError,
     BatchErrorDetail,
+    CliError,
     ConfigurationError,
     EnqueueFailed,
     InvalidMessage,
@@ -31,6 +32,7 @@ EXAMPLES: list[TerminatorError] = [
     PoisonWriteFailed("could not write"),
     EnqueueFailed("queue q does not exist"),
     AlertRejected(400, "InvalidJobId", "bad id", (BatchErrorDetail("jobId", "a/b"),)),
+    CliError("queue q does not exist at http://127.0.0.1:10001", 3),
 ]
 
 

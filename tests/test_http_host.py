@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from local.http_host import FunctionLoadError, HttpFunction, HttpHost, http_functions
+from local.functions import FunctionLoadError
+from local.http_host import HttpFunction, HttpHost, http_functions
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration

@@ -121,9 +121,17 @@ def _sample_values() -> dict[str, str]:
         "local.settings.sample.json is missing: it lists every setting the app reads (docs/CONTRACT.md §2) and the "
         "templates are checked against it"
     )
-    values = json.loads(SAMPLE.read_text(encoding="utf-8"))["Values"]
+    values = json.loads(SAMPLE.read_text(encoding="utf-8"), object_pairs_hook=_no_duplicate_keys)["Values"]
     assert isinstance(values, dict)
     return values
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    """A JSON object, refusing a key given twice (two branches adding one setting merge into two lines)."""
+    names = [name for name, _ in pairs]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    assert not repeated, f"local.settings.sample.json names these twice: {repeated}"
+    return dict(pairs)
 
 
 def _param_default(text: str, name: str) -> str:

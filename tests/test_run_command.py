@@ -124,7 +124,7 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
     lines.wait_for(r"No BATCH_ACCOUNT_URL: using the local Batch emulator at http://127\.0\.0\.1:\d+")
     alert_url = lines.wait_for(r"^  alert     POST (http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+)$").group(1)
     lines.wait_for(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$')
-    example = lines.wait_for(r"^  (AzureWebJobsStorage=.*) \S+ -m shared\.cli enqueue demo-job-1 --reason \"try it\"$")
+    example = lines.wait_for(r"^  (AzureWebJobsStorage=.*) \S*batch-terminator enqueue demo-job-1 --reason \"try it\"$")
     curl = lines.wait_for(r"^  curl -i -X POST '(http://\S+)' -H 'Content-Type: application/json' -d '(.*)'$")
     assert curl.group(1) == alert_url
     [assignment] = shlex.split(example.group(1))

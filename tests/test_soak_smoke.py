@@ -15,12 +15,12 @@ import pytest
 from azure.storage.queue import QueueClient
 
 import terminate_job
-from local import soak
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, Fault, HttpRequest, JobState
-from local.soak import HOST_MOVED, Report, SentMessage, reconcile
 from shared import wiring
 from shared.settings import PROJECT_ROOT
+from soak.config import POISON_QUEUE_NAME
+from soak.reconcile import HOST_MOVED, Report, SentMessage, read_poison, reconcile
 from tests.conftest import MessageFactory, Queues
 
 pytestmark = pytest.mark.integration
@@ -30,7 +30,7 @@ def test_soak_of_200_messages_loses_nothing() -> None:
     """`./dev soak --messages 200`: exit 0 and `lost 0`, with Azurite restarted and the host killed midway."""
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-m", "local.soak", "--messages", "200", "--timeout", "45"],
+        [sys.executable, "-m", "soak", "--messages", "200", "--timeout", "45"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -172,13 +172,13 @@ def test_answer_slower_than_the_client_timeout_after_terminating_counts_as_done(
 
 def test_soak_poison_reader_decodes_both_kinds_of_poison_message(queues: Queues) -> None:
     """The soak reads function records and host-moved originals from the same base64 poison queue."""
-    client = QueueClient.from_connection_string(queues.connection_string, soak.POISON_QUEUE_NAME)
+    client = QueueClient.from_connection_string(queues.connection_string, POISON_QUEUE_NAME)
     client.create_queue()
     try:
         for document in ({"jobId": "a", "error": {"code": "X"}, "messageId": "m"}, {"jobId": "b"}):
             client.send_message(base64.b64encode(json.dumps(document).encode()).decode())
         client.send_message("not base64 !")
-        documents = soak.read_poison(queues.connection_string)
+        documents = read_poison(queues.connection_string)
     finally:
         client.delete_queue()
     assert {d.get("jobId") for d in documents} == {"a", "b", None}

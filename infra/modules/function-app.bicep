@@ -86,6 +86,9 @@ param sweepIdleMinutes string
 param sweepJobIdPrefix string
 param sweepDryRun bool
 param sweepMaxJobs int
+param sweepAccounts string
+param sweepConcurrency int
+param sweepRunBudgetSeconds int
 
 resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   name: planName
@@ -193,6 +196,9 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     SWEEP_JOB_ID_PREFIX: sweepJobIdPrefix
     SWEEP_DRY_RUN: sweepDryRun ? 'true' : 'false'
     SWEEP_MAX_JOBS: string(sweepMaxJobs)
+    SWEEP_ACCOUNTS: sweepAccounts
+    SWEEP_CONCURRENCY: string(sweepConcurrency)
+    SWEEP_RUN_BUDGET_SECONDS: string(sweepRunBudgetSeconds)
   }
 }
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 RATE_KINDS = ("server_busy", "throttle", "internal", "drop", "drop_applied", "slow")
+# The operations a fault can be aimed at ("any": every one of them). Fault rates only ever hit terminate.
+OPERATIONS = ("terminate", "get", "list", "taskcounts", "any")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,14 @@ class Fault:
         return cls("status", http_status, code, message, retry_after, pairs)
 
     @classmethod
+    def authentication(cls, http_status: int = 401) -> Fault:
+        """Batch's AuthenticationFailed, as 401 (a rejected bearer token) or 403 (Batch's documented status)."""
+        if http_status not in (401, 403):
+            raise ValueError("AuthenticationFailed comes as 401 or 403")
+        detail = "The access token is invalid, revoked or expired (injected)."
+        return cls.status(http_status, "AuthenticationFailed", values={"AuthenticationErrorDetail": detail})
+
+    @classmethod
     def drop(cls, apply: bool = False) -> Fault:
         """Read the request and close the socket unanswered; apply=True terminates first (answer lost)."""
         return cls("drop", apply=apply)
@@ -62,6 +72,7 @@ class _Injection:
     fault: Fault
     remaining: int
     job_key: str | None
+    operation: str
 
 
 class FaultPlan:
@@ -73,11 +84,13 @@ class FaultPlan:
         self._rates: dict[str, float] = {}
         self._rng = random.Random(seed)
 
-    def inject(self, fault: Fault, times: int = 1, job_id: str | None = None) -> None:
-        """Give the next `times` terminate requests (for `job_id`, or any) this fault; queued FIFO."""
+    def inject(self, fault: Fault, times: int = 1, job_id: str | None = None, operation: str = "terminate") -> None:
+        """Give the next `times` requests of `operation` (for `job_id`, or any) this fault; queued FIFO."""
         if times < 1:
             raise ValueError("times must be at least 1")
-        self._injections.append(_Injection(fault, times, job_id.lower() if job_id else None))
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}; expected one of {OPERATIONS}")
+        self._injections.append(_Injection(fault, times, job_id.lower() if job_id else None, operation))
 
     def set_rates(self, rates: Mapping[str, float], seed: int | None = None) -> None:
         """Give each terminate request a random fault with these probabilities (keys: RATE_KINDS)."""
@@ -96,16 +109,16 @@ class FaultPlan:
         self._injections.clear()
         self._rates = {}
 
-    def take(self, job_id: str) -> Fault | None:
-        """Pop the first matching injected fault, else draw one from the rates."""
-        key = job_id.lower()
+    def take(self, operation: str, job_id: str | None) -> Fault | None:
+        """Pop the first matching injected fault, else (for terminate) draw one from the rates."""
+        key = job_id.lower() if job_id else None
         for injection in self._injections:
-            if injection.job_key in (None, key):
+            if injection.operation in (operation, "any") and injection.job_key in (None, key):
                 injection.remaining -= 1
                 if injection.remaining == 0:
                     self._injections.remove(injection)
                 return injection.fault
-        if not self._rates:
+        if not self._rates or operation != "terminate":
             return None
         draw = self._rng.random()
         for kind, rate in self._rates.items():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -18,16 +19,19 @@ JOB_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 class JobState(StrEnum):
-    """Batch job states."""
+    """Batch job states, in the spec's order (BatchJobState in azure-rest-api-specs specification/batch)."""
 
     ACTIVE = "active"
+    DISABLING = "disabling"
+    DISABLED = "disabled"
+    ENABLING = "enabling"
     TERMINATING = "terminating"
     COMPLETED = "completed"
     DELETING = "deleting"
-    DISABLED = "disabled"
 
 
-# Terminate's 409 answer for each state it refuses.
+# Terminate's 409 answer for each state it refuses; every other state (active, disabling, disabled, enabling)
+# moves to terminating. A forced terminate of a terminating job is accepted and ends it.
 TERMINATE_CONFLICTS: dict[JobState, str] = {
     JobState.DELETING: "JobBeingDeleted",
     JobState.TERMINATING: "JobBeingTerminated",
@@ -52,6 +56,10 @@ class Job:
     previous_state: JobState | None = None
     previous_state_transition_time: datetime | None = None
     end_time: datetime | None = None
+    pool_id: str | None = None
+    execution_pool_id: str | None = None
+    # How long the job release task keeps a terminated job `terminating` (inf: until a forced terminate).
+    job_release_seconds: float = 0.0
     completes_at: datetime | None = field(default=None, repr=False)
 
 
@@ -125,23 +133,66 @@ class Account:
         creation_time: datetime | None = None,
         metadata: Mapping[str, str] | None = None,
         task_counts: Mapping[str, int] | None = None,
+        pool_id: str | None = None,
+        execution_pool_id: str | None = None,
+        job_release_seconds: float = 0.0,
     ) -> Job:
-        """Create a job (Last-Modified = creation time) and return a snapshot of it."""
-        if not JOB_ID.fullmatch(job_id):
-            raise ValueError(f"invalid Batch job id: {job_id!r}")
+        """Create a job (Last-Modified = creation time) and return a snapshot of it.
+
+        `pool_id` is poolInfo.poolId; executionInfo.poolId defaults to it (an auto-pool job has only the latter).
+        """
+        [job] = self.add_many(
+            [job_id],
+            state,
+            creation_time=creation_time,
+            metadata=metadata,
+            task_counts=task_counts,
+            pool_id=pool_id,
+            execution_pool_id=execution_pool_id,
+            job_release_seconds=job_release_seconds,
+        )
+        return job
+
+    def add_many(
+        self,
+        job_ids: Iterable[str],
+        state: JobState = JobState.ACTIVE,
+        *,
+        creation_time: datetime | None = None,
+        metadata: Mapping[str, str] | None = None,
+        task_counts: Mapping[str, int] | None = None,
+        pool_id: str | None = None,
+        execution_pool_id: str | None = None,
+        job_release_seconds: float = 0.0,
+    ) -> list[Job]:
+        """Create jobs alike under one lock (all or none) and return snapshots of them."""
+        ids = list(job_ids)
+        bad = [job_id for job_id in ids if not JOB_ID.fullmatch(job_id)]
+        if bad:
+            raise ValueError(f"invalid Batch job id: {bad[0]!r}")
         counts = dict.fromkeys(TASK_COUNT_KEYS, 0)
         unknown = set(task_counts or {}) - set(TASK_COUNT_KEYS)
         if unknown:
             raise ValueError(f"unknown task count keys: {sorted(unknown)}")
         counts.update(task_counts or {})
+        if job_release_seconds < 0:
+            raise ValueError("job_release_seconds must not be negative")
         created = utc(creation_time) if creation_time is not None else datetime.now(UTC)
+        keys = [job_id.lower() for job_id in ids]
         with self._lock:
-            if job_id.lower() in self._jobs:
-                raise ValueError(f"job {job_id!r} already exists")
-            job = self._create(job_id, JobState(state), created)
-            job.metadata = dict(metadata or {})
-            job.task_counts = counts
-            return snapshot(job)
+            taken = [job_id for job_id, key in zip(ids, keys, strict=True) if key in self._jobs]
+            if taken or len(set(keys)) != len(keys):
+                raise ValueError(f"job {(taken or ids)[0]!r} already exists")
+            jobs = []
+            for job_id in ids:
+                job = self._create(job_id, JobState(state), created)
+                job.metadata = dict(metadata or {})
+                job.task_counts = dict(counts)
+                job.pool_id = pool_id
+                job.execution_pool_id = execution_pool_id if execution_pool_id is not None else pool_id
+                job.job_release_seconds = job_release_seconds
+                jobs.append(snapshot(job))
+            return jobs
 
     def job(self, job_id: str) -> Job | None:
         """A snapshot of the job (ids are case-insensitive, as in Batch), or None."""
@@ -203,16 +254,25 @@ class Account:
                 return Refusal(404, "JobNotFound")
             self._settle(job)
             job.terminate_count += 1
-            conflict = TERMINATE_CONFLICTS.get(job.state)
+            forcing_end = force and job.state == JobState.TERMINATING
+            conflict = None if forcing_end else TERMINATE_CONFLICTS.get(job.state)
             if conflict is not None:
                 return Refusal(409, conflict)
             failed = failed_condition(job)
             if failed is not None:
                 return Refusal(412, "ConditionNotMet", (("HeaderName", failed),))
             now = datetime.now(UTC)
-            self._transition(job, JobState.TERMINATING, now)
-            job.terminate_reason = reason
-            job.completes_at = now + timedelta(seconds=max(self.terminate_delay, 0.0))
+            delay = timedelta(seconds=max(self.terminate_delay, 0.0))
+            if forcing_end:
+                # force: "terminate the Job even if the corresponding nodes have not fully processed the
+                # termination" — the job release task is no longer waited for.
+                job.completes_at = now + delay
+                self._settle(job)
+            else:
+                self._transition(job, JobState.TERMINATING, now)
+                job.terminate_reason = reason
+                hold = 0.0 if force else job.job_release_seconds
+                job.completes_at = None if math.isinf(hold) else now + delay + timedelta(seconds=hold)
             self._terminations.append(
                 Termination(
                     job_id=job.id, reason=reason, client_request_id=client_request_id, at=now.timestamp(), force=force

@@ -23,6 +23,8 @@ from local.batch_emulator.model import (
     Refusal,
     Termination,
 )
+from local.batch_emulator.odata import FilterError, Predicate, parse_filter
+from local.batch_emulator.versions import API_VERSIONS, FORCE_SINCE, supports_force
 from local.batch_emulator.wire import (
     JOB_FIELDS,
     WWW_AUTHENTICATE,
@@ -39,9 +41,8 @@ logger = logging.getLogger(__name__)
 MAX_SERVER_TIMEOUT = 30
 MAX_RESULTS = 1000
 
-_API_VERSION = re.compile(r"\d{4}-\d{2}-\d{2}\.\d+\.\d+")
 _DIGITS = re.compile(r"\d{1,9}")
-_STATE_FILTER = re.compile(r"\s*state\s+eq\s+'([a-z]+)'\s*")
+_CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
 
 
 class BatchEmulator(LoopbackService):
@@ -59,7 +60,10 @@ class BatchEmulator(LoopbackService):
     ) -> None:
         super().__init__(host, port)
         self.authorize = authorize
+        # Seconds added to every answer; each connection has its own thread, so concurrent requests overlap.
         self.latency = latency
+        # How a missing or rejected token is answered: 401 (what a bearer token gets) or 403 (Batch's table).
+        self.auth_failure_status = 401
         # Soak tests and benchmarks turn this off so memory stays flat over long runs.
         self.record_requests = True
         self.account = Account()
@@ -68,6 +72,8 @@ class BatchEmulator(LoopbackService):
         # Guards the recorded requests and the fault plan together, so `requests` is in the order faults were drawn.
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._in_flight = 0
+        self._peak_in_flight = 0
 
     @property
     def url(self) -> str:
@@ -111,9 +117,34 @@ class BatchEmulator(LoopbackService):
         creation_time: datetime | None = None,
         metadata: Mapping[str, str] | None = None,
         task_counts: Mapping[str, int] | None = None,
+        pool_id: str | None = None,
+        execution_pool_id: str | None = None,
+        job_release_seconds: float = 0.0,
     ) -> Job:
-        """Create a job (Last-Modified = creation time) and return a snapshot of it."""
-        return self.account.add(job_id, state, creation_time=creation_time, metadata=metadata, task_counts=task_counts)
+        """Create a job (see Account.add) and return a snapshot of it."""
+        return self.account.add(
+            job_id,
+            state,
+            creation_time=creation_time,
+            metadata=metadata,
+            task_counts=task_counts,
+            pool_id=pool_id,
+            execution_pool_id=execution_pool_id,
+            job_release_seconds=job_release_seconds,
+        )
+
+    def add_jobs(
+        self,
+        count: int,
+        prefix: str = "job-",
+        state: JobState = JobState.ACTIVE,
+        **options: Any,
+    ) -> list[str]:
+        """Create `count` jobs `{prefix}0000`... in one call (cheap for thousands); return their ids."""
+        width = max(4, len(str(max(count - 1, 0))))
+        ids = [f"{prefix}{index:0{width}d}" for index in range(count)]
+        self.account.add_many(ids, state, **options)
+        return ids
 
     def job(self, job_id: str) -> Job | None:
         """A snapshot of the job (ids are case-insensitive, as in Batch), or None."""
@@ -138,10 +169,19 @@ class BatchEmulator(LoopbackService):
         """The ledger: one entry per terminate that moved a job out of active/disabled."""
         return self.account.terminations
 
-    def inject(self, fault: Fault, times: int = 1, job_id: str | None = None) -> None:
-        """Give the next `times` terminate requests (for `job_id`, or any) this fault; queued FIFO."""
+    @property
+    def peak_in_flight(self) -> int:
+        """The most requests that were being answered at the same moment since the last reset."""
         with self._lock:
-            self.faults.inject(fault, times, job_id)
+            return self._peak_in_flight
+
+    def inject(self, fault: Fault, times: int = 1, job_id: str | None = None, operation: str = "terminate") -> None:
+        """Give the next `times` requests of `operation` (for `job_id`, or any) this fault; queued FIFO.
+
+        operation: terminate, get, list, taskcounts or any.
+        """
+        with self._lock:
+            self.faults.inject(fault, times, job_id, operation)
 
     def set_fault_rates(self, rates: Mapping[str, float], seed: int | None = None) -> None:
         """Give each terminate request a random fault with these probabilities (keys: RATE_KINDS)."""
@@ -149,20 +189,32 @@ class BatchEmulator(LoopbackService):
             self.faults.set_rates(rates, seed)
 
     def reset(self) -> None:
-        """Forget jobs, recorded requests, the ledger, injected faults and fault rates."""
+        """Forget jobs, recorded requests, the ledger, injected faults, fault rates and the in-flight peak."""
         self.account.reset()
         with self._lock:
             self._requests.clear()
             self.faults.reset()
+            self._peak_in_flight = self._in_flight
 
     # ---- HTTP
 
     def handle(self, request: HttpRequest) -> HttpResponse | None:
         """Route one request, apply any fault, and answer after `latency`."""
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+        try:
+            return self._handle(request)
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    def _handle(self, request: HttpRequest) -> HttpResponse | None:
+        """handle() without the in-flight bookkeeping."""
         reply = Reply(request, self.url)
         route, job_id, response = self._route(request, reply)
         with self._lock:
-            fault = self.faults.take(job_id) if route == "terminate" and job_id is not None else None
+            fault = self.faults.take(route, job_id) if response is None else None
             if self.record_requests:
                 self._requests.append(
                     RecordedRequest(
@@ -175,12 +227,10 @@ class BatchEmulator(LoopbackService):
                         fault=fault.label if fault else None,
                     )
                 )
-        if response is None and route == "terminate" and job_id is not None:
-            response = self._terminate_with_fault(reply, job_id, fault)
+        if response is None:
+            response = self._with_fault(reply, fault, lambda: self._operation(route, reply, job_id))
             if response is None:
                 return None
-        elif response is None:
-            response = self._read(route, reply, job_id)
         return response if self._sleep(self.latency) else None
 
     def _route(self, request: HttpRequest, reply: Reply) -> tuple[str, str | None, HttpResponse | None]:
@@ -201,41 +251,60 @@ class BatchEmulator(LoopbackService):
             return route, None, reply.error(400, "InvalidUri", values=[("JobId", job_id)])
         return route, job_id, None
 
-    def _terminate_with_fault(self, reply: Reply, job_id: str, fault: Fault | None) -> HttpResponse | None:
-        """Play the fault around the terminate; None means the connection is dropped."""
+    def _operation(self, route: str, reply: Reply, job_id: str | None) -> HttpResponse:
+        """Answer a routed request."""
+        if route == "terminate":
+            return self._terminate(reply, str(job_id))
+        return self._read(route, reply, job_id)
+
+    def _with_fault(self, reply: Reply, fault: Fault | None, answer: Callable[[], HttpResponse]) -> HttpResponse | None:
+        """Play the fault around the answer; None means the connection is dropped."""
         if fault is None:
-            return self._terminate(reply, job_id)
+            return answer()
         if fault.kind == "status":
-            extra = {"Retry-After": seconds_text(fault.retry_after)} if fault.retry_after is not None else None
+            extra = {"Retry-After": seconds_text(fault.retry_after)} if fault.retry_after is not None else {}
+            if fault.code == "AuthenticationFailed" and fault.http_status == 401:
+                extra["WWW-Authenticate"] = WWW_AUTHENTICATE
             return reply.error(fault.http_status, fault.code, fault.message, fault.values, extra)
         if fault.kind == "drop":
             if fault.apply:
-                self._terminate(reply, job_id)
+                answer()
             return None
         if fault.apply:
-            response = self._terminate(reply, job_id)
+            response = answer()
             return response if self._sleep(fault.seconds) else None
-        return self._terminate(reply, job_id) if self._sleep(fault.seconds) else None
+        return answer() if self._sleep(fault.seconds) else None
 
-    def _check_query(self, reply: Reply) -> HttpResponse | None:
-        """api-version and timeout (every route) and force (terminate)."""
-        query = reply.request.query
+    def _check_query(self, reply: Reply, route: str) -> HttpResponse | None:
+        """api-version and timeout (every route) and force (terminate); names are case-insensitive."""
+        query = reply.query
         version = query.get("api-version")
         if version is None:
             values = [("QueryParameterName", "api-version")]
             return reply.error(400, "MissingRequiredQueryParameter", values=values)
-        if not _API_VERSION.fullmatch(version):
-            return reply.bad_query("api-version", version, "The api-version is not of the form YYYY-MM-DD.N.N.")
+        if version not in API_VERSIONS:
+            values = [("QueryParameterName", "api-version"), ("QueryParameterValue", version)]
+            return reply.error(400, "UnsupportedRequestVersion", values=values)
         timeout = query.get("timeout")
-        if timeout is not None and not (_DIGITS.fullmatch(timeout) and 1 <= int(timeout) <= MAX_SERVER_TIMEOUT):
-            return reply.bad_query("timeout", timeout, f"timeout must be an integer from 1 to {MAX_SERVER_TIMEOUT}.")
+        # The spec: "If the value is larger than 30, the default will be used instead" — so only non-integers
+        # and values below 1 are refused.
+        if timeout is not None and not (_DIGITS.fullmatch(timeout) and int(timeout) >= 1):
+            return reply.bad_query("timeout", timeout, "timeout must be a positive integer (seconds).")
         force = query.get("force")
-        if force is not None and reply.request.method == "POST" and force not in ("true", "false"):
-            return reply.bad_query("force", force, "force must be true or false.")
+        if force is not None and route == "terminate":
+            if not supports_force(version):
+                values = [
+                    ("QueryParameterName", "force"),
+                    ("QueryParameterValue", force),
+                    ("Reason", f"force is supported from api-version {FORCE_SINCE}."),
+                ]
+                return reply.error(400, "UnsupportedQueryParameter", values=values)
+            if force not in ("true", "false"):
+                return reply.bad_query("force", force, "force must be true or false.")
         return None
 
     def _check_auth(self, reply: Reply) -> HttpResponse | None:
-        """401 AuthenticationFailed unless a bearer token is present and accepted."""
+        """AuthenticationFailed (auth_failure_status) unless a bearer token is present and accepted."""
         scheme, _, token = reply.request.headers.get("authorization", "").partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
@@ -244,19 +313,13 @@ class BatchEmulator(LoopbackService):
             detail = "The access token is invalid, revoked or expired."
         else:
             return None
-        return reply.error(
-            401,
-            "AuthenticationFailed",
-            values=[("AuthenticationErrorDetail", detail)],
-            extra={"WWW-Authenticate": WWW_AUTHENTICATE},
-        )
+        status = self.auth_failure_status
+        extra = {"WWW-Authenticate": WWW_AUTHENTICATE} if status == 401 else None
+        return reply.error(status, "AuthenticationFailed", values=[("AuthenticationErrorDetail", detail)], extra=extra)
 
-    def _check_terminate_headers(self, reply: Reply) -> HttpResponse | None:
-        """Content-Type, client-request-id, ocp-date and conditional date formats."""
+    def _check_headers(self, reply: Reply) -> HttpResponse | None:
+        """client-request-id, ocp-date and conditional date formats; at most one If-* header."""
         headers = reply.request.headers
-        content_type = headers.get("content-type", "")
-        if not content_type.lower().startswith("application/json"):
-            return reply.bad_header("Content-Type", content_type)
         client_request_id = headers.get("client-request-id")
         if client_request_id is not None:
             try:
@@ -267,31 +330,40 @@ class BatchEmulator(LoopbackService):
             value = headers.get(name)
             if value is not None and parse_http_date(value) is None:
                 return reply.bad_header(name, value)
+        conditions = [name for name in _CONDITIONS if name in headers]
+        if len(conditions) > 1:
+            return reply.error(
+                400, "MultipleConditionHeadersNotSupported", values=[("HeaderNames", ", ".join(conditions))]
+            )
         return None
 
     def _terminate(self, reply: Reply, job_id: str) -> HttpResponse:
-        """The Job - Terminate operation."""
-        error = self._check_query(reply) or self._check_auth(reply) or self._check_terminate_headers(reply)
+        """The Job - Terminate operation (the body is optional: terminateReason defaults to UserTerminate)."""
+        error = self._check_query(reply, "terminate") or self._check_auth(reply) or self._check_headers(reply)
         if error is not None:
             return error
         request = reply.request
-        try:
-            payload = json.loads(request.body.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError):
-            return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not UTF-8 JSON.")])
-        if not isinstance(payload, dict):
-            return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not a JSON object.")])
-        reason = payload.get("terminateReason")
-        if reason is None:
-            reason = DEFAULT_TERMINATE_REASON
-        elif not isinstance(reason, str):
-            values = [("PropertyName", "terminateReason"), ("Reason", "terminateReason must be a string.")]
-            return reply.error(400, "InvalidRequestBody", values=values)
+        reason = DEFAULT_TERMINATE_REASON
+        if request.body:
+            content_type = request.headers.get("content-type", "")
+            if not content_type.lower().startswith("application/json"):
+                return reply.bad_header("Content-Type", content_type)
+            try:
+                payload = json.loads(request.body.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not UTF-8 JSON.")])
+            if not isinstance(payload, dict):
+                return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not a JSON object.")])
+            given = payload.get("terminateReason")
+            if given is not None and not isinstance(given, str):
+                values = [("PropertyName", "terminateReason"), ("Reason", "terminateReason must be a string.")]
+                return reply.error(400, "InvalidRequestBody", values=values)
+            reason = given if given is not None else DEFAULT_TERMINATE_REASON
         outcome = self.account.terminate(
             job_id,
             reason,
             client_request_id=request.headers.get("client-request-id"),
-            force=request.query.get("force") == "true",
+            force=reply.query.get("force") == "true",
             failed_condition=lambda job: _failed_condition(request.headers, job),
         )
         if isinstance(outcome, Refusal):
@@ -305,10 +377,10 @@ class BatchEmulator(LoopbackService):
 
     def _read(self, route: str, reply: Reply, job_id: str | None) -> HttpResponse:
         """GET /jobs, /jobs/{id} and /jobs/{id}/taskcounts."""
-        error = self._check_query(reply) or self._check_auth(reply)
+        error = self._check_query(reply, route) or self._check_auth(reply) or self._check_headers(reply)
         if error is not None:
             return error
-        query = reply.request.query
+        query = reply.query
         if route == "taskcounts":
             counts = self.account.task_counts(str(job_id))
             if counts is None:
@@ -327,25 +399,34 @@ class BatchEmulator(LoopbackService):
             job = self.account.job(str(job_id))
             if job is None:
                 return reply.error(404, "JobNotFound")
+            headers = {"ETag": job.etag, "Last-Modified": http_date(job.last_modified)}
+            failed = _failed_condition(reply.request.headers, job)
+            if failed in ("If-None-Match", "If-Modified-Since"):
+                # Batch's table: ConditionNotMet is 304 Not Modified for a read (no body), 412 for a write.
+                return reply.empty(304, headers)
+            if failed is not None:
+                return reply.error(412, "ConditionNotMet", values=[("HeaderName", failed)])
             document = job_document(job, self.url, selected)
-            return reply.json({"odata.metadata": f"{self.url}/$metadata#jobs/@Element", **document})
+            response = reply.json({"odata.metadata": f"{self.url}/$metadata#jobs/@Element", **document})
+            response.headers.update(headers)
+            return response
         return self._list(reply, selected)
 
     def _list(self, reply: Reply, selected: tuple[str, ...]) -> HttpResponse:
-        """GET /jobs with $filter (state eq '...'), $select, maxresults and $skiptoken paging."""
-        query = reply.request.query
-        wanted: JobState | None = None
+        """GET /jobs with $filter (Batch's Job - List subset), $select, maxresults and $skiptoken paging."""
+        query = reply.query
+        keep: Predicate = _every_job
         filter_text = query.get("$filter")
         if filter_text is not None:
-            matched = _STATE_FILTER.fullmatch(filter_text)
-            if matched is None or matched.group(1) not in {state.value for state in JobState}:
-                return reply.bad_query("$filter", filter_text, "Only state eq '<state>' is supported.")
-            wanted = JobState(matched.group(1))
+            try:
+                keep = parse_filter(filter_text)
+            except FilterError as exc:
+                return reply.bad_query("$filter", filter_text, str(exc))
         raw_max = query.get("maxresults", str(MAX_RESULTS))
         if not (_DIGITS.fullmatch(raw_max) and 1 <= int(raw_max) <= MAX_RESULTS):
             return reply.bad_query("maxresults", raw_max, f"maxresults must be from 1 to {MAX_RESULTS}.")
         token = query.get("$skiptoken")
-        paged = self.account.page(token, int(raw_max), lambda job: wanted is None or job.state == wanted)
+        paged = self.account.page(token, int(raw_max), keep)
         if paged is None:
             return reply.bad_query("$skiptoken", str(token), "Unknown continuation token.")
         page, next_key = paged
@@ -358,6 +439,11 @@ class BatchEmulator(LoopbackService):
         return reply.json(payload)
 
 
+def _every_job(job: Job) -> bool:
+    """The predicate of a list without $filter."""
+    return True
+
+
 def _selection(value: str | None) -> tuple[str, ...] | str:
     """The $select fields (empty = all), or the first unknown name."""
     names = tuple(name.strip() for name in (value or "").split(",") if name.strip())
@@ -366,7 +452,7 @@ def _selection(value: str | None) -> tuple[str, ...] | str:
 
 
 def _failed_condition(headers: Mapping[str, str], job: Job) -> str | None:
-    """The name of the first If-* header the job fails, or None."""
+    """The name of the If-* header the job fails, or None."""
 
     def tags(value: str) -> set[str]:
         return {tag.strip().removeprefix("W/").strip('"') for tag in value.split(",")}

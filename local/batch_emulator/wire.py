@@ -27,6 +27,12 @@ JOB_FIELDS = (
     "stateTransitionTime",
     "previousState",
     "previousStateTransitionTime",
+    "priority",
+    "poolInfo",
+    "onAllTasksComplete",
+    "onTaskFailure",
+    "jobPreparationTask",
+    "jobReleaseTask",
     "metadata",
     "executionInfo",
 )
@@ -45,9 +51,12 @@ ERROR_MESSAGES: dict[str, str] = {
     "JobCompleted": "The specified job is already in a completed state.",
     "JobNotFound": "The specified job does not exist.",
     "MissingRequiredQueryParameter": "A query parameter that's mandatory for this request is not specified.",
+    "MultipleConditionHeadersNotSupported": "Multiple condition headers are not supported.",
     "OperationTimedOut": "Operation could not be completed within the specified time.",
     "ServerBusy": "The server is currently unable to receive requests. Please retry your request.",
     "TooManyRequests": "The server is receiving too many requests. Please retry your request later.",
+    "UnsupportedQueryParameter": "One of the query parameters specified in the request URI is not supported.",
+    "UnsupportedRequestVersion": "The specified request version is not supported.",
 }
 
 
@@ -76,9 +85,14 @@ def seconds_text(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else f"{seconds:g}"
 
 
+_AUTO_POOL = {"poolLifetimeOption": "job", "pool": {"vmSize": "standard_d2s_v3"}}
+
+
 def job_document(job: Job, account_url: str, selected: tuple[str, ...] = ()) -> dict[str, Any]:
     """The job as Batch's JSON (optional properties omitted when unset), limited to $select."""
     execution: dict[str, str] = {"startTime": iso_time(job.creation_time)}
+    if job.execution_pool_id is not None:
+        execution["poolId"] = job.execution_pool_id
     if job.end_time is not None:
         execution["endTime"] = iso_time(job.end_time)
     if job.terminate_reason is not None:
@@ -95,6 +109,15 @@ def job_document(job: Job, account_url: str, selected: tuple[str, ...] = ()) -> 
     if job.previous_state is not None and job.previous_state_transition_time is not None:
         document["previousState"] = job.previous_state.value
         document["previousStateTransitionTime"] = iso_time(job.previous_state_transition_time)
+    document["priority"] = 0
+    # An auto-pool job names no pool in poolInfo; its pool shows only in executionInfo.poolId.
+    document["poolInfo"] = {"poolId": job.pool_id} if job.pool_id is not None else {"autoPoolSpecification": _AUTO_POOL}
+    document["onAllTasksComplete"] = "noaction"
+    document["onTaskFailure"] = "noaction"
+    if job.job_release_seconds:
+        # Batch takes a job release task only beside a job preparation task.
+        document["jobPreparationTask"] = {"id": "jobpreparation", "commandLine": "/bin/true"}
+        document["jobReleaseTask"] = {"id": "jobrelease", "commandLine": "/bin/sh -c 'sleep 60'"}
     if job.metadata:
         document["metadata"] = [{"name": name, "value": value} for name, value in job.metadata.items()]
     document["executionInfo"] = execution
@@ -110,6 +133,8 @@ class Reply:
         self.request = request
         self.base_url = base_url
         self.request_id = str(uuid.uuid4())
+        # Batch reads query parameter names case-insensitively (the specs spell it `timeout` and `timeOut`).
+        self.query = {name.lower(): value for name, value in request.query.items()}
 
     def headers(self, extra: Mapping[str, str] | None = None) -> dict[str, str]:
         """Headers every answer carries."""

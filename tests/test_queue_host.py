@@ -1,4 +1,4 @@
-"""The local queue-trigger host over real Azurite: the Functions host's semantics, end to end."""
+"""local.queue_host over real Azurite: the Functions host's semantics, end to end."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from local.batch_emulator import BatchEmulator, Fault
-from local.host import Invocation, Outcome, PollingDelay, QueueHost
+from local.functions import FunctionFolder
+from local.queue_host import Invocation, PollingDelay, QueueHost, Settlement
 from shared import wiring
 from shared.producer import TerminateQueue
-from shared.settings import MAX_DEQUEUE_ENV, QueueOptions
+from shared.settings import MAX_DEQUEUE_ENV, PROJECT_ROOT, QueueOptions
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -65,7 +66,7 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 8.0, what: str = "c
 @contextmanager
 def hosting(
     queues: Queues,
-    handler: Callable[[func.QueueMessage], None] | None,
+    handler: Callable[[func.QueueMessage], None],
     options: QueueOptions = FAST,
     **kwargs: object,
 ) -> Iterator[tuple[QueueHost, list[Invocation]]]:
@@ -76,6 +77,11 @@ def hosting(
     )
     with host:
         yield host, seen
+
+
+def terminate_job_main() -> Callable[[func.QueueMessage], None]:
+    """terminate_job's entry point, loaded from its function.json as the host loads it."""
+    return FunctionFolder.read(PROJECT_ROOT / "terminate_job").trigger_handler()
 
 
 class Recorder:
@@ -102,12 +108,12 @@ def test_producer_messages_are_consumed_and_reach_the_emulator(
     producer = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
     ids = {producer.enqueue_terminate(job, f"stop {job}") for job in jobs}
 
-    with hosting(queues, None) as (_, seen):  # the default handler: terminate_job.main
+    with hosting(queues, terminate_job_main()) as (_, seen):
         wait_for(lambda: len(seen) == 3, what="three invocations")
 
     assert {t.job_id: t.reason for t in batch.terminations} == {job: f"stop {job}" for job in jobs}
     assert {i.message_id for i in seen} == ids
-    assert all(i.outcome is Outcome.SUCCEEDED and i.dequeue_count == 1 and i.invoked for i in seen)
+    assert all(i.outcome is Settlement.SUCCEEDED and i.dequeue_count == 1 and i.invoked for i in seen)
     assert raw_texts(queues, queues.trigger) == []
     assert queues.poison_records() == []
 
@@ -118,11 +124,11 @@ def test_failing_message_is_moved_to_poison_unchanged_after_max_dequeue_count(qu
     handler = Recorder(fail=lambda _: True)
 
     with hosting(queues, handler, BASE64) as (_, seen):
-        wait_for(lambda: any(i.outcome is Outcome.MOVED_TO_POISON for i in seen), what="the move to poison")
+        wait_for(lambda: any(i.outcome is Settlement.MOVED_TO_POISON for i in seen), what="the move to poison")
 
     assert [m.dequeue_count for m in handler.calls] == [1, 2, 3]
     assert all(m.get_body() == b'{"jobId": "job-1", "reason": "r"}' for m in handler.calls)
-    assert [i.outcome for i in seen] == [Outcome.FAILED, Outcome.FAILED, Outcome.MOVED_TO_POISON]
+    assert [i.outcome for i in seen] == [Settlement.FAILED, Settlement.FAILED, Settlement.MOVED_TO_POISON]
     assert "RuntimeError: boom on delivery 3" in str(seen[-1].error)
     assert raw_texts(queues, queues.poison) == [text]
     assert raw_texts(queues, queues.trigger) == []
@@ -138,10 +144,10 @@ def test_batch_unavailable_forever_ends_in_the_functions_poison_record(
     batch.inject(Fault.status(503, "ServerBusy"), times=100)
     TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string).enqueue_terminate("job-503")
 
-    with hosting(queues, None, replace(FAST, max_dequeue_count=2)) as (_, seen):
+    with hosting(queues, terminate_job_main(), replace(FAST, max_dequeue_count=2)) as (_, seen):
         wait_for(lambda: len(seen) == 2, what="two deliveries")
 
-    assert [(i.dequeue_count, i.outcome) for i in seen] == [(1, Outcome.FAILED), (2, Outcome.SUCCEEDED)]
+    assert [(i.dequeue_count, i.outcome) for i in seen] == [(1, Settlement.FAILED), (2, Settlement.SUCCEEDED)]
     assert "RetryLater" in str(seen[0].error)
     [record] = queues.poison_records()
     assert (record["jobId"], record["error"]["code"], record["attempts"]) == ("job-503", "ServerBusy", 2)
@@ -170,7 +176,7 @@ def test_concurrency_is_bounded_by_batch_size_plus_new_batch_threshold(queues: Q
 
     assert 1 < peak <= options.batch_size + options.new_batch_threshold
     assert host.peak_in_flight <= options.batch_size + options.new_batch_threshold
-    assert all(i.outcome is Outcome.SUCCEEDED for i in seen)
+    assert all(i.outcome is Settlement.SUCCEEDED for i in seen)
     assert raw_texts(queues, queues.trigger) == []
 
 
@@ -182,7 +188,7 @@ def test_message_that_is_not_base64_goes_to_poison_without_an_invocation(queues:
         wait_for(lambda: len(seen) == 1, what="the poison move")
 
     assert handler.calls == []
-    assert (seen[0].outcome, seen[0].invoked) == (Outcome.MOVED_TO_POISON, False)
+    assert (seen[0].outcome, seen[0].invoked) == (Settlement.MOVED_TO_POISON, False)
     assert "not valid base64" in str(seen[0].error)
     assert raw_texts(queues, queues.poison) == ["not base64 at all!"]
     assert raw_texts(queues, queues.trigger) == []
@@ -216,7 +222,7 @@ def test_failed_message_is_delivered_again_after_the_visibility_timeout(queues: 
     with hosting(queues, handler, replace(FAST, visibility_timeout_seconds=1)) as (_, seen):
         wait_for(lambda: len(seen) == 2, what="the redelivery")
 
-    assert [(i.dequeue_count, i.outcome) for i in seen] == [(1, Outcome.FAILED), (2, Outcome.SUCCEEDED)]
+    assert [(i.dequeue_count, i.outcome) for i in seen] == [(1, Settlement.FAILED), (2, Settlement.SUCCEEDED)]
     assert started[1] - started[0] >= 0.9
     assert raw_texts(queues, queues.trigger) == []
     assert raw_texts(queues, queues.poison) == []
@@ -250,10 +256,10 @@ def test_stop_lets_invocations_finish_and_hands_back_the_rest(queues: Queues) ->
     by_id = {i.message_id: i.outcome for i in seen}
     outcomes = {json.loads(m.get_body())["jobId"]: by_id.get(m.id) for m in started.calls}
     assert outcomes == {
-        "fast-1": Outcome.SUCCEEDED,
-        "fast-2": Outcome.SUCCEEDED,
-        "slow-1": Outcome.RELEASED,
-        "slow-2": Outcome.RELEASED,
+        "fast-1": Settlement.SUCCEEDED,
+        "fast-2": Settlement.SUCCEEDED,
+        "slow-1": Settlement.RELEASED,
+        "slow-2": Settlement.RELEASED,
     }
     left = sorted(json.loads(m.content)["jobId"] for m in client.peek_messages(max_messages=32))
     assert left == ["slow-1", "slow-2"]  # visible again at once, nothing lost
@@ -273,7 +279,7 @@ def test_message_delivered_more_than_max_dequeue_count_goes_to_poison_uninvoked(
         wait_for(lambda: len(seen) == 1, what="the poison move")
 
     assert handler.calls == []
-    assert (seen[0].dequeue_count, seen[0].outcome, seen[0].invoked) == (2, Outcome.MOVED_TO_POISON, False)
+    assert (seen[0].dequeue_count, seen[0].outcome, seen[0].invoked) == (2, Settlement.MOVED_TO_POISON, False)
     assert raw_texts(queues, queues.poison) == [text]
 
 
@@ -291,7 +297,7 @@ def test_long_invocation_keeps_its_message_hidden(queues: Queues) -> None:
         time.sleep(0.5)
 
     assert [m.dequeue_count for m in handler.calls] == [1]
-    assert seen[0].outcome is Outcome.SUCCEEDED
+    assert seen[0].outcome is Settlement.SUCCEEDED
     assert raw_texts(queues, queues.trigger) == []
 
 
@@ -307,7 +313,7 @@ def test_host_waits_for_a_queue_that_does_not_exist_yet(queues: Queues) -> None:
         client.send_message('{"jobId":"late"}')
         wait_for(lambda: len(seen) == 1, what="the late message")
 
-    assert seen[0].outcome is Outcome.SUCCEEDED
+    assert seen[0].outcome is Settlement.SUCCEEDED
 
 
 def test_polling_delay_backs_off_exponentially_to_the_maximum_and_resets_on_a_message() -> None:

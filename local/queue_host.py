@@ -12,7 +12,7 @@ import queue
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -23,11 +23,11 @@ from azure.functions.queue import QueueMessage as FunctionQueueMessage
 from azure.storage.queue import QueueClient
 from azure.storage.queue import QueueMessage as StorageQueueMessage
 
-import terminate_job
+from local.functions import FunctionFolder, FunctionLoadError, resolve_settings
 from shared.settings import QueueOptions, StorageSettings
 from shared.storage import queue_client
 
-log = logging.getLogger("local.host")
+log = logging.getLogger("local.queue_host")
 
 Handler = Callable[[func.QueueMessage], None]
 
@@ -41,8 +41,8 @@ DRAIN_SECONDS = 30.0
 _BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
-class Outcome(enum.StrEnum):
-    """What the host did with one received message."""
+class Settlement(enum.StrEnum):
+    """How the host settled one received message (not the product's outcome: the queue's view of it)."""
 
     SUCCEEDED = "succeeded"
     FAILED = "failed"
@@ -56,7 +56,7 @@ class Invocation:
 
     message_id: str
     dequeue_count: int
-    outcome: Outcome
+    outcome: Settlement
     invoked: bool
     duration: float
     error: str | None = None
@@ -107,17 +107,19 @@ class QueueHost:
         trigger: QueueClient,
         poison: QueueClient,
         options: QueueOptions,
-        handler: Handler | None = None,
+        handler: Handler,
         *,
         hide_seconds: float = HIDE_SECONDS,
         min_polling_seconds: float = MIN_POLLING_SECONDS,
         drain_seconds: float = DRAIN_SECONDS,
         on_invocation: Callable[[Invocation], None] | None = None,
+        function_name: str | None = None,
     ) -> None:
         self.trigger = trigger
+        self.function_name = function_name or getattr(handler, "__qualname__", "handler")
         self.poison = poison
         self.options = options
-        self.handler = handler or terminate_job.main
+        self.handler = handler
         self.hide_seconds = hide_seconds
         self.min_polling_seconds = min_polling_seconds
         self.drain_seconds = drain_seconds
@@ -136,7 +138,7 @@ class QueueHost:
         storage: StorageSettings,
         queue_name: str,
         options: QueueOptions,
-        handler: Handler | None = None,
+        handler: Handler,
         *,
         poison_queue_name: str | None = None,
         **kwargs: Any,
@@ -154,12 +156,31 @@ class QueueHost:
         connection_string: str,
         queue_name: str,
         options: QueueOptions,
-        handler: Handler | None = None,
+        handler: Handler,
         **kwargs: Any,
     ) -> QueueHost:
         """A host for `queue_name` on the storage account of this connection string."""
         storage = StorageSettings(connection_string=connection_string)
         return cls.from_storage(storage, queue_name, options, handler, **kwargs)
+
+    @classmethod
+    def for_function(
+        cls,
+        function: FunctionFolder,
+        storage: StorageSettings,
+        options: QueueOptions,
+        environ: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> QueueHost:
+        """A host for a queueTrigger function: its binding's queueName (`%NAME%` resolved) into its entry point."""
+        binding = function.binding("queueTrigger")
+        if binding is None:
+            raise FunctionLoadError(f"{function.name}: no queueTrigger binding")
+        queue_name = resolve_settings(str(binding.get("queueName") or ""), environ).strip()
+        if not queue_name:
+            raise FunctionLoadError(f"{function.name}: queueName {binding.get('queueName')!r} resolves to nothing")
+        handler = function.trigger_handler()
+        return cls.from_storage(storage, queue_name, options, handler, function_name=function.name, **kwargs)
 
     @property
     def queue_name(self) -> str:
@@ -344,10 +365,10 @@ class QueueHost:
             error = f"{type(exc).__name__}: {exc}"
             log.debug("invocation of message %s raised", message.id, exc_info=True)
         if error is None:
-            return self._settle(entry, count, Outcome.SUCCEEDED, started, None, self._delete)
+            return self._settle(entry, count, Settlement.SUCCEEDED, started, None, self._delete)
         if count >= self.options.max_dequeue_count:
             return self._settle_poison(entry, count, invoked=True, started=started, error=error)
-        return self._settle(entry, count, Outcome.FAILED, started, error, self._release_after_failure)
+        return self._settle(entry, count, Settlement.FAILED, started, error, self._release_after_failure)
 
     def _decode(self, raw: str) -> bytes:
         """The message body as the host hands it to the function: base64-decoded or the text's UTF-8."""
@@ -362,13 +383,13 @@ class QueueHost:
         self, entry: _InFlight, count: int, *, invoked: bool, started: float, error: str
     ) -> Invocation | None:
         """Settle by moving the message, unchanged, to the poison queue."""
-        return self._settle(entry, count, Outcome.MOVED_TO_POISON, started, error, self._move_to_poison, invoked)
+        return self._settle(entry, count, Settlement.MOVED_TO_POISON, started, error, self._move_to_poison, invoked)
 
     def _settle(
         self,
         entry: _InFlight,
         count: int,
-        outcome: Outcome,
+        outcome: Settlement,
         started: float,
         error: str | None,
         action: Callable[[_InFlight], None],
@@ -428,10 +449,10 @@ class QueueHost:
     def _report(self, invocation: Invocation) -> None:
         """Log the outcome line and tell the on_invocation callback."""
         detail = {
-            Outcome.SUCCEEDED: "",
-            Outcome.FAILED: f" visible_again_in={self.options.visibility_timeout_seconds:g}s",
-            Outcome.MOVED_TO_POISON: f" poison_queue={self.poison_queue_name}",
-            Outcome.RELEASED: " visible_again_in=0s",
+            Settlement.SUCCEEDED: "",
+            Settlement.FAILED: f" visible_again_in={self.options.visibility_timeout_seconds:g}s",
+            Settlement.MOVED_TO_POISON: f" poison_queue={self.poison_queue_name}",
+            Settlement.RELEASED: " visible_again_in=0s",
         }[invocation.outcome]
         log.info(
             "message_id=%s dequeue_count=%d outcome=%s invoked=%s duration_ms=%.0f%s%s",
@@ -492,11 +513,11 @@ class QueueHost:
                     )
                     continue
             count = int(entry.message.dequeue_count or 1)
-            self._report(Invocation(entry.message.id, count, Outcome.RELEASED, entry.invoked, duration=0.0))
+            self._report(Invocation(entry.message.id, count, Settlement.RELEASED, entry.invoked, duration=0.0))
         for _ in self._workers:
             self._work.put(None)
         self._workers = []
         log.info("host stopped (%d message(s) handed back to %s)", len(unfinished), self.queue_name)
 
 
-__all__ = ["HIDE_SECONDS", "Handler", "Invocation", "Outcome", "PollingDelay", "QueueHost"]
+__all__ = ["HIDE_SECONDS", "Handler", "Invocation", "PollingDelay", "QueueHost", "Settlement"]

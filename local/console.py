@@ -1,0 +1,167 @@
+"""What the person running `./dev run` sees: the banner, terminations as they happen, and a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shlex
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from types import FrameType
+
+from azure.core.exceptions import AzureError
+
+from local.batch_emulator import Termination
+from local.stack import DEFAULT_AZURITE_PORT, DEMO_JOBS, SWEEP_FUNCTION, Run
+from local.timer_host import format_moment
+from shared.errors import ConfigurationError
+from shared.settings import HOST_JSON
+from shared.sweep import SweepPolicy
+
+CLI = ".venv/bin/batch-terminator"
+ALERT_FUNCTION = "alert_terminate"
+
+
+def say(text: str = "") -> None:
+    """Print for the person at the terminal (unbuffered, so pipes see it at once)."""
+    print(text, flush=True)
+
+
+def print_banner(run: Run, args: argparse.Namespace) -> None:
+    """Where everything is, and a command to try."""
+    settings = run.settings
+    source = run.settings_file.name if run.settings_file else "the environment only"
+    say("batch-terminator local run")
+    say(f"  settings  {source} (environment variables win), {HOST_JSON.name}")
+    say(f"  storage   {run.storage_where}")
+    say(f"  queues    trigger {settings.terminate_queue_name}, poison {settings.poison_queue_name}")
+    if run.emulator is not None and run.identity is not None:
+        say(f"  batch     No BATCH_ACCOUNT_URL: using the local Batch emulator at {run.emulator.url}")
+        say(f"            (tokens from the local managed-identity endpoint {run.identity.url})")
+        say(f"  jobs      {', '.join(DEMO_JOBS)} (any other job id is created on its first terminate)")
+    else:
+        say(f"  batch     {settings.batch_account_url} (real account; token from azure-identity)")
+    print_hosts(run, args)
+    if args.smoke or args.once:
+        return
+    job_id = DEMO_JOBS[0] if run.emulator is not None else "JOB_ID"
+    prefix = ""
+    if run.azurite is not None and run.azurite.port != DEFAULT_AZURITE_PORT:
+        # The CLI reads UseDevelopmentStorage=true from local.settings, which means port 10001.
+        prefix = f"AzureWebJobsStorage={shlex.quote(run.settings.storage.connection_string or '')} "
+    say()
+    say("Try it from another terminal:")
+    say(f'  {prefix}{CLI} enqueue {job_id} --reason "try it"')
+    if run.http is not None and any(f.name == ALERT_FUNCTION for f in run.http.functions):
+        body = json.dumps({"jobId": DEMO_JOBS[1] if run.emulator is not None else "JOB_ID", "reason": "try it"})
+        say(
+            f"  curl -i -X POST {shlex.quote(run.http.url(ALERT_FUNCTION))}"
+            f" -H 'Content-Type: application/json' -d {shlex.quote(body)}"
+        )
+    say(
+        "Ctrl-C stops everything"
+        + (" (queued messages stay in .azurite/)." if run.azurite and not args.in_memory else ".")
+    )
+    say()
+
+
+def print_hosts(run: Run, args: argparse.Namespace) -> None:
+    """Each queue host's options, the HTTP functions' URLs (with this run's key) and each timer's schedule."""
+    for host in run.hosts:
+        options = host.options
+        say(
+            f"  host      {host.function_name} on {host.queue_name}: batchSize={options.batch_size}"
+            f" newBatchThreshold={options.new_batch_threshold} maxDequeueCount={options.max_dequeue_count}"
+            f" visibilityTimeout={options.visibility_timeout_seconds:g}s"
+            f" maxPollingInterval={options.max_polling_interval_seconds:g}s messageEncoding={options.message_encoding}"
+        )
+    if run.http is not None:
+        for function in run.http.functions:
+            label = "alert" if function.name == ALERT_FUNCTION else "http"
+            methods = ",".join(function.allowed_methods()) if function.methods else "any method"
+            say(f"  {label:<10}{methods} {run.http.url(function.name)}")
+        if any(f.auth_level != "anonymous" for f in run.http.functions):
+            where = "from --function-key" if args.function_key else "generated for this run; --function-key sets one"
+            say(f"            (key {where}; send it as ?code= or in an x-functions-key header)")
+    for timer in run.timers:
+        label = "sweep" if timer.name == SWEEP_FUNCTION else "timer"
+        now = (
+            " and once now (--sweep-now)" if args.sweep_now and timer.name == SWEEP_FUNCTION and not args.smoke else ""
+        )
+        next_at = format_moment(timer.next_occurrence)
+        say(f'  {label:<10}{timer.name} on "{timer.schedule.expression}" (next {next_at}){now}')
+        if timer.name == SWEEP_FUNCTION:
+            say(f"            {sweep_state()}")
+    for note in run.notes:
+        label = "sweep" if SWEEP_FUNCTION in note else "function"
+        say(f"  {label:<10}{note}")
+
+
+def sweep_state() -> str:
+    """What sweep_jobs will do when it fires, from the SWEEP_* settings."""
+    try:
+        policy = SweepPolicy.from_env()
+    except ConfigurationError as exc:
+        return f"each run logs an error: {exc}"
+    if not policy.enabled:
+        return "disabled (set SWEEP_MAX_AGE_HOURS or SWEEP_IDLE_MINUTES); each run only logs that"
+    return f"policy {policy.describe()}"
+
+
+def report_terminations(run: Run) -> list[Termination]:
+    """Print each termination the emulator saw since the last call."""
+    fresh = run.new_terminations()
+    for termination in fresh:
+        say(f"emulator: job {termination.job_id} terminated (reason: {termination.reason})")
+    return fresh
+
+
+def queue_is_drained(run: Run) -> bool:
+    """No timer running, nothing in flight and nothing left on a trigger queue (hidden messages count as left)."""
+    if any(timer.busy for timer in run.timers):
+        return False
+    return all(
+        host.in_flight == 0 and host.trigger.get_queue_properties().approximate_message_count == 0 for host in run.hosts
+    )
+
+
+def serve(run: Run, stop: threading.Event, *, once: bool) -> int:
+    """Print terminations as they happen until stopped (or, with once, until the queues are drained)."""
+    quiet_since: float | None = None
+    while not stop.wait(0.2):
+        report_terminations(run)
+        if once:
+            try:
+                drained = queue_is_drained(run)
+            except AzureError:
+                drained = False
+            quiet_since = (quiet_since or time.monotonic()) if drained else None
+            # Give the hosts a couple of polls so a message enqueued just now is not missed.
+            if quiet_since is not None and time.monotonic() - quiet_since > 1.0:
+                break
+    report_terminations(run)
+    return 0
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """The first SIGINT/SIGTERM asks for a clean stop; a second Ctrl-C interrupts it."""
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        say(f"\n{signal.Signals(signum).name}: stopping (in-flight messages finish or become visible again)...")
+        stop.set()
+
+    previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+__all__ = ["ALERT_FUNCTION", "CLI", "print_banner", "report_terminations", "say", "serve"]

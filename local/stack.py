@@ -1,0 +1,295 @@
+"""What `./dev run` starts: settings, Azurite, Batch (emulator or real), queues and the three local hosts."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import socket
+from collections.abc import MutableMapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from azure.core.exceptions import ResourceExistsError
+
+from local.azurite import ACCOUNT_NAME, Azurite, connection_string
+from local.batch_emulator import BatchEmulator, Termination
+from local.functions import FunctionLoadError, function_folders
+from local.http_host import HttpHost
+from local.identity import IdentityEndpoint
+from local.queue_host import Invocation, QueueHost
+from local.timer_host import TimerHost, TimerNotLoaded, timer_functions
+from shared import storage, wiring
+from shared.errors import ConfigurationError
+from shared.settings import PROJECT_ROOT, Settings, local_settings_values
+
+AZURITE_DIR = PROJECT_ROOT / ".azurite"
+DEFAULT_AZURITE_PORT = 10001  # what UseDevelopmentStorage=true means to the storage SDKs
+EMULATOR_PLACEHOLDER = "http://127.0.0.1:8045"  # the sample's BATCH_ACCOUNT_URL: "use the local emulator"
+DEFAULT_EMULATOR_PORT = 8045
+DEMO_JOBS = ("demo-job-1", "demo-job-2", "demo-job-3")
+SWEEP_FUNCTION = "sweep_jobs"
+
+
+class RunError(Exception):
+    """Something the run command cannot work around; the message is the one line the user sees."""
+
+
+# ---- settings
+
+
+def load_local_settings(root: Path = PROJECT_ROOT) -> tuple[Path | None, dict[str, str]]:
+    """The Values of local.settings.json, else of local.settings.sample.json, as strings."""
+    try:
+        return local_settings_values(root)
+    except ConfigurationError as exc:
+        raise RunError(str(exc)) from exc
+
+
+def apply_settings(values: dict[str, str], environ: MutableMapping[str, str]) -> list[str]:
+    """Copy settings into the environment where it has no value yet (the environment wins); return those set."""
+    applied = [name for name in values if name not in environ]
+    for name in applied:
+        environ[name] = values[name]
+    return applied
+
+
+def uses_development_storage(environ: MutableMapping[str, str]) -> bool:
+    """Whether the storage setting asks for the local emulator (or names no storage at all)."""
+    setting = environ.get("AzureWebJobsStorage", "").strip()
+    if setting:
+        return setting.replace(" ", "").lower() == "usedevelopmentstorage=true"
+    return not any(environ.get(f"AzureWebJobsStorage__{key}") for key in ("queueServiceUri", "accountName"))
+
+
+def uses_batch_emulator(environ: MutableMapping[str, str]) -> bool:
+    """Whether BATCH_ACCOUNT_URL is unset or the sample's loopback placeholder."""
+    url = environ.get("BATCH_ACCOUNT_URL", "").strip().rstrip("/")
+    return not url or url == EMULATOR_PLACEHOLDER
+
+
+# ---- services
+
+
+def answers_as_azurite(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether an Azurite queue service already listens on this port."""
+    session = requests.Session()
+    session.trust_env = False  # a proxy from the environment must not answer for a loopback port
+    try:
+        response = session.get(f"http://{host}:{port}/{ACCOUNT_NAME}?comp=list", timeout=2)
+    except requests.RequestException:
+        return False
+    finally:
+        session.close()
+    return response.headers.get("Server", "").startswith("Azurite")
+
+
+def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on this port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1)
+        return probe.connect_ex((host, port)) == 0
+
+
+def start_azurite(port: int, location: Path | None) -> Azurite:
+    """Start Azurite (in its own session, so Ctrl-C reaches only us and the host can drain before it stops)."""
+    return Azurite(port, location=location).start()
+
+
+def create_queues(settings: Settings, names: Sequence[str]) -> None:
+    """Create the queues (existing ones are fine)."""
+    for name in dict.fromkeys(names):
+        client = storage.queue_client(settings.storage, name, "none")
+        with contextlib.suppress(ResourceExistsError):
+            client.create_queue()
+
+
+@dataclass
+class Run:
+    """What the run command started and where it is."""
+
+    settings: Settings
+    hosts: list[QueueHost]
+    invocations: list[Invocation]
+    storage_where: str
+    settings_file: Path | None
+    azurite: Azurite | None = None
+    emulator: BatchEmulator | None = None
+    identity: IdentityEndpoint | None = None
+    http: HttpHost | None = None
+    timers: list[TimerHost] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    _seen_terminations: int = 0
+
+    def timer(self, name: str) -> TimerHost | None:
+        """The loaded timer function with this name."""
+        return next((timer for timer in self.timers if timer.name == name), None)
+
+    def new_terminations(self) -> list[Termination]:
+        """Terminations the emulator recorded since the last call."""
+        if self.emulator is None:
+            return []
+        ledger = self.emulator.terminations
+        fresh, self._seen_terminations = ledger[self._seen_terminations :], len(ledger)
+        return fresh
+
+
+def start_http_host(args: argparse.Namespace, stack: contextlib.ExitStack) -> HttpHost:
+    """The HTTP-triggered functions on a loopback port (serving at once: a request only enqueues)."""
+    port = 0 if args.smoke else args.http_port
+    http = HttpHost.from_project(port=port, function_key=args.function_key)
+    try:
+        http.start()
+    except OSError as exc:
+        raise RunError(
+            f"the local HTTP host cannot listen on port {port} ({exc.strerror}); stop what uses it"
+            " (another func start?) or pass --http-port"
+        ) from exc
+    stack.callback(http.stop)
+    return http
+
+
+def load_timers() -> tuple[list[TimerHost], list[str]]:
+    """The timer functions whose schedule resolves, and a note for each one skipped (as the host would skip it)."""
+    timers: list[TimerHost] = []
+    notes: list[str] = []
+    for folder in timer_functions():
+        if folder.is_disabled():
+            notes.append(f"disabled: {folder.name}")
+            continue
+        try:
+            timers.append(TimerHost.from_function(folder))
+        except TimerNotLoaded as exc:
+            notes.append(f"not loaded: {exc}")
+    return timers, notes
+
+
+def load_queue_hosts(settings: Settings, invocations: list[Invocation]) -> tuple[list[QueueHost], list[str]]:
+    """One host per enabled queueTrigger function (not polling yet), and a note for each one skipped."""
+    hosts: list[QueueHost] = []
+    notes: list[str] = []
+    for folder in function_folders(trigger_type="queueTrigger"):
+        if folder.is_disabled():
+            notes.append(f"disabled: {folder.name}")
+            continue
+        try:
+            host = QueueHost.for_function(folder, settings.storage, settings.queues, on_invocation=invocations.append)
+        except FunctionLoadError as exc:
+            notes.append(f"not loaded: {exc}")
+            continue
+        hosts.append(host)
+    return hosts, notes
+
+
+def start_batch_emulator(
+    args: argparse.Namespace, stack: contextlib.ExitStack
+) -> tuple[BatchEmulator, IdentityEndpoint]:
+    """The local Batch emulator with the demo jobs, and the managed-identity endpoint its tokens come from."""
+    identity = stack.enter_context(IdentityEndpoint())
+    emulator = BatchEmulator(port=0 if args.smoke else args.batch_port, authorize=identity.is_valid)
+    emulator.auto_create_jobs = True
+    try:
+        emulator.start()
+    except OSError as exc:
+        raise RunError(f"the local Batch emulator cannot listen on port {args.batch_port} ({exc.strerror})") from exc
+    stack.callback(emulator.stop)
+    for job_id in DEMO_JOBS:
+        emulator.add_job(job_id)
+    return emulator, identity
+
+
+def start_storage(
+    args: argparse.Namespace, stack: contextlib.ExitStack, env: MutableMapping[str, str]
+) -> tuple[Azurite | None, str]:
+    """Azurite when the settings ask for development storage (reusing one already on the port); where storage is."""
+    if not uses_development_storage(env):
+        return None, "the storage account in AzureWebJobsStorage (Azurite not started)"
+    port = 0 if args.smoke else args.azurite_port
+    in_memory = args.smoke or args.in_memory
+    azurite: Azurite | None = None
+    if port and answers_as_azurite(port):
+        where = f"Azurite already running at http://127.0.0.1:{port}/{ACCOUNT_NAME} (reused)"
+    elif port and port_in_use(port):
+        raise RunError(f"port {port} is in use by something that is not Azurite; stop it or pass --azurite-port")
+    else:
+        azurite = start_azurite(port, None if in_memory else AZURITE_DIR)
+        stack.callback(azurite.stop)
+        port = azurite.port
+        kept = "in memory" if in_memory else f"data kept in {AZURITE_DIR.relative_to(PROJECT_ROOT)}/"
+        where = f"Azurite at http://127.0.0.1:{port}/{ACCOUNT_NAME} ({kept})"
+    env["AzureWebJobsStorage"] = connection_string(port)
+    return azurite, where
+
+
+def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> Run:
+    """Settings, Azurite, Batch (emulator or real), queues, queue hosts (not yet polling), HTTP host, timers."""
+    env = os.environ
+    settings_file, values = load_local_settings()
+    apply_settings(values, env)
+    if args.smoke:
+        # The self-test never touches a configured account, whatever local.settings.json says.
+        env["AzureWebJobsStorage"] = "UseDevelopmentStorage=true"
+        env["BATCH_ACCOUNT_URL"] = ""
+
+    azurite, storage_where = start_storage(args, stack, env)
+    emulator: BatchEmulator | None = None
+    identity: IdentityEndpoint | None = None
+    if uses_batch_emulator(env):
+        emulator, identity = start_batch_emulator(args, stack)
+        env.update(identity.environ())
+        env["BATCH_ACCOUNT_URL"] = emulator.url
+
+    wiring.reset()
+    settings = Settings.from_env()
+    invocations: list[Invocation] = []
+    hosts, notes = load_queue_hosts(settings, invocations)
+    queues = [settings.poison_queue_name]
+    for host in hosts:
+        queues += [host.queue_name, host.poison_queue_name]
+    create_queues(settings, queues)
+    http = start_http_host(args, stack)
+    timers, timer_notes = load_timers()
+    return Run(
+        settings,
+        hosts,
+        invocations,
+        storage_where,
+        settings_file,
+        azurite,
+        emulator,
+        identity,
+        http,
+        timers,
+        notes + timer_notes,
+    )
+
+
+def start_timers(run: Run, stack: contextlib.ExitStack, *, sweep_now: bool) -> str | None:
+    """Start each timer (stopped before the queue hosts drain); with sweep_now fire sweep_jobs once; a note if not."""
+    for timer in run.timers:
+        timer.start()
+        stack.callback(timer.stop)
+    if not sweep_now:
+        return None
+    sweep = run.timer(SWEEP_FUNCTION)
+    if sweep is None:
+        return f"--sweep-now: {SWEEP_FUNCTION} is not loaded (see the sweep line above)"
+    sweep.fire_now()
+    return None
+
+
+__all__ = [
+    "DEFAULT_AZURITE_PORT",
+    "DEFAULT_EMULATOR_PORT",
+    "DEMO_JOBS",
+    "SWEEP_FUNCTION",
+    "Run",
+    "RunError",
+    "apply_settings",
+    "load_local_settings",
+    "start_everything",
+    "start_timers",
+    "uses_batch_emulator",
+    "uses_development_storage",
+]

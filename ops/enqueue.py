@@ -1,0 +1,169 @@
+"""`enqueue`: one terminate request, or one per job id of a file (all lines validated before any is sent)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from ops.exit_codes import EXIT_OK, EXIT_STORAGE, EXIT_USAGE
+from ops.output import Progress, invalid_message_text, print_json
+from ops.storage_errors import storage_failure
+from ops.target import Target, open_queue
+from shared.errors import CliError, EnqueueFailed, InvalidMessage
+from shared.message import TerminateRequest
+from shared.producer import TerminateQueue, build_request
+
+ENQUEUE_WORKERS = 8
+PROGRESS_ALWAYS_ABOVE = 100
+MAX_LISTED_PROBLEMS = 20
+
+
+def _request_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "force": args.force,
+        "if_match": args.if_match,
+        "if_none_match": args.if_none_match,
+        "if_modified_since": args.if_modified_since,
+        "if_unmodified_since": args.if_unmodified_since,
+        "request_id": args.request_id,
+    }
+
+
+def _given(job_id: str | None, args: argparse.Namespace) -> dict[str, object]:
+    return {
+        "jobId": job_id,
+        "reason": args.reason,
+        "ifMatch": args.if_match,
+        "ifNoneMatch": args.if_none_match,
+        "ifModifiedSince": args.if_modified_since,
+        "ifUnmodifiedSince": args.if_unmodified_since,
+        "requestId": args.request_id,
+    }
+
+
+def cmd_enqueue(args: argparse.Namespace, target: Target) -> int:
+    """Enqueue one terminate request, or every job id of a file."""
+    if args.file is not None:
+        return _enqueue_file(args, target)
+    try:
+        request = build_request(args.job_id, args.reason, **_request_options(args))
+    except InvalidMessage as exc:
+        raise CliError(invalid_message_text(exc, _given(args.job_id, args)), EXIT_USAGE) from None
+    queue = _trigger_queue(target)
+    message_id = _send(queue, request)
+    if args.json:
+        print_json({"messageId": message_id, "queue": queue.queue_name, "message": request.to_message()})
+    else:
+        print(message_id)
+    return EXIT_OK
+
+
+def _trigger_queue(target: Target) -> TerminateQueue:
+    return TerminateQueue(open_queue(target.storage, target.queue, text_base64=target.encoding == "base64"))
+
+
+def _send(queue: TerminateQueue, request: TerminateRequest) -> str:
+    try:
+        return queue.enqueue(request)
+    except EnqueueFailed as exc:
+        cause = exc.__cause__
+        if isinstance(cause, BaseException):
+            raise storage_failure(cause, queue.client) from exc
+        raise CliError(str(exc), EXIT_STORAGE) from exc
+
+
+def read_job_ids(path: str) -> list[tuple[int, str]]:
+    """(line number, job id) for each line that is not blank or a `#` comment; `-` reads stdin."""
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CliError(f"{path}: not UTF-8 text (byte {exc.start})", EXIT_USAGE) from None
+    except OSError as exc:
+        raise CliError(f"{path}: {exc.strerror or type(exc).__name__}", EXIT_USAGE) from None
+    entries = []
+    for number, line in enumerate(text.removeprefix("\ufeff").splitlines(), start=1):
+        stripped = line.strip()
+        if stripped and not stripped.startswith("#"):
+            entries.append((number, stripped))
+    return entries
+
+
+def _enqueue_file(args: argparse.Namespace, target: Target) -> int:
+    for option, value in (("--if-match", args.if_match), ("--if-none-match", args.if_none_match)):
+        if value is not None:
+            raise CliError(f"{option} names one job's ETag; it cannot be used with --file", EXIT_USAGE)
+    if args.request_id is not None:
+        raise CliError("--request-id identifies one request; it cannot be used with --file", EXIT_USAGE)
+    options = _request_options(args)
+    try:  # the options once, so a bad --reason is one line rather than one per job
+        build_request("job", args.reason, **options)
+    except InvalidMessage as exc:
+        raise CliError(invalid_message_text(exc, _given(None, args)), EXIT_USAGE) from None
+    entries = read_job_ids(args.file)
+    if not entries:
+        raise CliError(f"{args.file}: no job ids (blank lines and # comments are skipped)", EXIT_USAGE)
+    requests: list[tuple[int, TerminateRequest]] = []
+    bad: list[str] = []
+    for number, job_id in entries:
+        try:
+            requests.append((number, build_request(job_id, args.reason, **options)))
+        except InvalidMessage as exc:
+            bad.append(f"  line {number}: {invalid_message_text(exc, {'jobId': job_id})}")
+    if bad:
+        print(f"error: {args.file}: {len(bad)} invalid line(s); nothing was enqueued", file=sys.stderr)
+        for line in bad[:MAX_LISTED_PROBLEMS]:
+            print(line, file=sys.stderr)
+        if len(bad) > MAX_LISTED_PROBLEMS:
+            print(f"  ... and {len(bad) - MAX_LISTED_PROBLEMS} more", file=sys.stderr)
+        return EXIT_USAGE
+
+    queue = _trigger_queue(target)
+    stderr = sys.stderr
+    show_progress = len(requests) > PROGRESS_ALWAYS_ABOVE or bool(getattr(stderr, "isatty", lambda: False)())
+    progress = Progress(len(requests), stderr) if show_progress else None
+    stop = threading.Event()
+    sent: dict[int, str] = {}
+    failure: CliError | None = None
+
+    def send(number: int, request: TerminateRequest) -> tuple[int, str | None]:
+        if stop.is_set():
+            return number, None
+        return number, _send(queue, request)
+
+    with ThreadPoolExecutor(max_workers=ENQUEUE_WORKERS, thread_name_prefix="enqueue") as pool:
+        futures = [pool.submit(send, number, request) for number, request in requests]
+        try:
+            for future in as_completed(futures):
+                try:
+                    number, message_id = future.result()
+                except CliError as exc:
+                    stop.set()
+                    failure = failure or exc
+                    continue
+                if message_id is not None:
+                    sent[number] = message_id
+                    if progress:
+                        progress.advance()
+        except KeyboardInterrupt:
+            stop.set()
+            raise
+        finally:
+            if progress:
+                progress.close()
+    if failure is not None:
+        missing = [number for number, _ in requests if number not in sent]
+        listed = ", ".join(str(n) for n in missing[:MAX_LISTED_PROBLEMS])
+        more = f" and {len(missing) - MAX_LISTED_PROBLEMS} more" if len(missing) > MAX_LISTED_PROBLEMS else ""
+        raise CliError(
+            f"{failure}; enqueued {len(sent)} of {len(requests)}, not enqueued: line(s) {listed}{more}", EXIT_STORAGE
+        )
+    if args.json:
+        ids = [{"line": n, "jobId": r.job_id, "messageId": sent[n]} for n, r in requests]
+        print_json({"enqueued": len(sent), "queue": queue.queue_name, "messages": ids})
+    else:
+        print(f"enqueued {len(sent)} terminate request(s) to {queue.queue_name}")
+    return EXIT_OK

@@ -1,0 +1,128 @@
+"""Where the CLI works: storage, trigger and poison queue names and their encoding, from the function's settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from azure.core.credentials import TokenCredential
+from azure.storage.queue import LinearRetry, QueueClient
+
+from shared.errors import ConfigurationError
+from shared.settings import (
+    PROJECT_ROOT,
+    StorageSettings,
+    local_settings_values,
+    queue_name_setting,
+    queue_options,
+    storage_from_env,
+)
+from shared.storage import queue_client
+
+T = TypeVar("T")
+
+STORAGE_SETTING = "AzureWebJobsStorage"
+DEV_STORAGE = "UseDevelopmentStorage=true"
+CONNECT_TIMEOUT_SECONDS = 3
+READ_TIMEOUT_SECONDS = 20
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where the CLI works: storage, the trigger queue, its poison queue and their message encoding."""
+
+    storage: StorageSettings
+    queue: str
+    poison_queue: str
+    encoding: str
+
+
+def file_settings(root: Path) -> dict[str, str]:
+    """The non-empty `Values` of local.settings.json, else of local.settings.sample.json, else nothing."""
+    _, values = local_settings_values(root)
+    return {name: value for name, value in values.items() if value.strip()}
+
+
+def merged_settings(environ: Mapping[str, str], root: Path) -> dict[str, str]:
+    """The environment over the settings file; each group (storage, queue names) comes whole from one of them."""
+    env = {k: v for k, v in environ.items() if v.strip()}
+    merged = file_settings(root)
+    for in_group in (_is_storage_setting, _is_queue_name_setting):
+        if any(in_group(name) for name in env):
+            merged = {k: v for k, v in merged.items() if not in_group(k)}
+    merged.update(env)
+    return merged
+
+
+def _is_storage_setting(name: str) -> bool:
+    return name == STORAGE_SETTING or name.startswith(f"{STORAGE_SETTING}__")
+
+
+def _is_queue_name_setting(name: str) -> bool:
+    return name in ("TERMINATE_QUEUE_NAME", "POISON_QUEUE_NAME")
+
+
+def resolve_target(
+    connection_string: str | None = None,
+    queue: str | None = None,
+    poison_queue: str | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    root: Path = PROJECT_ROOT,
+) -> Target:
+    """Settings from options, environment and settings file; raises ConfigurationError naming the setting."""
+    settings = merged_settings(os.environ if environ is None else environ, root)
+    if connection_string is not None:
+        storage = _renamed(lambda: storage_from_env({STORAGE_SETTING: connection_string}), "--connection-string")
+    else:
+        storage = storage_from_env(settings)
+    if storage.connection_string and storage.connection_string.replace(" ", "").lower() == DEV_STORAGE.lower():
+        storage = StorageSettings(connection_string=DEV_STORAGE)  # azure-storage-queue: 127.0.0.1:10001
+    if queue is not None:
+        name = _renamed(lambda: queue_name_setting({"Q": queue}, "Q"), "--queue")
+        default_poison = f"{name}-poison"
+    else:
+        name = queue_name_setting(settings, "TERMINATE_QUEUE_NAME")
+        default_poison = settings.get("POISON_QUEUE_NAME", "").strip() or f"{name}-poison"
+    if poison_queue is not None:
+        poison = _renamed(lambda: queue_name_setting({"Q": poison_queue}, "Q"), "--poison-queue")
+    else:
+        poison = _renamed(lambda: queue_name_setting({"Q": default_poison}, "Q"), "POISON_QUEUE_NAME")
+    if poison == name:
+        raise ConfigurationError("--poison-queue", "must differ from the trigger queue")
+    encoding = queue_options(settings, root / "host.json").message_encoding
+    return Target(storage=storage, queue=name, poison_queue=poison, encoding=encoding)
+
+
+def _renamed(call: Callable[[], T], setting: str) -> T:
+    try:
+        return call()
+    except ConfigurationError as exc:
+        raise ConfigurationError(setting, exc.problem) from None
+
+
+def open_queue(
+    storage: StorageSettings, name: str, *, text_base64: bool = False, credential: TokenCredential | None = None
+) -> QueueClient:
+    """A queue client that fails fast: short connect timeout, one retry; base64 text encoding when asked."""
+    if storage.queue_service_uri and credential is None:
+        from azure.identity import DefaultAzureCredential  # an operator's az login, or the managed identity
+
+        credential = DefaultAzureCredential(managed_identity_client_id=storage.client_id)
+    try:
+        return queue_client(
+            storage,
+            name,
+            "base64" if text_base64 else "none",
+            credential=credential,
+            retry_policy=LinearRetry(backoff=1, random_jitter_range=1, retry_total=1),
+            connection_timeout=CONNECT_TIMEOUT_SECONDS,
+            read_timeout=READ_TIMEOUT_SECONDS,
+        )
+    except ValueError:
+        raise ConfigurationError(
+            f"{STORAGE_SETTING} / --connection-string", "is not a valid storage connection string"
+        ) from None

@@ -1,0 +1,65 @@
+"""The knobs of one soak run: message count, fault rates, the scaled retry policy and queue options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.batch import RetryPolicy
+from shared.settings import QueueOptions
+
+QUEUE_NAME = "soak-terminate"
+POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
+# Batch fault rates per terminate request (the emulator draws one per request).
+FAULT_RATES = {"server_busy": 0.10, "throttle": 0.05, "drop": 0.02, "slow": 0.01}
+TOKEN_FAILURE_RATE = 0.01
+MISSING_SHARE = 0.03
+COMPLETED_SHARE = 0.03
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    """Knobs of one soak run."""
+
+    messages: int = 10_000
+    seed: int = 1
+    http_timeout: float = 1.0
+    slow_seconds: float = 1.25
+    token_lifetime: int = 302
+    max_dequeue_count: int = 5
+    batch_size: int = 16
+    new_batch_threshold: int = 8
+    visibility_timeout: float = 1.0
+    max_polling_interval: float = 0.5
+    hide_seconds: float = 5.0
+    azurite_restart_at: float = 0.35
+    host_kill_at: float = 0.65
+    timeout: float | None = None
+    keep: bool = False
+
+    @property
+    def deadline_seconds(self) -> float:
+        """How long processing may take before the remaining messages count as lost."""
+        return self.timeout if self.timeout is not None else 120.0 + self.messages * 0.1
+
+    def policy(self) -> RetryPolicy:
+        """A retry policy scaled down so the soak finishes in minutes."""
+        # credential_delay stays at MSAL's 5 s failure cache, or token retries would be futile.
+        return RetryPolicy(
+            max_attempts=4,
+            base_delay=0.05,
+            max_delay=0.4,
+            retry_after_cap=5.0,
+            budget_seconds=15.0,
+            credential_delay=5.0,
+        )
+
+    def queue_options(self) -> QueueOptions:
+        """The host's queue options for the soak."""
+        return QueueOptions(
+            max_dequeue_count=self.max_dequeue_count,
+            message_encoding="base64",
+            batch_size=self.batch_size,
+            new_batch_threshold=self.new_batch_threshold,
+            visibility_timeout_seconds=self.visibility_timeout,
+            max_polling_interval_seconds=self.max_polling_interval,
+        )

@@ -1,0 +1,118 @@
+"""The soak's host process: the local queue host running terminate_job in a child that can be SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+from local.functions import FunctionFolder
+from local.queue_host import Invocation, QueueHost
+from shared import wiring
+from shared.settings import PROJECT_ROOT, Settings
+from soak.config import (
+    SoakConfig,
+)
+
+
+class HostProcess:
+    """The local queue host running terminate_job.main in a child process."""
+
+    def __init__(self, config_path: Path, log_dir: Path) -> None:
+        """Remember where the worker's configuration and logs go."""
+        self._config_path = config_path
+        self._log_dir = log_dir
+        self._process: subprocess.Popen[bytes] | None = None
+        self._generation = 0
+
+    def start(self) -> None:
+        """Start a new host process."""
+        self._generation += 1
+        output = (self._log_dir / f"host-{self._generation}.out").open("wb")
+        self._process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "soak",
+                "--worker",
+                str(self._config_path),
+                "--generation",
+                str(self._generation),
+            ],
+            cwd=PROJECT_ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+        output.close()
+
+    def kill(self) -> None:
+        """SIGKILL the host: no drain, in-flight messages stay hidden until their hide expires."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(10)
+            self._process = None
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM the host so it drains, then wait for it."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the current host process is running."""
+        return self._process is not None and self._process.poll() is None
+
+
+def run_worker(config_path: Path, generation: int) -> int:
+    """Child process: install the function with the soak's settings and pump the trigger queue until SIGTERM."""
+    document = json.loads(config_path.read_text(encoding="utf-8"))
+    os.environ.update(document["env"])
+    log_dir = config_path.parent
+    logging.basicConfig(
+        level=logging.WARNING,
+        filename=log_dir / f"host-{generation}.log",
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    config = SoakConfig(**document["config"])
+    options = config.queue_options()
+    settings = replace(Settings.from_env(), queues=options)
+    wiring.install(wiring.Wiring(settings, http_timeout=config.http_timeout, policy=config.policy()))
+    outcomes = (log_dir / f"deliveries-{generation}.jsonl").open("a", encoding="utf-8", buffering=1)
+    lock = threading.Lock()
+
+    def record(invocation: Invocation) -> None:
+        """Append one delivery outcome (line-buffered, so a SIGKILL loses at most the line being written)."""
+        line = json.dumps({"id": invocation.message_id, "n": invocation.dequeue_count, "o": invocation.outcome.value})
+        with lock:
+            outcomes.write(line + "\n")
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    host = QueueHost.for_function(
+        FunctionFolder.read(PROJECT_ROOT / "terminate_job"),
+        settings.storage,
+        options,
+        hide_seconds=config.hide_seconds,
+        min_polling_seconds=0.05,
+        drain_seconds=10.0,
+        on_invocation=record,
+    )
+    host.start()
+    while not stop.wait(0.2):
+        pass
+    host.stop()
+    outcomes.close()
+    return 0
