@@ -194,17 +194,38 @@ def test_still_not_done_at_the_last_check_is_a_termination_stuck_record(
 
 @pytest.mark.usefixtures("no_sleep")
 def test_confirm_force_terminates_once_with_force_at_the_first_check(
-    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+    captured_logs,
 ) -> None:
     monkeypatch.setenv("CONFIRM_FORCE", "true")
     monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")
     batch.add_job("job-1", state=JobState.TERMINATING)
     confirm_termination.main(check_message(make_message, check=1)[0])
-    confirm_termination.main(check_message(make_message, check=2)[0])
     posts = [r for r in batch.requests if r.method == "POST"]
     assert len(posts) == 1
     assert posts[0].query["force"] == "true"
-    assert sorted(c["check"] for c in visible_checks(confirm_queue, 2)) == [2, 3]
+    assert [c["check"] for c in visible_checks(confirm_queue, 1)] == [2]
+    # Check 2 only reads: the forced terminate ended the job (the emulator, as Batch, lets force end terminating).
+    confirm_termination.main(check_message(make_message, check=2)[0])
+    assert len([r for r in batch.requests if r.method == "POST"]) == 1
+    assert any("outcome=confirmed" in r.getMessage() for r in captured_logs.records)
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_confirm_force_is_not_repeated_after_the_first_check(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    monkeypatch.setenv("CONFIRM_FORCE", "true")
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=2)[0])
+    assert [r.method for r in batch.requests] == ["GET"]
+    assert [c["check"] for c in visible_checks(confirm_queue, 1)] == [3]
 
 
 @pytest.mark.usefixtures("no_sleep")

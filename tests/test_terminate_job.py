@@ -677,7 +677,7 @@ def test_force_with_an_old_api_version_is_refused_without_a_request(
 
 
 @pytest.mark.usefixtures("no_sleep")
-@pytest.mark.parametrize("version", ["2024-07-01.20.0"])  # 2025-06-01 too once the emulator knows it
+@pytest.mark.parametrize("version", ["2024-07-01.20.0", "2025-06-01"])
 def test_force_with_a_new_api_version_is_sent(
     monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, version: str
 ) -> None:
