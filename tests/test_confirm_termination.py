@@ -11,7 +11,7 @@ from azure.storage.queue import QueueClient
 
 import confirm_termination
 import terminate_job
-from local.batch_emulator import BatchEmulator, JobState
+from local.batch_emulator import BatchEmulator, Fault, JobState
 from shared import wiring
 from shared.confirmation import ConfirmCheck
 from shared.errors import ConfigurationError, EnqueueFailed, RetryLater
@@ -292,3 +292,19 @@ def _receive(queue: QueueClient, wait: float = 15.0):
             return message
         time.sleep(0.1)
     return None
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_503_on_the_check_read_is_retried_then_recorded_on_the_last_attempt(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    batch.inject(Fault.status(503, "ServerBusy"), times=100, operation="get")
+    with pytest.raises(RetryLater):
+        confirm_termination.main(check_message(make_message, dequeue_count=1)[0])
+    assert queues.poison_records() == []
+    confirm_termination.main(check_message(make_message, dequeue_count=5)[0])
+    [record] = queues.poison_records()
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("ServerBusy", 503)
+    assert (record["messageId"], record["attempts"]) == ("orig-1", 5)
+    assert pending(confirm_queue) == 0

@@ -967,3 +967,37 @@ def test_dry_run_still_records_invalid_messages_and_refusals(
     codes = [r["error"]["code"] for r in queues.poison_records()]
     assert codes == ["InvalidMessage", "JobNotAllowed", "JobProtected"]
     assert all(r.method == "GET" for r in batch.requests)
+
+
+@pytest.mark.parametrize("fault", [Fault.status(503, "ServerBusy"), Fault.status(429, "TooManyRequests"), Fault.drop()])
+def test_a_transient_failure_of_the_keep_read_is_retried_inside_the_invocation(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    no_sleep: list[float],
+    fault: Fault,
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("job-1")
+    batch.inject(fault, times=2, operation="get")
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert [r.method for r in batch.requests] == ["GET", "GET", "GET", "POST"]
+    assert len(no_sleep) == 2
+    assert batch.job("job-1").state is not JobState.ACTIVE
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_keep_read_failing_on_the_last_attempt_is_recorded_with_batchs_code(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("job-1")
+    batch.inject(Fault.status(503, "ServerBusy"), times=100, operation="get")
+    with pytest.raises(RetryLater):
+        terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=4))
+    terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=5))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"], record["attempts"]) == ("ServerBusy", 503, 5)
+    assert all(r.method == "GET" for r in batch.requests)
