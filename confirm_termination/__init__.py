@@ -9,25 +9,22 @@ import azure.functions as func
 from shared import wiring
 from shared.confirmation import Pending
 from shared.errors import ConfigurationError, EnqueueFailed, PoisonWriteFailed, RetryLater
-from shared.outcome import Outcome
 
 log = logging.getLogger("batch_terminator")
 
 
 def main(msg: func.QueueMessage) -> None:
     """Finish the check, or raise so the host delivers it again."""
+    objects = wiring.current()
+    telemetry = objects.telemetry()
+    attempt = msg.dequeue_count or 1
     try:
-        finished = wiring.current().confirmer().handle(msg.get_body(), msg.id, msg.dequeue_count or 1)
-    except RetryLater as exc:
-        log.warning("%s", exc)
-        raise
-    except (PoisonWriteFailed, EnqueueFailed) as exc:
-        log.error("confirm message_id=%s outcome=write_failed: %s", msg.id, exc)
-        raise
-    except ConfigurationError as exc:
-        log.error("confirm message_id=%s outcome=configuration_error: %s", msg.id, exc)
+        finished = objects.confirmer().handle(msg.get_body(), msg.id, attempt)
+    except (RetryLater, PoisonWriteFailed, EnqueueFailed, ConfigurationError) as exc:
+        telemetry.handed_back(exc, message_id=msg.id, attempt=attempt)
         raise
     if isinstance(finished, Pending):
+        # The next check is scheduled: the chain ends later in exactly one record (confirmed or poisoned).
         log.info("%s", finished.describe())
         return
-    log.log(logging.ERROR if finished.outcome is Outcome.POISONED else logging.INFO, "%s", finished.describe())
+    telemetry.finished(finished)

@@ -30,8 +30,8 @@ class Result:
     client_request_id: str | None
     attempt: int = 1
     duration: float = 0.0
-    account: str | None = None
     message_id: str | None = None
+    account: str | None = None
 
     def describe(self) -> str:
         """The one log line for this outcome."""

@@ -15,7 +15,7 @@ from local.batch_emulator import BatchEmulator, Fault, JobState
 from shared import wiring
 from shared.confirmation import ConfirmCheck
 from shared.errors import ConfigurationError, EnqueueFailed, RetryLater
-from tests.conftest import MessageFactory, Queues, closed_port
+from tests.conftest import Exported, MessageFactory, Queues, closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -308,3 +308,33 @@ def test_a_503_on_the_check_read_is_retried_then_recorded_on_the_last_attempt(
     assert (record["error"]["code"], record["error"]["httpStatus"]) == ("ServerBusy", 503)
     assert (record["messageId"], record["attempts"]) == ("orig-1", 5)
     assert pending(confirm_queue) == 0
+
+
+# ---- docs/CONTRACT.md §8: one record per finished message, with these outcomes
+
+
+def test_a_confirmed_chain_ends_in_one_confirmed_record_and_a_pending_check_in_none(
+    exported: Exported, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=1)[0])
+    assert [r for r in exported.records() if "outcome" in r] == []  # pending: the chain is not finished
+    batch.set_state("job-1", JobState.COMPLETED)
+    confirm_termination.main(check_message(make_message, check=2)[0])
+    [record] = [r for r in exported.records() if "outcome" in r]
+    assert (record["outcome"], record["jobId"], record["account"], record["messageId"]) == (
+        "confirmed",
+        "job-1",
+        "default",
+        "orig-1",
+    )
+    assert record["httpStatus"] == 200
+
+
+def test_a_termination_stuck_record_is_a_poisoned_outcome(
+    exported: Exported, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=3)[0])
+    [record] = [r for r in exported.records() if "outcome" in r]
+    assert (record["outcome"], record["code"], record["httpStatus"]) == ("poisoned", "TerminationStuck", None)

@@ -25,7 +25,7 @@ from local.identity import IdentityEndpoint
 from shared import wiring
 from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
 from shared.poison import PoisonWriter
-from tests.conftest import MessageFactory, Queues, closed_port
+from tests.conftest import Exported, MessageFactory, Queues, closed_port
 
 pytestmark = pytest.mark.integration
 
@@ -1001,3 +1001,26 @@ def test_a_keep_read_failing_on_the_last_attempt_is_recorded_with_batchs_code(
     record = only_record(queues)
     assert (record["error"]["code"], record["error"]["httpStatus"], record["attempts"]) == ("ServerBusy", 503, 5)
     assert all(r.method == "GET" for r in batch.requests)
+
+
+def test_dry_run_and_guard_outcomes_are_telemetry_records(
+    monkeypatch: pytest.MonkeyPatch, exported: Exported, batch: BatchEmulator, make_message: MessageFactory
+) -> None:
+    monkeypatch.setenv("TERMINATE_DRY_RUN", "true")
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("job-1")
+    batch.add_job("done", state=JobState.COMPLETED)
+    terminate_job.main(make_message({"jobId": "job-1", "account": "DEFAULT"}, message_id="m-1"))
+    terminate_job.main(make_message({"jobId": "done"}, message_id="m-2"))
+    records = {r["messageId"]: r for r in exported.records() if "outcome" in r}
+    assert (records["m-1"]["outcome"], records["m-1"]["jobId"], records["m-1"]["account"]) == (
+        "dry_run",
+        "job-1",
+        "default",
+    )
+    assert (records["m-2"]["outcome"], records["m-2"]["code"], records["m-2"]["httpStatus"]) == (
+        "already_terminated",
+        "JobCompleted",
+        409,
+    )
+    assert [r.method for r in batch.requests] == ["GET", "GET"]
