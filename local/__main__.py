@@ -14,6 +14,7 @@ from azure.core.exceptions import AzureError
 from local.console import print_banner, say, serve, stop_on_signals
 from local.functions import FunctionLoadError
 from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
+from local.queue_host import QueueHost
 from local.smoke import smoke
 from local.stack import DEFAULT_AZURITE_PORT, DEFAULT_EMULATOR_PORT, RunError, start_everything, start_timers
 from shared import telemetry
@@ -26,6 +27,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="./dev run",
         description="Run batch-terminator on this machine: Azurite, the local queue-trigger, HTTP and timer hosts, "
         "and Batch (the local emulator unless BATCH_ACCOUNT_URL names a real account).",
+        epilog="Budget kill switch demo: ALERT_SELECT_JOB_ID_PREFIX=demo ./dev run, then POST "
+        "tests/payloads/budget-test-action.json (Microsoft's sample Cost Management budget notification) to the "
+        "alert URL the banner prints: alert_terminate selects the active demo jobs and terminates each one. "
+        "Stopping: Ctrl-C waits for in-flight invocations, a second Ctrl-C stops waiting (see --release-on-stop).",
     )
     parser.add_argument(
         "--azurite-port",
@@ -53,6 +58,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sweep-now", action="store_true", help="fire the sweep_jobs timer once right after start (then on schedule)"
     )
+    parser.add_argument(
+        "--any-job",
+        action="store_true",
+        help="let the local Batch emulator create any job id on its first terminate (default: only the demo jobs"
+        " exist, so another id ends as a JobNotFound poison record, as in Azure)",
+    )
+    parser.add_argument(
+        "--release-on-stop",
+        action="store_true",
+        help="on a forced stop (second Ctrl-C) make unfinished messages visible at once; the real host leaves"
+        " them hidden until their 10-minute hide expires (the default here too)",
+    )
     parser.add_argument("--in-memory", action="store_true", help="keep Azurite's data in memory, not in .azurite/")
     parser.add_argument("--once", action="store_true", help="process what is queued, then stop")
     parser.add_argument(
@@ -73,13 +90,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every storage request is logged at INFO by azure-core; keep the terminal for what matters.
     logging.getLogger("azure").setLevel(logging.WARNING)
     stop = threading.Event()
-    with stop_on_signals(stop), contextlib.ExitStack() as stack:
+    hosts: list[QueueHost] = []
+
+    def force() -> None:
+        for host in hosts:
+            host.force_stop()
+
+    with stop_on_signals(stop, force), contextlib.ExitStack() as stack:
         try:
             run = start_everything(args, stack)
         except (RunError, FunctionLoadError, ConfigurationError, TerminatorError, RuntimeError, AzureError) as exc:
             say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             return 2
         print_banner(run, args)
+        hosts.extend(run.hosts)
         # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
         stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
         for host in run.hosts:

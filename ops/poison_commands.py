@@ -34,6 +34,12 @@ def cmd_poison_list(args: argparse.Namespace, target: Target) -> int:
         total = len(entries) if filtered else max(poison.approximate_count(), len(shown))
         if total > len(shown):
             print(f"showing {len(shown)} of about {total} record(s); --limit 0 shows all", file=sys.stderr)
+    expiring = sorted(e.expires for e in entries if e.expires is not None)
+    if expiring:
+        if len(expiring) == 1:
+            warn(f"1 entry expires at {expiring[0]}, when storage deletes it: replay it before then")
+        else:
+            warn(f"{len(expiring)} entries expire, the first at {expiring[0]}: replay them before then")
     if args.json:
         print_json([e.summary() for e in shown])
         return EXIT_OK
