@@ -378,7 +378,7 @@ def test_a_body_that_is_not_utf8_is_a_failed_invocation_then_moved_raw(queues: Q
     raw_client(queues, queues.trigger).send_message(text)
     handler = Recorder()
 
-    with hosting(queues, handler) as (_, seen):
+    with hosting(queues, handler, BASE64) as (_, seen):
         wait_for(lambda: any(i.outcome is Settlement.MOVED_TO_POISON for i in seen), what="the poison move")
 
     assert handler.calls == []  # main never sees bytes it cannot bind
@@ -395,7 +395,7 @@ def test_the_body_is_bound_as_text(queues: Queues) -> None:
     raw_client(queues, queues.trigger).send_message(b64('{"jobId": "café"}'))
     handler = Recorder()
 
-    with hosting(queues, handler) as (_, seen):
+    with hosting(queues, handler, BASE64) as (_, seen):
         wait_for(lambda: len(seen) == 1, what="one invocation")
 
     assert handler.calls[0].get_body() == '{"jobId": "café"}'.encode()
