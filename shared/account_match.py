@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlsplit
 
 from shared.errors import AlertRejected, BatchErrorDetail
 from shared.message import TerminateRequest
+from shared.producer import build_request
 from shared.settings import LOOPBACK_HOSTS, Settings
 
 DEFAULT_ALIAS = "default"
@@ -18,10 +18,7 @@ _BATCH_ACCOUNT = re.compile(r"/providers/microsoft\.batch/batchaccounts/([^/]+)(
 
 def configured_accounts(settings: Settings) -> dict[str, str]:
     """Alias → account URL for every configured account, "default" first."""
-    accounts = getattr(settings, "accounts", None)  # BATCH_ACCOUNTS (docs/CONTRACT.md §2), once settings has it
-    if isinstance(accounts, Mapping) and accounts:
-        return {DEFAULT_ALIAS: settings.batch_account_url, **{str(k).casefold(): str(v) for k, v in accounts.items()}}
-    return {DEFAULT_ALIAS: settings.batch_account_url}
+    return {DEFAULT_ALIAS: settings.batch_account_url, **settings.accounts}
 
 
 def batch_account_names(target_ids: object) -> list[str]:
@@ -89,12 +86,7 @@ def alias_for(value: object, accounts: Mapping[str, str]) -> str:
 
 def terminate_request(job_id: str, reason: str | None, alias: str) -> TerminateRequest:
     """A terminate request checked by the function's own parser, naming its account unless it is the default."""
-    document: dict[str, str] = {"jobId": job_id}
-    if reason:
-        document["reason"] = reason
-    if alias != DEFAULT_ALIAS:
-        document["account"] = alias
-    return TerminateRequest.parse(json.dumps(document))
+    return build_request(job_id, reason or None, account=None if alias == DEFAULT_ALIAS else alias)
 
 
 def _first_label(url: str) -> str:

@@ -10,11 +10,11 @@ from typing import Protocol
 
 from shared.batch_read import JobInfo
 from shared.errors import ConfigurationError
+from shared.guards import is_kept
 from shared.message import JOB_ID_PATTERN
 
 log = logging.getLogger("batch_terminator.selection")
 
-KEEP_METADATA = "batch-terminator-keep"
 # Job - List's own maximum; the service may still answer with shorter pages and an odata.nextLink.
 LIST_PAGE_SIZE = 1000
 PREFIX_SETTING = "ALERT_SELECT_JOB_ID_PREFIX"
@@ -123,14 +123,6 @@ def select_jobs(lister: JobLister, selector: JobSelector, *, select: str = "") -
             continue
         picked.append(job)
     return Selection(tuple(picked), listed, kept)
-
-
-def is_kept(metadata: Mapping[str, str]) -> bool:
-    """Whether the job opted out (metadata batch-terminator-keep=true; names and values read leniently)."""
-    return any(
-        name.strip().casefold() == KEEP_METADATA and value.strip().casefold() == "true"
-        for name, value in metadata.items()
-    )
 
 
 def max_jobs(env: Mapping[str, str], setting: str) -> int:

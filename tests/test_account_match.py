@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.account_match import account_for, alias_for, batch_account_names
+from shared.account_match import account_for, alias_for, batch_account_names, terminate_request
 from shared.errors import AlertRejected
 
 EU = "https://contosoeu.westeurope.batch.azure.com"
@@ -76,3 +76,8 @@ def test_a_plain_body_account_is_an_alias_case_insensitively() -> None:
         with pytest.raises(AlertRejected) as caught:
             alias_for(bad, accounts)
         assert caught.value.code == "UnknownAccount"
+
+
+def test_terminate_requests_name_their_account_unless_default() -> None:
+    assert "account" not in terminate_request("job-1", "r", "default").to_message()
+    assert terminate_request("job-1", "r", "us").to_message()["account"] == "us"
