@@ -99,9 +99,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             return 2
         print_banner(run, args)
+        hosts.extend(run.hosts)
         # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
         stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
-        hosts.extend(run.hosts)
         for host in run.hosts:
             host.start()
             stack.callback(host.stop)
