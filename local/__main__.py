@@ -27,6 +27,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="./dev run",
         description="Run batch-terminator on this machine: Azurite, the local queue-trigger, HTTP and timer hosts, "
         "and Batch (the local emulator unless BATCH_ACCOUNT_URL names a real account).",
+        epilog="Budget kill switch demo: ALERT_SELECT_JOB_ID_PREFIX=demo ./dev run, then POST "
+        "tests/payloads/budget-test-action.json (Microsoft's sample Cost Management budget notification) to the "
+        "alert URL the banner prints: alert_terminate selects the active demo jobs and terminates each one. "
+        "Stopping: Ctrl-C waits for in-flight invocations, a second Ctrl-C stops waiting (see --release-on-stop).",
     )
     parser.add_argument(
         "--azurite-port",
