@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from typing import Any
 
 import azure.functions as func
@@ -11,49 +10,59 @@ import azure.functions as func
 from shared import wiring
 from shared.alerts import AlertSettings, read_alert
 from shared.errors import AlertRejected, ConfigurationError, EnqueueFailed
-
-log = logging.getLogger("batch_terminator.alerts")
+from shared.telemetry import Telemetry
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
     """Validate the whole request, then enqueue one terminate request per job id; answer 202 with the ids."""
+    telemetry = wiring.current().telemetry()
     if req.method.upper() != "POST":
+        telemetry.alert_finished(outcome="rejected", http_status=405, code="MethodNotAllowed")
         return _error(AlertRejected(405, "MethodNotAllowed", "use POST"), {"Allow": "POST"})
     try:
         settings = AlertSettings.from_env()
         alert = read_alert(req.get_body(), settings)
     except ConfigurationError as exc:
-        log.error("alert_terminate misconfigured: %s", exc)
-        return _error(AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs"))
+        return _misconfigured(telemetry, exc)
     except AlertRejected as exc:
-        log.warning("alert_terminate rejected: status=%d code=%s %s", exc.status, exc.code, exc.message)
+        telemetry.alert_finished(outcome="rejected", http_status=exc.status, code=exc.code, message=exc.message)
         return _error(exc)
     if not alert.fired:
-        log.info("alert_terminate rule=%r condition=%s: nothing to do", alert.rule, alert.monitor_condition)
+        telemetry.alert_finished(
+            outcome="resolved", http_status=200, rule=alert.rule, source=alert.source, message="nothing to do"
+        )
         return _json(200, {"enqueued": [], "monitorCondition": alert.monitor_condition})
     try:
         queue = wiring.current().terminate_queue()
     except ConfigurationError as exc:
-        log.error("alert_terminate misconfigured: %s", exc)
-        return _error(AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs"))
+        return _misconfigured(telemetry, exc)
     enqueued: list[str] = []
     for request in alert.requests:
         try:
             queue.enqueue(request)
         except EnqueueFailed as exc:
             # 503 makes the action group retry; terminating twice is harmless (409 JobBeingTerminated is done).
-            log.error("alert_terminate rule=%r enqueue failed after %s: %s", alert.rule, enqueued, exc)
+            telemetry.alert_finished(
+                outcome="enqueue_failed",
+                http_status=503,
+                code="EnqueueFailed",
+                rule=alert.rule,
+                source=alert.source,
+                job_ids=enqueued,
+                message=f"enqueue failed: {exc}",
+            )
             body = AlertRejected(503, "EnqueueFailed", "the terminate queue did not take the request").document()
             return _json(503, {**body, "enqueued": enqueued}, {"Retry-After": "30"})
         enqueued.append(request.job_id)
-    log.info(
-        "alert_terminate source=%s rule=%r severity=%r enqueued=%s",
-        alert.source,
-        alert.rule,
-        alert.severity,
-        enqueued,
+    telemetry.alert_finished(
+        outcome="enqueued", http_status=202, rule=alert.rule, source=alert.source, job_ids=enqueued
     )
     return _json(202, {"enqueued": enqueued})
+
+
+def _misconfigured(telemetry: Telemetry, exc: ConfigurationError) -> func.HttpResponse:
+    telemetry.alert_finished(outcome="misconfigured", http_status=500, code="ConfigurationError", message=str(exc))
+    return _error(AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs"))
 
 
 def _error(exc: AlertRejected, headers: dict[str, str] | None = None) -> func.HttpResponse:

@@ -16,6 +16,7 @@ from local.functions import FunctionLoadError
 from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from local.smoke import smoke
 from local.stack import DEFAULT_AZURITE_PORT, DEFAULT_EMULATOR_PORT, RunError, start_everything, start_timers
+from shared import telemetry
 from shared.errors import ConfigurationError, TerminatorError
 
 
@@ -79,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             return 2
         print_banner(run, args)
+        # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
+        stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
         for host in run.hosts:
             host.start()
             stack.callback(host.stop)

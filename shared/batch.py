@@ -23,6 +23,7 @@ from shared.errors import BatchCallFailed, BatchError, BatchErrorDetail
 from shared.message import JOB_ID_PATTERN, TerminateRequest, format_http_date
 from shared.outcome import Outcome, Result
 from shared.settings import BATCH_SCOPE, Settings
+from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.batch")
 
@@ -150,8 +151,10 @@ class BatchClient:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
         http_timeout: float | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._settings = settings
+        self._telemetry = telemetry or Telemetry()
         self._http_timeout = http_timeout or settings.http_timeout_seconds
         self._tokens = tokens
         self._session = session
@@ -221,6 +224,7 @@ class BatchClient:
     ) -> tuple[requests.Response, BatchError, Verdict]:
         """The one retry loop: token, 401 refresh, transient backoff; returns an answer whose verdict is accepted."""
         started = self._clock()
+        operation = "terminate" if method == "POST" else "read"
         attempt = 0
         refreshed = False
         sent = False  # whether any request reached the wire: a record names a client-request-id only then
@@ -242,6 +246,7 @@ class BatchClient:
                 floor = self._policy.credential_delay
             else:
                 sent = True
+                call_started = self._clock()
                 try:
                     response = self._session.request(
                         method,
@@ -253,10 +258,15 @@ class BatchClient:
                     )
                 except requests.Timeout as exc:
                     detail = _network_detail("timed out waiting for Batch", exc, client_request_id)
+                    self._telemetry.batch_call(operation, self._clock() - call_started, None, detail.code)
                 except requests.RequestException as exc:
                     detail = _network_detail("could not reach Batch", exc, client_request_id)
+                    self._telemetry.batch_call(operation, self._clock() - call_started, None, detail.code)
                 else:
                     detail = error_detail(response, client_request_id)
+                    self._telemetry.batch_call(
+                        operation, self._clock() - call_started, response.status_code, detail.code
+                    )
                     verdict = classify(response.status_code, detail.code)
                     if verdict in accept:
                         return response, detail, verdict
@@ -273,6 +283,7 @@ class BatchClient:
                             )
                             floor = self._policy.credential_delay
                         else:
+                            self._telemetry.retried(operation, detail.code)
                             continue
                     elif verdict is Verdict.TRANSIENT:
                         retry_after = _retry_after(response.headers)
@@ -290,6 +301,7 @@ class BatchClient:
                 detail.http_status,
                 delay,
             )
+            self._telemetry.retried(operation, detail.code)
             self._sleep(delay)
 
     @staticmethod

@@ -29,6 +29,7 @@ class Result:
     attempt: int = 1
     duration: float = 0.0
     message_id: str | None = None
+    account: str | None = None
 
     def describe(self) -> str:
         """The one log line for this outcome."""

@@ -15,6 +15,7 @@ from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFo
 from azure.storage.queue import QueueClient
 
 from shared.errors import BatchError, BatchErrorDetail, PoisonWriteFailed
+from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.poison")
 
@@ -131,8 +132,9 @@ def _dumps(document: Mapping[str, Any]) -> str:
 class PoisonWriter:
     """Sends poison records; creates the poison queue on first need."""
 
-    def __init__(self, queue: QueueClient) -> None:
+    def __init__(self, queue: QueueClient, *, telemetry: Telemetry | None = None) -> None:
         self._queue = queue
+        self._telemetry = telemetry or Telemetry()
 
     def write(self, record: PoisonRecord) -> None:
         """Put the record on the queue, or raise PoisonWriteFailed."""
@@ -149,3 +151,4 @@ class PoisonWriter:
             raise PoisonWriteFailed(
                 f"could not write poison record to {self._queue.queue_name}: {type(exc).__name__}"
             ) from exc
+        self._telemetry.poison_written(record.error.code)

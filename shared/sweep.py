@@ -14,6 +14,7 @@ from shared.batch_read import BatchReader, JobInfo
 from shared.errors import BatchCallFailed, ConfigurationError, EnqueueFailed
 from shared.message import JOB_ID_PATTERN
 from shared.producer import TerminateQueue, build_request
+from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.sweep")
 
@@ -107,12 +108,14 @@ class Sweeper:
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._reader = reader
         self._queue = queue
         self._policy = policy
         self._now = now
         self._clock = clock
+        self._telemetry = telemetry or Telemetry()
 
     def run(self) -> SweepReport:
         """Sweep once; Batch and queue failures are logged and end the run (the next schedule tries again)."""
@@ -135,7 +138,7 @@ class Sweeper:
         else:
             self._act(report)
         report.duration = self._clock() - started
-        log.log(logging.ERROR if report.outcome != "ok" else logging.INFO, "%s", report.summary())
+        self._telemetry.sweep_finished(report)
         return report
 
     def _decide(self, report: SweepReport) -> None:

@@ -63,9 +63,13 @@ class Terminator:
                     f" status={exc.error.http_status} client_request_id={client_request_id}"
                     f" attempt={attempt}/{self._max_dequeue_count}"
                 ) from exc
-            return self._poisoned(delivery, attempt, exc.error, request.job_id, request.reason, started)
+            return self._poisoned(
+                delivery, attempt, exc.error, request.job_id, request.reason, started, account="default"
+            )
 
-        return replace(answer, attempt=attempt, duration=self._clock() - started, message_id=delivery.message_id)
+        # account: the one account there is (a message naming another is a later feature).
+        done = self._clock() - started
+        return replace(answer, attempt=attempt, duration=done, message_id=delivery.message_id, account="default")
 
     def _poisoned(
         self,
@@ -75,6 +79,8 @@ class Terminator:
         job_id: str | None,
         reason: str | None,
         started: float,
+        *,
+        account: str | None = None,
     ) -> Result:
         self._poison.write(
             PoisonRecord(
@@ -96,4 +102,5 @@ class Terminator:
             attempt=attempt,
             duration=self._clock() - started,
             message_id=delivery.message_id,
+            account=account,
         )

@@ -17,11 +17,13 @@ from requests.utils import get_environ_proxies
 
 from shared.batch import BatchClient, RetryPolicy, TokenProvider
 from shared.batch_read import BatchReader
+from shared.keeper import PoisonKeeper
 from shared.poison import PoisonWriter
 from shared.producer import TerminateQueue
-from shared.settings import Settings
+from shared.settings import Settings, queue_name_setting
 from shared.storage import queue_client
 from shared.sweep import Sweeper, SweepPolicy
+from shared.telemetry import Telemetry
 from shared.terminator import Terminator
 
 log = logging.getLogger("batch_terminator")
@@ -73,6 +75,7 @@ class Wiring:
         http_timeout: float | None = None,
         policy: RetryPolicy | None = None,
         poison: PoisonWriter | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._environ = environ
         self._sleep = sleep
@@ -84,6 +87,8 @@ class Wiring:
             self._built["settings"] = settings
         if poison is not None:
             self._built["poison_writer"] = poison
+        if telemetry is not None:
+            self._built["telemetry"] = telemetry
 
     def _once(self, name: str, build: Callable[[], T]) -> T:
         """The object called `name`, built on the first call; a build that raises is tried again next time."""
@@ -99,6 +104,10 @@ class Wiring:
     def settings(self) -> Settings:
         """The app settings, validated once; a ConfigurationError names the bad setting."""
         return self._once("settings", lambda: Settings.from_env(self._environ))
+
+    def telemetry(self) -> Telemetry:
+        """The records and metrics (on the global OpenTelemetry provider unless one was given)."""
+        return self._once("telemetry", Telemetry)
 
     @property
     def concurrency(self) -> int:
@@ -131,6 +140,7 @@ class Wiring:
                 policy=self._policy,
                 sleep=self._sleep,
                 http_timeout=self._http_timeout,
+                telemetry=self.telemetry(),
             )
 
         return self._once("batch_client", build)
@@ -146,7 +156,7 @@ class Wiring:
             settings = self.settings()
             encoding = settings.queues.message_encoding
             client = queue_client(settings.storage, settings.poison_queue_name, encoding, pool_size=self.concurrency)
-            return PoisonWriter(client)
+            return PoisonWriter(client, telemetry=self.telemetry())
 
         return self._once("poison_writer", build)
 
@@ -168,6 +178,23 @@ class Wiring:
 
         return self._once("terminator", build)
 
+    def keeper(self) -> PoisonKeeper:
+        """The keep_poison service: the host's poison queues (trigger, and confirm when set) into records."""
+
+        def build() -> PoisonKeeper:
+            settings = self.settings()
+            env = os.environ if self._environ is None else self._environ
+            triggers = [settings.terminate_queue_name]
+            if env.get("CONFIRM_QUEUE_NAME", "").strip():
+                triggers.append(queue_name_setting(env, "CONFIRM_QUEUE_NAME"))
+            # The host names its poison queue {queue}-poison; read raw ("none"): a record keeps the text exactly.
+            sources = [queue_client(settings.storage, f"{name}-poison", "none") for name in triggers]
+            return PoisonKeeper(
+                sources, self.poison_writer(), max_dequeue_count=settings.max_dequeue_count, telemetry=self.telemetry()
+            )
+
+        return self._once("keeper", build)
+
     def terminate_queue(self) -> TerminateQueue:
         """The producer for the trigger queue; reads only the storage and queue settings (no Batch ones)."""
         return self._once("terminate_queue", lambda: TerminateQueue.from_env(self._environ))
@@ -188,7 +215,7 @@ class Wiring:
             log.info(
                 "sweep ready: batch=%s queue=%s %s", settings.batch_account_url, queue.queue_name, policy.describe()
             )
-            return Sweeper(self.batch_reader(), queue, policy)
+            return Sweeper(self.batch_reader(), queue, policy, telemetry=self.telemetry())
 
         return self._once("sweeper", build)
 

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import logging
-
 import azure.functions as func
 
 from shared import wiring
 from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
-from shared.outcome import Outcome
 from shared.terminator import Delivery
-
-log = logging.getLogger("batch_terminator")
 
 
 def main(msg: func.QueueMessage) -> None:
     """Finish the message, or raise so the host delivers it again."""
     delivery = Delivery(body=msg.get_body(), message_id=msg.id, dequeue_count=msg.dequeue_count or 1)
+    objects = wiring.current()
+    telemetry = objects.telemetry()
     try:
-        result = wiring.current().terminator().handle(delivery)
-    except RetryLater as exc:
-        log.warning("%s", exc)
+        result = objects.terminator().handle(delivery)
+    except (RetryLater, PoisonWriteFailed, ConfigurationError) as exc:
+        telemetry.handed_back(exc, message_id=msg.id, attempt=delivery.dequeue_count)
         raise
-    except PoisonWriteFailed as exc:
-        log.error("terminate message_id=%s outcome=poison_write_failed: %s", msg.id, exc)
-        raise
-    except ConfigurationError as exc:
-        log.error("terminate message_id=%s outcome=configuration_error: %s", msg.id, exc)
-        raise
-    log.log(logging.ERROR if result.outcome is Outcome.POISONED else logging.INFO, "%s", result.describe())
+    telemetry.finished(result)

@@ -15,12 +15,18 @@ import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from opentelemetry.instrumentation.logging.handler import LoggingHandler
+from opentelemetry.sdk._logs import LoggerProvider
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator
 from local.identity import IdentityEndpoint
 from shared import wiring
 from shared.message import TerminateRequest
+from shared.telemetry import Telemetry
 
 
 @pytest.fixture(autouse=True)
@@ -127,6 +133,60 @@ def no_sleep(function_env: dict[str, str]) -> list[float]:
     slept: list[float] = []
     wiring.install(wiring.Wiring(sleep=slept.append))
     return slept
+
+
+@dataclass
+class Exported:
+    """What the OpenTelemetry SDK exported: log records of logger batch_terminator, and metric data points."""
+
+    logs: InMemoryLogRecordExporter
+    reader: InMemoryMetricReader
+
+    def records(self) -> list[dict[str, Any]]:
+        """The attributes of every exported log record, oldest first."""
+        return [dict(r.log_record.attributes or {}) for r in self.logs.get_finished_logs()]
+
+    def bodies(self) -> list[str]:
+        """The text of every exported log record."""
+        return [str(r.log_record.body) for r in self.logs.get_finished_logs()]
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+        """(attributes, data point) of metric `name` as collected now."""
+        data = self.reader.get_metrics_data()
+        found: list[tuple[dict[str, Any], Any]] = []
+        for resource in data.resource_metrics if data else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    if metric.name == name:
+                        found.extend((dict(p.attributes or {}), p) for p in metric.data.data_points)
+        return found
+
+    def counts(self, name: str) -> dict[tuple[tuple[str, Any], ...], int]:
+        """A counter's values by their sorted attributes."""
+        return {tuple(sorted(attrs.items())): int(point.value) for attrs, point in self.points(name)}
+
+
+@pytest.fixture
+def exported(function_env: dict[str, str]) -> Iterator[Exported]:
+    """The production wiring (no sleeps) with telemetry on an SDK MeterProvider + LoggerProvider with in-memory
+    exporters: the same handler the Azure Monitor distro attaches, on logger batch_terminator."""
+    reader = InMemoryMetricReader()
+    logs = InMemoryLogRecordExporter()
+    logger_provider = LoggerProvider()
+    logger_provider.add_log_record_processor(SimpleLogRecordProcessor(logs))
+    handler = LoggingHandler(level=logging.DEBUG, logger_provider=logger_provider)
+    logger = logging.getLogger("batch_terminator")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    telemetry = Telemetry(MeterProvider(metric_readers=[reader]))
+    wiring.install(wiring.Wiring(sleep=lambda _: None, telemetry=telemetry))
+    try:
+        yield Exported(logs, reader)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger_provider.shutdown()
 
 
 MessageFactory = Callable[..., func.QueueMessage]

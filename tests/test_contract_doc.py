@@ -11,6 +11,8 @@ SPEC = ROOT / "docs" / "CONTRACT.md"
 
 CITATION = re.compile(r"docs/CONTRACT\.md`?\s+§(\d+[a-z]?)")
 OUTSIDE = re.compile(r"\.\./shared|(?<!docs/)\bshared/CONTRACT\.md")
+# The spec cited by its bare name leaves the reader guessing which file: cite it with its path.
+BARE = re.compile(r"(?<![\w/])CONTRACT(?:\.md)?`?\s+§")
 
 
 def _tracked_text_files() -> dict[str, str]:
@@ -49,3 +51,8 @@ def test_every_citation_names_a_section_of_the_spec() -> None:
 def test_nothing_points_outside_the_repository() -> None:
     outside = sorted(name for name, text in _tracked_text_files().items() if OUTSIDE.search(text))
     assert not outside, f"files that cite a folder outside the repository instead of docs/CONTRACT.md: {outside}"
+
+
+def test_every_citation_names_the_spec_by_its_path() -> None:
+    bare = sorted(name for name, text in _tracked_text_files().items() if BARE.search(text))
+    assert not bare, f"files citing the spec without its docs/ path: {bare}"

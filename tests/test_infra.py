@@ -347,7 +347,7 @@ HOST_JSON = ROOT / "host.json"
 QUERIES = INFRA / "queries"
 
 # Spec settings deliberately not in local.settings.sample.json: they only mean something to the deployed worker.
-DEPLOYED_ONLY = {"PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"}
+DEPLOYED_ONLY = {"PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY", "PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"}
 
 # Where the template's default differs from the spec's, on purpose.
 DEPLOYED_DEFAULTS = {
@@ -483,6 +483,9 @@ def test_every_held_message_has_a_worker_thread() -> None:
 def test_worker_exports_opentelemetry_to_application_insights() -> None:
     settings = _app_settings()
     assert settings["PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY"] == "'true'"
+    # Only the app's own logger (docs/CONTRACT.md §8), not every library's, and not the exporter's own records.
+    (logger,) = re.findall(r"on logger `(\w+)`", _spec_section("8"))
+    assert settings["PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME"] == f"'{logger}'"
     # With Entra auth only (local auth is off on the component), as the same identity.
     assert settings["APPLICATIONINSIGHTS_CONNECTION_STRING"] == "applicationInsightsConnectionString"
     assert "Authorization=AAD" in settings["APPLICATIONINSIGHTS_AUTHENTICATION_STRING"]
@@ -506,10 +509,27 @@ def test_further_batch_accounts_get_job_submitter_too() -> None:
 # --- alert rules and the workbook: their queries name what the app writes -------------------------------------
 
 
+def _spec_metrics() -> dict[str, set[str]]:
+    """Metric name -> its attributes, from the metrics table of docs/CONTRACT.md §8."""
+    metrics = {}
+    for row in _table_rows(_spec_section("8")):
+        m = re.fullmatch(r"`(batch_terminator\.[\w.]+)`", row[0])
+        if m:
+            metrics[m.group(1)] = set(re.findall(r"`(\w+)`", row[2])) - _attribute_values(row[2])
+    assert "batch_terminator.batch.duration" in metrics, metrics
+    return metrics
+
+
+def _attribute_values(cell: str) -> set[str]:
+    """The example values a cell lists in parentheses, e.g. `terminate` in "`operation` (`terminate`, `read`)"."""
+    return {value for group in re.findall(r"\(([^)]*)\)", cell) for value in re.findall(r"`(\w+)`", group)}
+
+
 def _spec_attributes() -> set[str]:
-    """Every attribute docs/CONTRACT.md §8 says a record may carry."""
+    """Every attribute docs/CONTRACT.md §8 says a log record may carry."""
     section = _spec_section("8")
-    names = {name for row in _table_rows(section) for name in re.findall(r"`(\w+)`", row[0])}
+    rows = [row for row in _table_rows(section) if not row[0].startswith("`batch_terminator.")]
+    names = {name for row in rows for name in re.findall(r"`(\w+)`", row[0])}
     assert {"jobId", "outcome", "code", "durationMs", "run"} <= names, names
     assert "`setting`" in section
     return names | {"setting"}
@@ -544,6 +564,14 @@ def test_query_names_only_attributes_the_app_writes(name: str) -> None:
     query = _query_text(_query_files()[name])
     assert "customDimensions[" not in query, "use customDimensions.<name> so this test can read the query"
     used = set(re.findall(r"customDimensions\.(\w+)", query))
+    metrics = set(re.findall(r'name == "([\w.]+)"', query))
+    if query.lstrip().startswith("customMetrics"):
+        known = _spec_metrics()
+        assert metrics, f"{name} reads customMetrics without naming a metric"
+        assert metrics <= set(known), f"{name} reads metrics docs/CONTRACT.md §8 does not define"
+        unknown = used - set().union(*(known[m] for m in metrics))
+        assert not unknown, f"{name} reads metric attributes §8 does not define: {sorted(unknown)}"
+        return
     unknown = used - _spec_attributes()
     assert not unknown, f"{name} reads attributes docs/CONTRACT.md §8 does not define: {sorted(unknown)}"
     message, run = _spec_outcomes()
@@ -625,7 +653,14 @@ def test_rules_query_application_insights_and_notify_the_optional_operator() -> 
     assert parameters["alertEmail"]["value"] == "${ALERT_EMAIL}"
 
 
-WORKBOOK_PANELS = {"outcomes-over-time", "poison-by-code", "batch-latency", "sweep-runs", "alert-requests"}
+WORKBOOK_PANELS = {
+    "outcomes-over-time",
+    "poison-by-code",
+    "batch-latency",
+    "batch-call-duration",
+    "sweep-runs",
+    "alert-requests",
+}
 
 
 def test_workbook_shows_outcomes_poison_latency_sweeps_and_alerts() -> None:

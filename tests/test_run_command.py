@@ -113,7 +113,14 @@ def test_smoke_mode_processes_messages_and_exits_zero() -> None:
     assert "emulator: job demo-job-3 terminated (reason: Alert 'smoke-test' fired (Sev4))" in out
     assert "smoke: 1 poison record(s) on batch-terminate-poison (code InvalidMessage)" in out
     assert "smoke: 4 invocations: 4 succeeded, 0 failed, 0 moved to poison" in out
-    assert out.rstrip().endswith("smoke: OK")
+    # The telemetry's last summary line follows the smoke's verdict (printed when the run's objects stop).
+    assert out.rstrip().splitlines()[-2:][0] == "smoke: OK"
+    assert re.search(
+        r"^metrics: terminations poisoned=1 terminated=3 \| batch calls=3 p50<=\d+ms p95<=\d+ms \| retries=0"
+        r" \| poison writes=1 \| sweep runs=0 \| alert requests=1$",
+        out,
+        re.MULTILINE,
+    )
 
 
 def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(

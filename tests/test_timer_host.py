@@ -30,8 +30,8 @@ def test_format_moment_shows_the_date_only_when_not_today() -> None:
 # ---- loading sweep_jobs from its function.json
 
 
-def test_the_app_has_one_timer_function() -> None:
-    assert [f.directory for f in timer_functions()] == [PROJECT_ROOT / "sweep_jobs"]
+def test_the_app_has_two_timer_functions() -> None:
+    assert [f.directory for f in timer_functions()] == [PROJECT_ROOT / "keep_poison", PROJECT_ROOT / "sweep_jobs"]
 
 
 def test_sweep_jobs_loads_with_its_schedule_from_the_setting() -> None:

@@ -167,6 +167,8 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     APPLICATIONINSIGHTS_CONNECTION_STRING: applicationInsightsConnectionString
     APPLICATIONINSIGHTS_AUTHENTICATION_STRING: 'ClientId=${identityClientId};Authorization=AAD'
     PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY: 'true'
+    // The worker passes this to configure_azure_monitor(logger_name=...): only the app's logger is exported.
+    PYTHON_APPLICATIONINSIGHTS_LOGGER_NAME: 'batch_terminator'
     PYTHON_THREADPOOL_THREAD_COUNT: string(pythonThreadpoolThreadCount)
     // Batch token credential (azure-identity ManagedIdentityCredential / DefaultAzureCredential).
     AZURE_CLIENT_ID: identityClientId

@@ -1,5 +1,5 @@
 // An Azure Workbook over the app's telemetry (docs/CONTRACT.md §8): finished messages by outcome, poison
-// records by code, time per message (p50/p95), sweep runs and alert requests. The queries are the files in
+// records by code, time per message (p50/p95), Batch call duration (metric), sweep runs and alert requests. The queries are the files in
 // infra/queries/, so the workbook, the docs and the tests read the same text.
 
 @description('Azure region.')
@@ -94,6 +94,20 @@ var panels = [
       version: 'KqlItem/1.0'
       title: 'Time per message Batch answered (ms), p50 / p95'
       query: loadTextContent('../queries/batch-latency.kql')
+      size: 0
+      queryType: 0
+      resourceType: 'microsoft.insights/components'
+      timeContextFromParameter: 'TimeRange'
+      visualization: 'timechart'
+    }
+  }
+  {
+    type: 3
+    name: 'batch-call-duration'
+    content: {
+      version: 'KqlItem/1.0'
+      title: 'Batch calls (ms): mean and slowest, by operation'
+      query: loadTextContent('../queries/batch-call-duration.kql')
       size: 0
       queryType: 0
       resourceType: 'microsoft.insights/components'

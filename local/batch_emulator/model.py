@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 TASK_COUNT_KEYS = ("active", "running", "completed", "succeeded", "failed")
 DEFAULT_TERMINATE_REASON = "UserTerminate"
@@ -63,6 +63,19 @@ class Job:
     completes_at: datetime | None = field(default=None, repr=False)
 
 
+class JobOptions(TypedDict, total=False):
+    """What a new job can be given besides its id and state."""
+
+    creation_time: datetime | None
+    metadata: Mapping[str, str] | None
+    task_counts: Mapping[str, int] | None
+    # poolInfo.poolId; executionInfo.poolId defaults to it (an auto-pool job has only executionInfo.poolId).
+    pool_id: str | None
+    execution_pool_id: str | None
+    # How long the job release task keeps a terminated job `terminating` (math.inf: until a forced terminate).
+    job_release_seconds: float
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """A request the emulator received; fault names the fault it was given, if any."""
@@ -82,7 +95,7 @@ class RecordedRequest:
 
 @dataclass(frozen=True)
 class Termination:
-    """One ledger entry: a terminate that moved a job out of active/disabled."""
+    """One ledger entry: a terminate Batch accepted (202): it started terminating a job, or forced one to end."""
 
     job_id: str
     reason: str
@@ -125,56 +138,29 @@ class Account:
         self._jobs: dict[str, Job] = {}
         self._terminations: list[Termination] = []
 
-    def add(
-        self,
-        job_id: str,
-        state: JobState = JobState.ACTIVE,
-        *,
-        creation_time: datetime | None = None,
-        metadata: Mapping[str, str] | None = None,
-        task_counts: Mapping[str, int] | None = None,
-        pool_id: str | None = None,
-        execution_pool_id: str | None = None,
-        job_release_seconds: float = 0.0,
-    ) -> Job:
-        """Create a job (Last-Modified = creation time) and return a snapshot of it.
-
-        `pool_id` is poolInfo.poolId; executionInfo.poolId defaults to it (an auto-pool job has only the latter).
-        """
-        [job] = self.add_many(
-            [job_id],
-            state,
-            creation_time=creation_time,
-            metadata=metadata,
-            task_counts=task_counts,
-            pool_id=pool_id,
-            execution_pool_id=execution_pool_id,
-            job_release_seconds=job_release_seconds,
-        )
+    def add(self, job_id: str, state: JobState = JobState.ACTIVE, **options: Unpack[JobOptions]) -> Job:
+        """Create a job (Last-Modified = creation time) and return a snapshot of it."""
+        [job] = self.add_many([job_id], state, **options)
         return job
 
     def add_many(
-        self,
-        job_ids: Iterable[str],
-        state: JobState = JobState.ACTIVE,
-        *,
-        creation_time: datetime | None = None,
-        metadata: Mapping[str, str] | None = None,
-        task_counts: Mapping[str, int] | None = None,
-        pool_id: str | None = None,
-        execution_pool_id: str | None = None,
-        job_release_seconds: float = 0.0,
+        self, job_ids: Iterable[str], state: JobState = JobState.ACTIVE, **options: Unpack[JobOptions]
     ) -> list[Job]:
         """Create jobs alike under one lock (all or none) and return snapshots of them."""
+        creation_time = options.get("creation_time")
+        task_counts = options.get("task_counts") or {}
+        pool_id = options.get("pool_id")
+        execution_pool_id = options.get("execution_pool_id", pool_id)
+        job_release_seconds = options.get("job_release_seconds", 0.0)
         ids = list(job_ids)
         bad = [job_id for job_id in ids if not JOB_ID.fullmatch(job_id)]
         if bad:
             raise ValueError(f"invalid Batch job id: {bad[0]!r}")
         counts = dict.fromkeys(TASK_COUNT_KEYS, 0)
-        unknown = set(task_counts or {}) - set(TASK_COUNT_KEYS)
+        unknown = set(task_counts) - set(TASK_COUNT_KEYS)
         if unknown:
             raise ValueError(f"unknown task count keys: {sorted(unknown)}")
-        counts.update(task_counts or {})
+        counts.update(task_counts)
         if job_release_seconds < 0:
             raise ValueError("job_release_seconds must not be negative")
         created = utc(creation_time) if creation_time is not None else datetime.now(UTC)
@@ -186,10 +172,10 @@ class Account:
             jobs = []
             for job_id in ids:
                 job = self._create(job_id, JobState(state), created)
-                job.metadata = dict(metadata or {})
+                job.metadata = dict(options.get("metadata") or {})
                 job.task_counts = dict(counts)
                 job.pool_id = pool_id
-                job.execution_pool_id = execution_pool_id if execution_pool_id is not None else pool_id
+                job.execution_pool_id = execution_pool_id
                 job.job_release_seconds = job_release_seconds
                 jobs.append(snapshot(job))
             return jobs
@@ -226,7 +212,7 @@ class Account:
 
     @property
     def terminations(self) -> list[Termination]:
-        """The ledger: one entry per terminate that moved a job out of active/disabled."""
+        """The ledger: one entry per accepted (202) terminate, oldest first."""
         with self._lock:
             return list(self._terminations)
 

@@ -8,8 +8,7 @@ import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping
-from datetime import datetime
-from typing import Any
+from typing import Any, Unpack
 from urllib.parse import quote, unquote, urlencode
 
 from local.batch_emulator.faults import Fault, FaultPlan
@@ -18,6 +17,7 @@ from local.batch_emulator.model import (
     JOB_ID,
     Account,
     Job,
+    JobOptions,
     JobState,
     RecordedRequest,
     Refusal,
@@ -109,36 +109,12 @@ class BatchEmulator(LoopbackService):
     def slow_seconds(self, seconds: float) -> None:
         self.faults.slow_seconds = seconds
 
-    def add_job(
-        self,
-        job_id: str,
-        state: JobState = JobState.ACTIVE,
-        *,
-        creation_time: datetime | None = None,
-        metadata: Mapping[str, str] | None = None,
-        task_counts: Mapping[str, int] | None = None,
-        pool_id: str | None = None,
-        execution_pool_id: str | None = None,
-        job_release_seconds: float = 0.0,
-    ) -> Job:
-        """Create a job (see Account.add) and return a snapshot of it."""
-        return self.account.add(
-            job_id,
-            state,
-            creation_time=creation_time,
-            metadata=metadata,
-            task_counts=task_counts,
-            pool_id=pool_id,
-            execution_pool_id=execution_pool_id,
-            job_release_seconds=job_release_seconds,
-        )
+    def add_job(self, job_id: str, state: JobState = JobState.ACTIVE, **options: Unpack[JobOptions]) -> Job:
+        """Create a job (options: JobOptions) and return a snapshot of it."""
+        return self.account.add(job_id, state, **options)
 
     def add_jobs(
-        self,
-        count: int,
-        prefix: str = "job-",
-        state: JobState = JobState.ACTIVE,
-        **options: Any,
+        self, count: int, prefix: str = "job-", state: JobState = JobState.ACTIVE, **options: Unpack[JobOptions]
     ) -> list[str]:
         """Create `count` jobs `{prefix}0000`... in one call (cheap for thousands); return their ids."""
         width = max(4, len(str(max(count - 1, 0))))
@@ -166,7 +142,7 @@ class BatchEmulator(LoopbackService):
 
     @property
     def terminations(self) -> list[Termination]:
-        """The ledger: one entry per terminate that moved a job out of active/disabled."""
+        """The ledger: one entry per accepted (202) terminate, oldest first."""
         return self.account.terminations
 
     @property

@@ -1,0 +1,240 @@
+"""Telemetry (docs/CONTRACT.md §8): one log record per finished message, and the app's metrics, over OpenTelemetry."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from opentelemetry import metrics
+
+from shared.errors import BatchCallFailed, ConfigurationError, PoisonWriteFailed, RetryLater, TerminatorError
+from shared.outcome import Outcome, Result
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+
+    from shared.sweep import SweepReport
+
+LOGGER_NAME = "batch_terminator"
+METER_NAME = "batch_terminator"
+
+# The §8 attribute names, in the contract's order; each finished message's record carries exactly these.
+RECORD_ATTRIBUTES = (
+    "jobId",
+    "account",
+    "outcome",
+    "code",
+    "httpStatus",
+    "requestId",
+    "clientRequestId",
+    "attempt",
+    "durationMs",
+    "messageId",
+)
+
+TERMINATIONS = "batch_terminator.terminations"
+BATCH_DURATION = "batch_terminator.batch.duration"
+BATCH_RETRIES = "batch_terminator.batch.retries"
+POISON_WRITES = "batch_terminator.poison.writes"
+SWEEP_RUNS = "batch_terminator.sweep.runs"
+SWEEP_JOBS = "batch_terminator.sweep.jobs"
+ALERT_REQUESTS = "batch_terminator.alert.requests"
+ALERT_JOBS = "batch_terminator.alert.jobs"
+# Boundaries for Batch latency in ms: a loopback emulator answers in ~1 ms, Batch in tens to hundreds.
+LATENCY_BOUNDARIES_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+def record_attributes(result: Result) -> dict[str, Any]:
+    """The §8 `extra` attributes of one finished message (None where unknown: Azure Monitor leaves it out)."""
+    return {
+        "jobId": result.job_id,
+        "account": result.account,
+        "outcome": result.outcome.value,
+        "code": result.code or None,
+        "httpStatus": result.http_status,
+        "requestId": result.request_id,
+        "clientRequestId": result.client_request_id,
+        "attempt": result.attempt,
+        "durationMs": round(result.duration * 1000, 1),
+        "messageId": result.message_id,
+    }
+
+
+class Telemetry:
+    """The records and metrics of one process; thread-safe (OpenTelemetry instruments are)."""
+
+    def __init__(
+        self,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        # Without a provider the global one: the worker's Azure Monitor distro in Azure, a no-op elsewhere.
+        provider = meter_provider or metrics.get_meter_provider()
+        meter = provider.get_meter(METER_NAME)
+        self._log = logger or logging.getLogger(LOGGER_NAME)
+        if self._log.level == logging.NOTSET:
+            # The records are the product's output: not left to whatever level the root logger happens to have.
+            self._log.setLevel(logging.INFO)
+        self._sweep_log = self._log.getChild("sweep")
+        self._alert_log = self._log.getChild("alerts")
+        self._terminations = meter.create_counter(
+            TERMINATIONS, unit="{message}", description="Finished terminate messages by outcome and code"
+        )
+        self._batch_duration = meter.create_histogram(
+            BATCH_DURATION,
+            unit="ms",
+            description="Duration of one Batch HTTP call (one attempt)",
+            explicit_bucket_boundaries_advisory=LATENCY_BOUNDARIES_MS,
+        )
+        self._retries = meter.create_counter(
+            BATCH_RETRIES, unit="{retry}", description="Batch calls retried inside an invocation"
+        )
+        self._poison_writes = meter.create_counter(
+            POISON_WRITES, unit="{record}", description="Poison records written, by code"
+        )
+        self._sweep_runs = meter.create_counter(SWEEP_RUNS, unit="{run}", description="Sweep runs by outcome")
+        self._sweep_jobs = meter.create_counter(
+            SWEEP_JOBS, unit="{job}", description="Jobs a sweep listed, matched, enqueued or kept"
+        )
+        self._alert_requests = meter.create_counter(
+            ALERT_REQUESTS, unit="{request}", description="alert_terminate requests by outcome and code"
+        )
+        self._alert_jobs = meter.create_counter(
+            ALERT_JOBS, unit="{job}", description="Terminate requests enqueued by alert_terminate"
+        )
+
+    def finished(self, result: Result) -> None:
+        """The one record of a finished message, and its count."""
+        attributes = record_attributes(result)
+        level = logging.ERROR if result.outcome is Outcome.POISONED else logging.INFO
+        self._log.log(level, "%s", result.describe(), extra=attributes)
+        self._terminations.add(1, _clean({"outcome": attributes["outcome"], "code": attributes["code"]}))
+
+    def handed_back(self, exc: TerminatorError, *, message_id: str | None, attempt: int) -> None:
+        """The record of a message handed back to the host: not finished, so no outcome (the host delivers it again)."""
+        setting = exc.setting if isinstance(exc, ConfigurationError) else None
+        if isinstance(exc, RetryLater):
+            cause = exc.__cause__
+            event, code, text = (
+                "retry_later",
+                cause.error.code if isinstance(cause, BatchCallFailed) else None,
+                str(exc),
+            )
+        elif isinstance(exc, PoisonWriteFailed):
+            event, code = "poison_write_failed", "PoisonWriteFailed"
+            text = f"terminate message_id={message_id} outcome=poison_write_failed: {exc}"
+        else:
+            event, code = "configuration_error", "ConfigurationError"
+            text = f"terminate message_id={message_id} outcome=configuration_error: {exc}"
+        extra = {"event": event, "code": code, "messageId": message_id, "attempt": attempt, "setting": setting}
+        self._log.log(logging.WARNING if event == "retry_later" else logging.ERROR, "%s", text, extra=extra)
+
+    def batch_call(self, operation: str, duration: float, http_status: int | None, code: str | None) -> None:
+        """One Batch HTTP attempt took `duration` seconds (no status: it never answered)."""
+        self._batch_duration.record(
+            duration * 1000, _clean({"operation": operation, "httpStatus": http_status, "code": code or None})
+        )
+
+    def retried(self, operation: str, code: str | None) -> None:
+        """A Batch call is about to be tried again."""
+        self._retries.add(1, _clean({"operation": operation, "code": code or None}))
+
+    def poison_written(self, code: str) -> None:
+        """A poison record reached the poison queue."""
+        self._poison_writes.add(1, {"code": code})
+
+    def sweep_finished(self, report: SweepReport) -> None:
+        """The one record of a sweep run, and its counts."""
+        extra = {
+            "run": "sweep",
+            "outcome": report.outcome,
+            "listed": report.listed,
+            "matched": len(report.matched),
+            "enqueued": len(report.enqueued),
+            "kept": report.kept,
+            "dryRun": report.dry_run,
+            "durationMs": round(report.duration * 1000, 1),
+        }
+        level = logging.INFO if report.outcome == "ok" else logging.ERROR
+        self._sweep_log.log(level, "%s", report.summary(), extra=extra)
+        self._sweep_runs.add(1, {"outcome": report.outcome})
+        stages = {"listed": report.listed, "matched": len(report.matched), "enqueued": len(report.enqueued)}
+        for stage, count in {**stages, "kept": report.kept}.items():
+            if count:
+                self._sweep_jobs.add(count, {"stage": stage})
+
+    def alert_finished(
+        self,
+        *,
+        outcome: str,
+        http_status: int,
+        code: str | None = None,
+        rule: str | None = None,
+        source: str | None = None,
+        job_ids: Sequence[str] = (),
+        message: str = "",
+    ) -> None:
+        """The one record of an alert_terminate request, and its counts."""
+        extra = {
+            "run": "alert",
+            "outcome": outcome,
+            "code": code,
+            "httpStatus": http_status,
+            "rule": rule,
+            "source": source,
+            "enqueued": len(job_ids),
+            "jobIds": ",".join(job_ids),
+        }
+        text = (
+            f"alert_terminate outcome={outcome} status={http_status} code={code} rule={rule!r} source={source}"
+            f" enqueued={list(job_ids)}" + (f": {message}" if message else "")
+        )
+        level = logging.ERROR if http_status >= 500 else logging.WARNING if http_status >= 400 else logging.INFO
+        self._alert_log.log(level, "%s", text, extra=extra)
+        self._alert_requests.add(1, _clean({"outcome": outcome, "code": code}))
+        if job_ids:
+            self._alert_jobs.add(len(job_ids), _clean({"rule": rule}))
+
+
+def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """Metric attributes without the unknown ones (OpenTelemetry attribute values cannot be None)."""
+    return {key: value for key, value in attributes.items() if value is not None}
+
+
+# ---- the local run's view: a periodic one-line summary of the same metrics
+
+
+@dataclass
+class LocalTelemetry:
+    """The SDK provider ./dev run installed, printing a summary line every interval."""
+
+    provider: SdkMeterProvider
+
+    def shutdown(self) -> None:
+        """Print the last summary and stop the exporter thread."""
+        self.provider.shutdown()
+
+
+_local_lock = threading.Lock()
+_local: LocalTelemetry | None = None
+
+
+def start_local(say: Callable[[str], None], *, interval_seconds: float = 10.0) -> LocalTelemetry:
+    """Install an SDK MeterProvider (once per process) whose reader prints one metrics summary line per interval."""
+    global _local
+    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from shared.metrics_summary import SummaryExporter
+
+    with _local_lock:
+        if _local is None:
+            reader = PeriodicExportingMetricReader(SummaryExporter(say), export_interval_millis=interval_seconds * 1000)
+            provider = SdkMeterProvider(metric_readers=[reader])
+            metrics.set_meter_provider(provider)
+            _local = LocalTelemetry(provider)
+        return _local
