@@ -29,6 +29,7 @@ from ops.output import Progress
 from ops.storage_errors import endpoint_of
 from ops.target import Target, open_queue, resolve_target
 from shared.errors import BatchError, BatchErrorDetail, ConfigurationError
+from shared.keeper import PoisonKeeper
 from shared.poison import PoisonRecord, PoisonWriter
 from shared.settings import PROJECT_ROOT, StorageSettings
 from shared.storage import queue_client
@@ -492,6 +493,29 @@ def test_replay_of_a_host_moved_message_sends_it_back_unchanged(env: Queues, run
     [replayed] = raw(env, env.trigger).peek_messages()
     assert replayed.expires_on is not None
     assert replayed.expires_on.year == 9999  # the replayed message does not expire either
+    assert stored(env, env.poison, encoding) == []
+
+
+@BOTH_ENCODINGS
+def test_a_host_moved_message_the_keeper_kept_lists_as_a_record_and_replays(
+    env: Queues, run: Run, writer: PoisonWriter, encoding: str
+) -> None:
+    host_moved(env, '{"jobId":"job-5","reason":"r"}', encoding, ttl=7 * 86400)
+    assert PoisonKeeper([raw(env, env.poison)], writer, max_dequeue_count=5).run().kept == 1
+    code, out, err = run("--json", "poison", "list")
+    assert (code, err) == (0, "")  # nothing expires any more
+    [row] = json.loads(out)
+    assert (row["kind"], row["code"], row["jobId"], row["attempts"], row["expiresOn"]) == (
+        "record",
+        "HostGaveUp",
+        "job-5",
+        5,
+        None,
+    )
+    code, _, _ = run("poison", "replay", "--code", "hostgaveup")
+    assert code == 0
+    [body] = trigger_bodies(env, encoding)
+    assert json.loads(body if body.startswith(b"{") else base64.b64decode(body)) == {"jobId": "job-5", "reason": "r"}
     assert stored(env, env.poison, encoding) == []
 
 
