@@ -154,13 +154,16 @@ def host_rate(connection_string: str, concurrency: int, count: int, handler: Han
     try:
         fill(queue, count)
         counter = _Counter(count)
+        options = host_options(concurrency)
         host = QueueHost(
             storage_client(connection_string, queue.queue_name),
             storage_client(connection_string, f"{queue.queue_name}-poison"),
-            host_options(concurrency),
+            options,
             handler,
             on_invocation=counter,
             hide_seconds=HIDE_SECONDS,
+            # PYTHON_THREADPOOL_THREAD_COUNT as the app settings give it: a thread per message the host holds.
+            threads=options.batch_size + options.new_batch_threshold,
         )
         started = time.perf_counter()
         host.start()

@@ -14,6 +14,7 @@ from azure.core.exceptions import AzureError
 from local.console import print_banner, say, serve, stop_on_signals
 from local.functions import FunctionLoadError
 from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
+from local.queue_host import QueueHost
 from local.smoke import smoke
 from local.stack import DEFAULT_AZURITE_PORT, DEFAULT_EMULATOR_PORT, RunError, start_everything, start_timers
 from shared import telemetry
@@ -53,6 +54,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sweep-now", action="store_true", help="fire the sweep_jobs timer once right after start (then on schedule)"
     )
+    parser.add_argument(
+        "--any-job",
+        action="store_true",
+        help="let the local Batch emulator create any job id on its first terminate (default: only the demo jobs"
+        " exist, so another id ends as a JobNotFound poison record, as in Azure)",
+    )
+    parser.add_argument(
+        "--release-on-stop",
+        action="store_true",
+        help="on a forced stop (second Ctrl-C) make unfinished messages visible at once; the real host leaves"
+        " them hidden until their 10-minute hide expires (the default here too)",
+    )
     parser.add_argument("--in-memory", action="store_true", help="keep Azurite's data in memory, not in .azurite/")
     parser.add_argument("--once", action="store_true", help="process what is queued, then stop")
     parser.add_argument(
@@ -73,7 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Every storage request is logged at INFO by azure-core; keep the terminal for what matters.
     logging.getLogger("azure").setLevel(logging.WARNING)
     stop = threading.Event()
-    with stop_on_signals(stop), contextlib.ExitStack() as stack:
+    hosts: list[QueueHost] = []
+
+    def force() -> None:
+        for host in hosts:
+            host.force_stop()
+
+    with stop_on_signals(stop, force), contextlib.ExitStack() as stack:
         try:
             run = start_everything(args, stack)
         except (RunError, FunctionLoadError, ConfigurationError, TerminatorError, RuntimeError, AzureError) as exc:
@@ -82,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_banner(run, args)
         # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
         stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
+        hosts.extend(run.hosts)
         for host in run.hosts:
             host.start()
             stack.callback(host.stop)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
 import contextlib
 import json
 import shlex
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
 
 from azure.core.exceptions import AzureError
@@ -17,6 +19,7 @@ from azure.core.exceptions import AzureError
 from local.batch_emulator import Termination
 from local.stack import DEFAULT_AZURITE_PORT, DEMO_JOBS, SWEEP_FUNCTION, Run
 from local.timer_host import format_moment
+from shared import storage
 from shared.errors import ConfigurationError
 from shared.settings import HOST_JSON
 from shared.sweep import SweepPolicy
@@ -41,7 +44,11 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
     if run.emulator is not None and run.identity is not None:
         say(f"  batch     No BATCH_ACCOUNT_URL: using the local Batch emulator at {run.emulator.url}")
         say(f"            (tokens from the local managed-identity endpoint {run.identity.url})")
-        say(f"  jobs      {', '.join(DEMO_JOBS)} (any other job id is created on its first terminate)")
+        if args.any_job:
+            say(f"  jobs      {', '.join(DEMO_JOBS)}; any other job id is created on its first terminate (--any-job)")
+        else:
+            say(f"  jobs      only {', '.join(DEMO_JOBS)}: any other id ends as a JobNotFound record, as in Azure")
+            say("            (--any-job makes the emulator create unknown jobs on their first terminate)")
     else:
         say(f"  batch     {settings.batch_account_url} (real account; token from azure-identity)")
     print_hosts(run, args)
@@ -55,6 +62,8 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
     say()
     say("Try it from another terminal:")
     say(f'  {prefix}{CLI} enqueue {job_id} --reason "try it"')
+    if run.emulator is not None and not args.any_job:
+        say(f'  {prefix}{CLI} enqueue no-such-job --reason "try it"   # a JobNotFound poison record')
     if run.http is not None and any(f.name == ALERT_FUNCTION for f in run.http.functions):
         body = json.dumps({"jobId": DEMO_JOBS[1] if run.emulator is not None else "JOB_ID", "reason": "try it"})
         say(
@@ -119,6 +128,44 @@ def report_terminations(run: Run) -> list[Termination]:
     return fresh
 
 
+def report_poison(run: Run, seen: set[str]) -> None:
+    """Print each message that reached the poison queue since the last call (peeks the first 32; leaves them)."""
+    try:
+        messages = list(
+            storage.queue_client(run.settings.storage, run.settings.poison_queue_name, "none").peek_messages(32)
+        )
+    except AzureError:
+        return
+    for message in messages:
+        if message.id in seen:
+            continue
+        seen.add(message.id)
+        say(f"poison: {describe_poison(str(message.content or ''))}")
+
+
+def describe_poison(text: str) -> str:
+    """One line for a poison message: a function record (its job and code) or a message the host moved as is."""
+    document: object = None
+    for candidate in (text, _unbase64(text)):
+        with contextlib.suppress(ValueError):
+            document = json.loads(candidate) if candidate else None
+            if isinstance(document, dict):
+                break
+    if isinstance(document, dict) and isinstance(document.get("error"), dict):
+        error, attempts = document["error"], document.get("attempts")
+        message = str(error.get("message") or "").splitlines()[0] if error.get("message") else ""
+        return f"job {document.get('jobId')}: {error.get('code')} ({message}) attempts={attempts}"
+    return f"moved unchanged by the host after maxDequeueCount failed deliveries: {text[:80]!r}"
+
+
+def _unbase64(text: str) -> str:
+    """The base64-decoded text, or '' when it is not base64 of UTF-8."""
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return ""
+
+
 def queue_is_drained(run: Run) -> bool:
     """No timer running, nothing in flight and nothing left on a trigger queue (hidden messages count as left)."""
     if any(timer.busy for timer in run.timers):
@@ -131,8 +178,10 @@ def queue_is_drained(run: Run) -> bool:
 def serve(run: Run, stop: threading.Event, *, once: bool) -> int:
     """Print terminations as they happen until stopped (or, with once, until the queues are drained)."""
     quiet_since: float | None = None
+    poisoned: set[str] = set()
     while not stop.wait(0.2):
         report_terminations(run)
+        report_poison(run, poisoned)
         if once:
             try:
                 drained = queue_is_drained(run)
@@ -143,18 +192,25 @@ def serve(run: Run, stop: threading.Event, *, once: bool) -> int:
             if quiet_since is not None and time.monotonic() - quiet_since > 1.0:
                 break
     report_terminations(run)
+    report_poison(run, poisoned)
     return 0
 
 
 @contextlib.contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """The first SIGINT/SIGTERM asks for a clean stop; a second Ctrl-C interrupts it."""
+def stop_on_signals(stop: threading.Event, force: Callable[[], object] = lambda: None) -> Iterator[None]:
+    """The first SIGINT/SIGTERM asks for a clean stop, the second stops waiting for invocations, a third interrupts."""
+    signals = [0]
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if stop.is_set():
+        signals[0] += 1
+        if signals[0] == 1:
+            say(f"\n{signal.Signals(signum).name}: stopping; waiting for in-flight invocations (Ctrl-C again: don't)")
+            stop.set()
+        elif signals[0] == 2:
+            say("not waiting: unfinished messages stay hidden until their hide expires (see --release-on-stop)")
+            force()
+        else:
             raise KeyboardInterrupt
-        say(f"\n{signal.Signals(signum).name}: stopping (in-flight messages finish or become visible again)...")
-        stop.set()
 
     previous = {signum: signal.signal(signum, handle) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:

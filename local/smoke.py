@@ -17,6 +17,7 @@ from shared import storage
 from shared.producer import TerminateQueue
 
 SMOKE_TIMEOUT = 60.0
+MISSING_JOB = "no-such-job"
 
 
 def poison_records(run: Run) -> list[dict[str, Any]]:
@@ -48,7 +49,7 @@ def post_alert(run: Run, job_id: str) -> requests.Response:
 
 
 def smoke(run: Run, stop: threading.Event) -> int:
-    """Enqueue two demo jobs and one invalid message, POST one alert; 0 when 3 are terminated and 1 is poisoned."""
+    """Two demo jobs, a missing job and an invalid message, one alert; 0 when 3 are terminated and 2 poisoned."""
     started = time.monotonic()
     queue = TerminateQueue.connect(
         run.settings.terminate_queue_name,
@@ -58,9 +59,10 @@ def smoke(run: Run, stop: threading.Event) -> int:
     wanted = set(DEMO_JOBS[:2])
     for job_id in sorted(wanted):
         queue.enqueue_terminate(job_id, "smoke test")
+    queue.enqueue_terminate(MISSING_JOB, "smoke test")  # only the demo jobs exist: a JobNotFound record
     # The producer refuses invalid requests, so the invalid one goes through its queue client as raw text.
     queue.client.send_message("this is not a terminate message")
-    say(f"smoke: enqueued 3 messages on {queue.queue_name} (2 valid, 1 invalid)")
+    say(f"smoke: enqueued 4 messages on {queue.queue_name} (2 demo jobs, 1 missing job, 1 invalid)")
     answer = post_alert(run, DEMO_JOBS[2])
     say(f"smoke: POST /api/{ALERT_FUNCTION} (alert naming {DEMO_JOBS[2]}) -> {answer.status_code} {answer.text}")
     if answer.status_code != 202:
@@ -73,7 +75,7 @@ def smoke(run: Run, stop: threading.Event) -> int:
     while time.monotonic() < deadline and not stop.is_set():
         terminated.update(t.job_id for t in report_terminations(run))
         records = poison_records(run)
-        if wanted <= terminated and records and len(run.invocations) >= len(wanted) + 1:
+        if wanted <= terminated and len(records) >= 2 and len(run.invocations) >= len(wanted) + 2:
             break
         stop.wait(0.2)
     else:

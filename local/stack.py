@@ -165,7 +165,9 @@ def load_timers() -> tuple[list[TimerHost], list[str]]:
     return timers, notes
 
 
-def load_queue_hosts(settings: Settings, invocations: list[Invocation]) -> tuple[list[QueueHost], list[str]]:
+def load_queue_hosts(
+    settings: Settings, invocations: list[Invocation], *, release_on_stop: bool = False
+) -> tuple[list[QueueHost], list[str]]:
     """One host per enabled queueTrigger function (not polling yet), and a note for each one skipped."""
     hosts: list[QueueHost] = []
     notes: list[str] = []
@@ -174,7 +176,13 @@ def load_queue_hosts(settings: Settings, invocations: list[Invocation]) -> tuple
             notes.append(f"disabled: {folder.name}")
             continue
         try:
-            host = QueueHost.for_function(folder, settings.storage, settings.queues, on_invocation=invocations.append)
+            host = QueueHost.for_function(
+                folder,
+                settings.storage,
+                settings.queues,
+                on_invocation=invocations.append,
+                release_on_stop=release_on_stop,
+            )
         except FunctionLoadError as exc:
             notes.append(f"not loaded: {exc}")
             continue
@@ -188,7 +196,7 @@ def start_batch_emulator(
     """The local Batch emulator with the demo jobs, and the managed-identity endpoint its tokens come from."""
     identity = stack.enter_context(IdentityEndpoint())
     emulator = BatchEmulator(port=0 if args.smoke else args.batch_port, authorize=identity.is_valid)
-    emulator.auto_create_jobs = True
+    emulator.auto_create_jobs = args.any_job
     try:
         emulator.start()
     except OSError as exc:
@@ -243,10 +251,10 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
     wiring.reset()
     settings = Settings.from_env()
     invocations: list[Invocation] = []
-    hosts, notes = load_queue_hosts(settings, invocations)
+    hosts, notes = load_queue_hosts(settings, invocations, release_on_stop=args.release_on_stop)
     queues = [settings.poison_queue_name]
     for host in hosts:
-        queues += [host.queue_name, host.poison_queue_name]
+        queues += [host.queue_name, *([host.poison_queue_name] if host.poison_queue_name else [])]
     create_queues(settings, queues)
     http = start_http_host(args, stack)
     timers, timer_notes = load_timers()

@@ -72,6 +72,7 @@ class Wiring:
         *,
         environ: Mapping[str, str] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
         http_timeout: float | None = None,
         policy: RetryPolicy | None = None,
         poison: PoisonWriter | None = None,
@@ -79,6 +80,7 @@ class Wiring:
     ) -> None:
         self._environ = environ
         self._sleep = sleep
+        self._clock = clock
         self._http_timeout = http_timeout
         self._policy = policy
         self._lock = threading.RLock()  # reentrant: building one object builds the ones it needs
@@ -139,6 +141,7 @@ class Wiring:
                 self.session(),
                 policy=self._policy,
                 sleep=self._sleep,
+                clock=self._clock,
                 http_timeout=self._http_timeout,
                 telemetry=self.telemetry(),
             )

@@ -31,6 +31,8 @@ class SoakConfig:
     visibility_timeout: float = 1.0
     max_polling_interval: float = 0.5
     hide_seconds: float = 5.0
+    # host.json's 5-minute functionTimeout scaled as the retry budget is (120 s -> 15 s).
+    function_timeout: float = 300.0 / 8
     azurite_restart_at: float = 0.35
     host_kill_at: float = 0.65
     timeout: float | None = None
@@ -52,6 +54,11 @@ class SoakConfig:
             budget_seconds=15.0,
             credential_delay=5.0,
         )
+
+    @property
+    def threads(self) -> int:
+        """PYTHON_THREADPOOL_THREAD_COUNT as the deployed app sets it: one thread per message the host holds."""
+        return self.batch_size + self.new_batch_threshold
 
     def queue_options(self) -> QueueOptions:
         """The host's queue options for the soak."""

@@ -129,9 +129,12 @@ def read_deliveries(log_dir: Path) -> collections.Counter[str]:
     for path in sorted(log_dir.glob("deliveries-*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                counts[json.loads(line)["o"]] += 1
+                delivery = json.loads(line)
+                counts[delivery["o"]] += 1
             except (ValueError, KeyError):
                 continue
+            if delivery.get("t"):
+                counts["timed out (functionTimeout)"] += 1
     return counts
 
 

@@ -143,6 +143,7 @@ def run(config: SoakConfig) -> Report:
             "POISON_QUEUE_NAME": POISON_QUEUE_NAME,
             "AzureWebJobsStorage": connection,
             "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": str(config.max_dequeue_count),
+            "PYTHON_THREADPOOL_THREAD_COUNT": str(config.threads),
         }
         (workdir / "worker.json").write_text(json.dumps({"env": env, "config": asdict(config)}), encoding="utf-8")
         batch.slow_seconds = config.slow_seconds

@@ -95,7 +95,14 @@ def run_worker(config_path: Path, generation: int) -> int:
 
     def record(invocation: Invocation) -> None:
         """Append one delivery outcome (line-buffered, so a SIGKILL loses at most the line being written)."""
-        line = json.dumps({"id": invocation.message_id, "n": invocation.dequeue_count, "o": invocation.outcome.value})
+        line = json.dumps(
+            {
+                "id": invocation.message_id,
+                "n": invocation.dequeue_count,
+                "o": invocation.outcome.value,
+                "t": invocation.timed_out,
+            }
+        )
         with lock:
             outcomes.write(line + "\n")
 
@@ -106,8 +113,8 @@ def run_worker(config_path: Path, generation: int) -> int:
         settings.storage,
         options,
         hide_seconds=config.hide_seconds,
-        min_polling_seconds=0.05,
         drain_seconds=10.0,
+        function_timeout_seconds=config.function_timeout,
         on_invocation=record,
     )
     host.start()

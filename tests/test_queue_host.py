@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,12 +15,20 @@ from dataclasses import replace
 
 import azure.functions as func
 import pytest
-from azure.core.exceptions import ResourceNotFoundError
+from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
+from local import queue_host
 from local.batch_emulator import BatchEmulator, Fault
 from local.functions import FunctionFolder
-from local.queue_host import Invocation, PollingDelay, QueueHost, Settlement
+from local.queue_host import (
+    Invocation,
+    PollingDelay,
+    QueueHost,
+    Settlement,
+    host_poison_queue_name,
+    is_valid_queue_name,
+)
 from shared import wiring
 from shared.producer import TerminateQueue
 from shared.settings import MAX_DEQUEUE_ENV, PROJECT_ROOT, QueueOptions
@@ -227,7 +237,26 @@ def test_failed_message_is_delivered_again_after_the_visibility_timeout(queues: 
     assert raw_texts(queues, queues.poison) == []
 
 
-def test_stop_lets_invocations_finish_and_hands_back_the_rest(queues: Queues) -> None:
+def test_stop_waits_for_in_flight_invocations(queues: Queues) -> None:
+    queues.client(queues.trigger).send_message('{"jobId":"slow"}')
+    handler = Recorder()
+
+    def slow(msg: func.QueueMessage) -> None:
+        handler(msg)
+        time.sleep(1.0)
+
+    host = QueueHost.from_connection_string(queues.connection_string, queues.trigger, FAST, slow)
+    seen: list[Invocation] = []
+    host.on_invocation = seen.append
+    with host:
+        wait_for(lambda: len(handler.calls) == 1, what="the invocation")
+    # stop() (no bound, as QueueListener.StopAsync awaits every invocation) returned only after the function did.
+    assert [(i.outcome, i.invoked) for i in seen] == [(Settlement.SUCCEEDED, True)]
+    assert raw_texts(queues, queues.trigger) == []
+
+
+@pytest.mark.parametrize("release_on_stop", [False, True])
+def test_a_forced_stop_leaves_unfinished_messages_hidden_unless_released(queues: Queues, release_on_stop: bool) -> None:
     client = queues.client(queues.trigger)
     for body in ("fast-1", "fast-2", "slow-1", "slow-2"):
         client.send_message(json.dumps({"jobId": body}))
@@ -241,7 +270,9 @@ def test_stop_lets_invocations_finish_and_hands_back_the_rest(queues: Queues) ->
         else:
             time.sleep(0.3)
 
-    host = QueueHost.from_connection_string(queues.connection_string, queues.trigger, FAST, handler)
+    host = QueueHost.from_connection_string(
+        queues.connection_string, queues.trigger, FAST, handler, hide_seconds=2.0, release_on_stop=release_on_stop
+    )
     seen: list[Invocation] = []
     host.on_invocation = seen.append
     host.start()
@@ -254,15 +285,23 @@ def test_stop_lets_invocations_finish_and_hands_back_the_rest(queues: Queues) ->
 
     by_id = {i.message_id: i.outcome for i in seen}
     outcomes = {json.loads(m.get_body())["jobId"]: by_id.get(m.id) for m in started.calls}
+    unfinished = Settlement.RELEASED if release_on_stop else Settlement.ABANDONED
     assert outcomes == {
         "fast-1": Settlement.SUCCEEDED,
         "fast-2": Settlement.SUCCEEDED,
-        "slow-1": Settlement.RELEASED,
-        "slow-2": Settlement.RELEASED,
+        "slow-1": unfinished,
+        "slow-2": unfinished,
     }
-    left = sorted(json.loads(m.content)["jobId"] for m in client.peek_messages(max_messages=32))
-    assert left == ["slow-1", "slow-2"]  # visible again at once, nothing lost
     assert host.in_flight == 0
+
+    def visible() -> list[str]:
+        return sorted(json.loads(m.content)["jobId"] for m in client.peek_messages(max_messages=32))
+
+    if release_on_stop:
+        assert visible() == ["slow-1", "slow-2"]  # visible again at once
+    else:
+        assert visible() == []  # hidden until the host's hide runs out, as after a real host stops
+        wait_for(lambda: visible() == ["slow-1", "slow-2"], timeout=5, what="the hide to expire")
 
 
 def test_message_delivered_more_than_max_dequeue_count_goes_to_poison_uninvoked(queues: Queues) -> None:
@@ -326,3 +365,194 @@ def test_polling_delay_backs_off_exponentially_to_the_maximum_and_resets_on_a_me
     assert delay.next(found_messages=True) == 0.1
     assert delay.next(found_messages=False) == pytest.approx(0.2, rel=0.25)
     assert PollingDelay(0.1, 0.05).next(found_messages=False) == 0.05
+
+
+# ---- issue 11: the host as the real host is
+
+
+def test_a_body_that_is_not_utf8_is_a_failed_invocation_then_moved_raw(queues: Queues) -> None:
+    # The host binds the body as a string with a throwing UTF8Encoding (StorageQueueMessageToStringConverter).
+    text = base64.b64encode(b'{"jobId": "caf\xe9"}').decode()
+    raw_client(queues, queues.trigger).send_message(text)
+    handler = Recorder()
+
+    with hosting(queues, handler) as (_, seen):
+        wait_for(lambda: any(i.outcome is Settlement.MOVED_TO_POISON for i in seen), what="the poison move")
+
+    assert handler.calls == []  # main never sees bytes it cannot bind
+    assert [(i.dequeue_count, i.outcome, i.invoked) for i in seen] == [
+        (1, Settlement.FAILED, False),
+        (2, Settlement.FAILED, False),
+        (3, Settlement.MOVED_TO_POISON, False),
+    ]
+    assert "not UTF-8" in str(seen[0].error)
+    assert raw_texts(queues, queues.poison) == [text]
+
+
+def test_the_body_is_bound_as_text(queues: Queues) -> None:
+    raw_client(queues, queues.trigger).send_message(b64('{"jobId": "café"}'))
+    handler = Recorder()
+
+    with hosting(queues, handler) as (_, seen):
+        wait_for(lambda: len(seen) == 1, what="one invocation")
+
+    assert handler.calls[0].get_body() == '{"jobId": "café"}'.encode()
+
+
+def test_invocations_wait_for_one_of_the_workers_threads(queues: Queues) -> None:
+    client = queues.client(queues.trigger)
+    for n in range(6):
+        client.send_message(json.dumps({"jobId": f"job-{n}"}))
+    gate = threading.Event()
+    handler = Recorder()
+
+    def blocking(msg: func.QueueMessage) -> None:
+        handler(msg)
+        gate.wait(5)
+
+    with hosting(queues, blocking, threads=2) as (host, seen):
+        wait_for(lambda: host.in_flight == 4, what="a batch of four in flight")
+        time.sleep(0.3)
+        assert len(handler.calls) == 2  # two wait for a thread, as with a 2-thread worker pool
+        gate.set()
+        wait_for(lambda: len(seen) == 6, what="six invocations")
+
+    assert host.peak_running == 2
+    assert host.peak_in_flight >= 4
+    assert all(i.outcome is Settlement.SUCCEEDED for i in seen)
+
+
+def test_function_timeout_counts_from_the_hand_over_including_the_wait_for_a_thread(queues: Queues) -> None:
+    client = queues.client(queues.trigger)
+    for n in range(3):
+        client.send_message(json.dumps({"jobId": f"job-{n}"}))
+    handler = Recorder()
+
+    def slow_first_time(msg: func.QueueMessage) -> None:
+        handler(msg)
+        if msg.dequeue_count == 1:
+            time.sleep(0.8)
+
+    # One thread, 1.2 s timeout: the first finishes in 0.8 s; the second starts at ~0.8 s and is timed out at 1.2 s
+    # while running; the third is still waiting for the thread at 1.2 s. Each timed-out one is a failed delivery.
+    with hosting(queues, slow_first_time, threads=1, function_timeout_seconds=1.2) as (_, seen):
+        wait_for(lambda: sum(1 for i in seen if i.outcome is Settlement.SUCCEEDED) == 3, timeout=15, what="all done")
+
+    first = sorted((i.outcome, i.timed_out, i.invoked) for i in seen if i.dequeue_count == 1)
+    assert first == [
+        (Settlement.FAILED, True, False),  # still waiting for the thread at its deadline
+        (Settlement.FAILED, True, True),  # running at its deadline
+        (Settlement.SUCCEEDED, False, True),
+    ]
+    waited = next(i for i in seen if i.timed_out and not i.invoked)
+    assert "Timeout value of 1.2s exceeded by function" in str(waited.error)
+    assert "still waiting for a thread" in str(waited.error)
+    assert raw_texts(queues, queues.trigger) == []
+
+
+def test_no_poison_queue_for_a_queue_that_already_ends_in_poison(queues: Queues) -> None:
+    name = f"{queues.trigger}-poison"
+    queues.client(name).create_queue()
+    queues.client(name).send_message('{"jobId":"x"}')
+    handler = Recorder(fail=lambda _: True)
+    target = Queues(queues.connection_string, name, f"{name}-poison")
+
+    with hosting(target, handler, replace(FAST, max_dequeue_count=1), hide_seconds=1.0) as (host, seen):
+        assert host.poison_queue_name is None
+        wait_for(lambda: len(seen) == 2, timeout=10, what="a second delivery after the hide expired")
+
+    # Failed and past maxDequeueCount, yet never moved: the message stays hidden and comes back after its hide.
+    assert [(i.dequeue_count, i.outcome, i.invoked) for i in seen] == [
+        (1, Settlement.ABANDONED, True),
+        (2, Settlement.ABANDONED, False),
+    ]
+    assert raw_texts(queues, f"{name}-poison") == []
+
+
+@pytest.mark.parametrize(
+    ("queue_name", "poison"),
+    [
+        ("batch-terminate", "batch-terminate-poison"),
+        ("a" * 56, "a" * 56 + "-poison"),  # 63 characters: still valid
+        ("a" * 57, None),  # 64 characters: no poison queue
+        ("jobs-poison", None),
+        ("abc", "abc-poison"),
+    ],
+)
+def test_poison_queue_name_as_the_real_host_derives_it(queue_name: str, poison: str | None) -> None:
+    assert host_poison_queue_name(queue_name) == poison
+
+
+def test_queue_name_rule() -> None:
+    assert is_valid_queue_name("a-b-c")
+    assert not is_valid_queue_name("ab")
+    assert not is_valid_queue_name("-ab")
+    assert not is_valid_queue_name("ab-")
+    assert not is_valid_queue_name("a--b")
+    assert not is_valid_queue_name("Abc")
+    assert not is_valid_queue_name("a_bc")
+
+
+def test_a_receive_error_other_than_404_409_5xx_faults_the_listener(
+    queues: Queues, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A wrong account key: Azurite answers 403, which the real listener rethrows (the host restarts).
+    bad_key = base64.b64encode(b"not the key").decode()
+    connection = re.sub(r"AccountKey=[^;]+", f"AccountKey={bad_key}", queues.connection_string)
+    caplog.set_level(logging.ERROR, logger="local.queue_host")
+
+    with hosting(Queues(connection, queues.trigger, queues.poison), Recorder(), restart_seconds=0.1) as (host, _):
+        wait_for(lambda: len(host.faults) >= 2, what="the listener to fault (and be restarted)")
+
+    assert "403" in str(host.faults[0])
+    assert any("faults" in message and "403" in message for message in caplog.messages)
+
+
+def test_a_missing_queue_backs_off_without_faulting(queues: Queues) -> None:
+    name = f"{queues.trigger}y"
+    with hosting(Queues(queues.connection_string, name, f"{name}-poison"), Recorder()) as (host, _):
+        time.sleep(0.5)
+    assert host.faults == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "backs_off"),
+    [
+        (404, "QueueNotFound", True),
+        (404, "ResourceNotFound", False),
+        (409, "QueueBeingDeleted", True),
+        (409, "QueueDisabled", True),
+        (409, "QueueAlreadyExists", False),
+        (500, "InternalError", True),
+        (503, "ServerBusy", True),
+        (403, "AuthorizationFailure", False),
+        (400, "InvalidQueryParameterValue", False),
+    ],
+)
+def test_which_receive_errors_the_listener_backs_off_from(status: int, code: str, backs_off: bool) -> None:
+    error = HttpResponseError(message=f"{status} {code}")
+    error.status_code = status
+    error.error_code = code  # type: ignore[attr-defined]
+    assert queue_host._backs_off(error) is backs_off
+
+
+def test_after_a_batch_the_first_empty_poll_waits_the_minimum(queues: Queues, monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[tuple[bool, float]] = []
+
+    class Recording(PollingDelay):
+        def next(self, found_messages: bool) -> float:
+            wait = super().next(found_messages)
+            asked.append((found_messages, wait))
+            return wait
+
+    monkeypatch.setattr(queue_host, "PollingDelay", Recording)
+    queues.client(queues.trigger).send_message('{"jobId":"one"}')
+
+    with hosting(queues, Recorder(), replace(FAST, max_polling_interval_seconds=1.0)) as (_, seen):
+        wait_for(lambda: len(seen) == 1 and len(asked) >= 3, what="a few polls")
+
+    # QueueListener: a message found since the last delay resets the backoff to QueuePollingIntervals.Minimum.
+    first_after_batch = next(i for i, (found, _) in enumerate(asked) if found)
+    assert asked[first_after_batch] == (True, queue_host.MIN_POLLING_SECONDS)
+    assert asked[first_after_batch + 1][0] is False
+    assert asked[first_after_batch + 1][1] > queue_host.MIN_POLLING_SECONDS

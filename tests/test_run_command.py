@@ -106,18 +106,18 @@ def test_smoke_mode_processes_messages_and_exits_zero() -> None:
     assert "No BATCH_ACCOUNT_URL: using the local Batch emulator at http://127.0.0.1:" in out
     assert re.search(r"^  alert     POST http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+$", out, re.MULTILINE)
     assert re.search(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$', out, re.MULTILINE)
-    assert "smoke: enqueued 3 messages on batch-terminate (2 valid, 1 invalid)" in out
+    assert "smoke: enqueued 4 messages on batch-terminate (2 demo jobs, 1 missing job, 1 invalid)" in out
     assert 'smoke: POST /api/alert_terminate (alert naming demo-job-3) -> 202 {"enqueued": ["demo-job-3"]}' in out
     assert "emulator: job demo-job-1 terminated (reason: smoke test)" in out
     assert "emulator: job demo-job-2 terminated (reason: smoke test)" in out
     assert "emulator: job demo-job-3 terminated (reason: Alert 'smoke-test' fired (Sev4))" in out
-    assert "smoke: 1 poison record(s) on batch-terminate-poison (code InvalidMessage)" in out
-    assert "smoke: 4 invocations: 4 succeeded, 0 failed, 0 moved to poison" in out
+    assert "smoke: 2 poison record(s) on batch-terminate-poison (code InvalidMessage, JobNotFound)" in out
+    assert "smoke: 5 invocations: 5 succeeded, 0 failed, 0 moved to poison" in out
     # The telemetry's last summary line follows the smoke's verdict (printed when the run's objects stop).
     assert out.rstrip().splitlines()[-2:][0] == "smoke: OK"
     assert re.search(
-        r"^metrics: terminations poisoned=1 terminated=3 \| batch calls=3 p50<=\d+ms p95<=\d+ms \| retries=0"
-        r" \| poison writes=1 \| sweep runs=0 \| alert requests=1$",
+        r"^metrics: terminations poisoned=2 terminated=3 \| batch calls=4 p50<=\d+ms p95<=\d+ms \| retries=0"
+        r" \| poison writes=2 \| sweep runs=0 \| alert requests=1$",
         out,
         re.MULTILINE,
     )
@@ -132,6 +132,7 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
     alert_url = lines.wait_for(r"^  alert     POST (http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+)$").group(1)
     lines.wait_for(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$')
     example = lines.wait_for(r"^  (AzureWebJobsStorage=.*) \S*batch-terminator enqueue demo-job-1 --reason \"try it\"$")
+    lines.wait_for(r"enqueue no-such-job --reason \"try it\"   # a JobNotFound poison record$")
     curl = lines.wait_for(r"^  curl -i -X POST '(http://\S+)' -H 'Content-Type: application/json' -d '(.*)'$")
     assert curl.group(1) == alert_url
     [assignment] = shlex.split(example.group(1))
@@ -143,6 +144,12 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
         "demo-job-1", "try it"
     )
     lines.wait_for(r"^emulator: job demo-job-1 terminated \(reason: try it\)$")
+
+    # Only the demo jobs exist: the printed no-such-job example ends as a JobNotFound record, shown as it lands.
+    TerminateQueue.connect("batch-terminate", connection_string=connection_string).enqueue_terminate(
+        "no-such-job", "try it"
+    )
+    lines.wait_for(r"^poison: job no-such-job: JobNotFound \(.*\) attempts=1$")
 
     # What the printed curl command does: POST to the local HTTP host with this run's key.
     with requests.Session() as session:
