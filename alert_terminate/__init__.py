@@ -1,24 +1,26 @@
-"""HTTP trigger: Azure Monitor alerts (common alert schema) or plain bodies → terminate requests on the queue."""
+"""HTTP trigger: Azure Monitor alerts, budget notifications or plain bodies → terminate requests on the queue."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import azure.functions as func
 
 from shared import wiring
-from shared.alerts import AlertSettings, read_alert
-from shared.errors import AlertRejected, ConfigurationError, EnqueueFailed
+from shared.alert_action import Answer
+from shared.alerts import AlertRequest, AlertSettings, read_alert
+from shared.errors import AlertRejected, ConfigurationError
 from shared.telemetry import Telemetry
 
 
 def main(req: func.HttpRequest) -> func.HttpResponse:
-    """Validate the whole request, then enqueue one terminate request per job id; answer 202 with the ids."""
+    """Validate the whole request, pick the jobs (named, or selected), enqueue one request each; 202 with the ids."""
     telemetry = wiring.current().telemetry()
     if req.method.upper() != "POST":
         telemetry.alert_finished(outcome="rejected", http_status=405, code="MethodNotAllowed")
-        return _error(AlertRejected(405, "MethodNotAllowed", "use POST"), {"Allow": "POST"})
+        return _answer(Answer.error(AlertRejected(405, "MethodNotAllowed", "use POST"), {"Allow": "POST"}))
     try:
         settings = AlertSettings.from_env()
         alert = read_alert(req.get_body(), settings)
@@ -26,50 +28,58 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
         return _misconfigured(telemetry, exc)
     except AlertRejected as exc:
         telemetry.alert_finished(outcome="rejected", http_status=exc.status, code=exc.code, message=exc.message)
-        return _error(exc)
+        return _answer(Answer.error(exc))
     if not alert.fired:
         telemetry.alert_finished(
             outcome="resolved", http_status=200, rule=alert.rule, source=alert.source, message="nothing to do"
         )
-        return _json(200, {"enqueued": [], "monitorCondition": alert.monitor_condition})
+        return _answer(Answer(200, {"enqueued": []}))
     try:
-        queue = wiring.current().terminate_queue()
+        answer = wiring.current().alert_action().act(alert, settings)
     except ConfigurationError as exc:
         return _misconfigured(telemetry, exc)
-    enqueued: list[str] = []
-    for request in alert.requests:
-        try:
-            queue.enqueue(request)
-        except EnqueueFailed as exc:
-            # 503 makes the action group retry; terminating twice is harmless (409 JobBeingTerminated is done).
-            telemetry.alert_finished(
-                outcome="enqueue_failed",
-                http_status=503,
-                code="EnqueueFailed",
-                rule=alert.rule,
-                source=alert.source,
-                job_ids=enqueued,
-                message=f"enqueue failed: {exc}",
-            )
-            body = AlertRejected(503, "EnqueueFailed", "the terminate queue did not take the request").document()
-            return _json(503, {**body, "enqueued": enqueued}, {"Retry-After": "30"})
-        enqueued.append(request.job_id)
+    _record(telemetry, alert, answer)
+    return _answer(answer)
+
+
+def _record(telemetry: Telemetry, alert: AlertRequest, answer: Answer) -> None:
+    """The request's one telemetry record, read off the answer."""
+    error = answer.document.get("error")
+    code = error.get("code") if isinstance(error, dict) else None
+    if answer.status == 202:
+        outcome, job_ids = "enqueued", list(answer.document.get("enqueued", []))
+    elif code == "EnqueueFailed":
+        values = error.get("values", []) if isinstance(error, dict) else []
+        done = next((v["value"] for v in values if v.get("key") == "enqueued"), "")
+        outcome, job_ids = "enqueue_failed", [job_id for job_id in done.split(",") if job_id]
+    else:
+        outcome, job_ids = "rejected", []
+    message = error.get("message", "") if isinstance(error, dict) else ""
     telemetry.alert_finished(
-        outcome="enqueued", http_status=202, rule=alert.rule, source=alert.source, job_ids=enqueued
+        outcome=outcome,
+        http_status=answer.status,
+        code=code,
+        rule=alert.rule,
+        source=alert.source,
+        job_ids=job_ids,
+        message=message,
     )
-    return _json(202, {"enqueued": enqueued})
 
 
 def _misconfigured(telemetry: Telemetry, exc: ConfigurationError) -> func.HttpResponse:
     telemetry.alert_finished(outcome="misconfigured", http_status=500, code="ConfigurationError", message=str(exc))
-    return _error(AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs"))
+    rejected = AlertRejected(500, "ConfigurationError", "the function app is misconfigured; see its logs")
+    return _answer(Answer.error(rejected))
 
 
-def _error(exc: AlertRejected, headers: dict[str, str] | None = None) -> func.HttpResponse:
-    return _json(exc.status, exc.document(), headers)
+def _answer(answer: Answer) -> func.HttpResponse:
+    return _json(answer.status, answer.document, answer.headers)
 
 
-def _json(status: int, document: dict[str, Any], headers: dict[str, str] | None = None) -> func.HttpResponse:
+def _json(status: int, document: dict[str, Any], headers: Mapping[str, str]) -> func.HttpResponse:
     return func.HttpResponse(
-        json.dumps(document, ensure_ascii=False), status_code=status, headers=headers, mimetype="application/json"
+        json.dumps(document, ensure_ascii=False),
+        status_code=status,
+        headers=dict(headers),
+        mimetype="application/json",
     )

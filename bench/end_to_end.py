@@ -20,6 +20,7 @@ from azure.storage.queue import QueueClient
 from requests.adapters import HTTPAdapter
 from urllib3 import Retry
 
+from bench import deployment
 from bench.calls import function_environment
 from bench.harness import Figure, WorkerLikeHandler, summarize_warnings
 from bench.services import Services
@@ -27,11 +28,11 @@ from bench.worker import RemoteWorker
 from local.azurite import Azurite
 from local.queue_host import Invocation, QueueHost, Settlement
 from shared.settings import QueueOptions
+from shared.wiring import pin_environment
 
 LATENCY = 0.020
-BATCH_SIZE = 16
-NEW_BATCH_THRESHOLD = 8  # host.json's
-CONCURRENCY = (1, 4, 16, 32)
+# In flight at once (batchSize + newBatchThreshold): 24 is host.json as deployed; the worker's threads stay as deployed.
+CONCURRENCY = (1, 4, 16, 24, 32)
 E2E_TARGET = 0.80
 SEND_THREADS = 8
 CEILING_BATCH = 32
@@ -44,32 +45,21 @@ Handler = Callable[[func.QueueMessage], None]
 
 
 def host_options(concurrency: int) -> QueueOptions:
-    """batchSize 16 and host.json's newBatchThreshold 8, raised when the concurrency needs more in flight."""
-    return QueueOptions(
-        max_dequeue_count=5,
-        message_encoding="base64",
-        batch_size=BATCH_SIZE,
-        new_batch_threshold=max(NEW_BATCH_THRESHOLD, concurrency - BATCH_SIZE),
-        visibility_timeout_seconds=0,
-        max_polling_interval_seconds=2,
-    )
+    """host.json's queue options with the point's batchSize + newBatchThreshold = concurrency."""
+    return deployment.point_queues(concurrency)
 
 
-def app_settings(concurrency: int) -> dict[str, str | None]:
-    """The app settings that give the function the same queue options as the host at this concurrency."""
-    options = host_options(concurrency)
-    prefix = "AzureFunctionsJobHost__extensions__queues__"
-    return {
-        f"{prefix}batchSize": str(options.batch_size),
-        f"{prefix}newBatchThreshold": str(options.new_batch_threshold),
-    }
+def app_settings(concurrency: int, threads: int) -> dict[str, str | None]:
+    """The app settings of one point: its queue options (the function reads them too) and the worker's threads."""
+    return dict(deployment.environment(concurrency, threads))
 
 
 def storage_client(connection_string: str, name: str) -> QueueClient:
     """A client that reads and writes stored text, pooled for every host thread, failing fast on a stalled answer."""
     # local/queue_host.py's own clients keep requests' default pool of 10 connections, which churns with 24-32 threads,
     # and wait 60 s on an answer Azurite never sends (seen about once a run at concurrency 32): the .NET host has
-    # neither limit, so the bench hands the host clients without them.
+    # neither limit, so the bench hands the host clients without them. Nor does it pay requests' scan of
+    # os.environ for proxies on every call (a fifth of each receive/delete in the c4 profile): resolved once here.
     session = requests.Session()
     adapter = HTTPAdapter(
         pool_maxsize=STORAGE_POOL, max_retries=Retry(total=False, redirect=False, raise_on_status=False)
@@ -77,7 +67,9 @@ def storage_client(connection_string: str, name: str) -> QueueClient:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     transport = RequestsTransport(session=session, session_owner=False, read_timeout=STORAGE_READ_TIMEOUT)
-    return QueueClient.from_connection_string(connection_string, name, transport=transport)
+    client = QueueClient.from_connection_string(connection_string, name, transport=transport)
+    pin_environment(session, client.url)
+    return client
 
 
 def new_queue(connection_string: str, prefix: str) -> QueueClient:
@@ -87,13 +79,16 @@ def new_queue(connection_string: str, prefix: str) -> QueueClient:
     return client
 
 
+def encode(text: str, encoding: str) -> str:
+    """A message's stored text in host.json's messageEncoding."""
+    return base64.b64encode(text.encode()).decode() if encoding == "base64" else text
+
+
 def fill(queue: QueueClient, count: int) -> None:
-    """Enqueue `count` terminate messages for fresh jobs, base64-encoded as host.json says (untimed)."""
+    """Enqueue `count` terminate messages for fresh jobs, encoded as host.json says (untimed)."""
     prefix = uuid.uuid4().hex[:10]
-    texts = [
-        base64.b64encode(f'{{"jobId": "e2e-{prefix}-{i:06d}", "reason": "bench"}}'.encode()).decode()
-        for i in range(count)
-    ]
+    encoding = deployment.deployed_queues().message_encoding
+    texts = [encode(f'{{"jobId": "e2e-{prefix}-{i:06d}", "reason": "bench"}}', encoding) for i in range(count)]
     with ThreadPoolExecutor(SEND_THREADS) as pool:
         list(pool.map(queue.send_message, texts))
 
@@ -117,13 +112,14 @@ def azurite_ceiling(connection_string: str, count: int) -> float:
         queue.delete_queue()
 
 
-class _Counter:
+class Counter:
     """Counts settled deliveries, keeps the slowest, and wakes the waiter at the goal."""
 
     def __init__(self, goal: int) -> None:
         self.goal = goal
         self.succeeded = 0
         self.slowest = 0.0
+        self.first_settled: float | None = None  # perf_counter() when the first delivery settled
         self.other: list[Invocation] = []
         self.done = threading.Event()
         self._lock = threading.Lock()
@@ -131,6 +127,8 @@ class _Counter:
     def __call__(self, invocation: Invocation) -> None:
         """on_invocation callback."""
         with self._lock:
+            if self.first_settled is None:
+                self.first_settled = time.perf_counter()
             self.slowest = max(self.slowest, invocation.duration)
             if invocation.outcome is Settlement.SUCCEEDED:
                 self.succeeded += 1
@@ -153,17 +151,14 @@ def host_rate(connection_string: str, concurrency: int, count: int, handler: Han
     queue = new_queue(connection_string, f"e2e-c{concurrency}")
     try:
         fill(queue, count)
-        counter = _Counter(count)
-        options = host_options(concurrency)
+        counter = Counter(count)
         host = QueueHost(
             storage_client(connection_string, queue.queue_name),
             storage_client(connection_string, f"{queue.queue_name}-poison"),
-            options,
+            host_options(concurrency),
             handler,
             on_invocation=counter,
             hide_seconds=HIDE_SECONDS,
-            # PYTHON_THREADPOOL_THREAD_COUNT as the app settings give it: a thread per message the host holds.
-            threads=options.batch_size + options.new_batch_threshold,
         )
         started = time.perf_counter()
         host.start()
@@ -185,6 +180,7 @@ class Point:
     """One sweep point: the host's rate through terminate_job.main, and the same host with a sleep-only function."""
 
     concurrency: int
+    threads: int
     messages: int
     rate: float
     ideal: float
@@ -215,11 +211,12 @@ def sweep(
     ceiling_messages: int,
     minimum: int,
     concurrency: tuple[int, ...] = CONCURRENCY,
-    null_from: int = BATCH_SIZE,
+    null_from: int = 16,
 ) -> Sweep:
     """Each point at emulator latency 20 ms, on a fresh Azurite, right after a run of Azurite's ceiling there."""
     points: list[Point] = []
     ceilings: list[float] = []
+    threads = deployment.deployed_threads()
     services.set_latency(LATENCY)
     try:
         for level in concurrency:
@@ -227,21 +224,22 @@ def sweep(
             with Azurite() as azurite:
                 storage = azurite.connection_string
                 ceilings.append(azurite_ceiling(storage, ceiling_messages))
-                ideal = level / LATENCY
+                ideal = min(level, threads) / LATENCY
                 count = max(minimum, math.ceil(min(ideal, statistics.median(ceilings)) * per_point_seconds))
-                # A fresh worker per point, started with that point's app settings (the pool is sized from them).
-                env = {**function_environment(services, storage), **app_settings(level)}
-                with RemoteWorker(env, level) as worker:
+                # A fresh worker per point, started with that point's app settings (its pool is sized from them).
+                settings = app_settings(level, threads)
+                with RemoteWorker({**function_environment(services, storage), **settings}) as worker:
                     worker(warm_message())  # runtime wired, token fetched, connection open: untimed
                     log.take_warnings()
                     run = host_rate(storage, level, count, worker)
                 warnings = summarize_warnings(worker.warnings + log.take_warnings())
                 timed = [end - start for start, end in worker.spans[1:]]  # the first is the warm-up call
                 in_worker = statistics.median(timed) if timed else 0.0
-                point = Point(level, count, run.rate, ideal, run.slowest, in_worker, warnings)
+                point = Point(level, worker.threads, count, run.rate, ideal, run.slowest, in_worker, warnings)
                 if level >= null_from:
                     # The same host with a function that only sleeps the latency: what the host + Azurite allow.
-                    with RemoteWorker({"BENCH_SLEEP_SECONDS": str(LATENCY)}, level, mode="sleep") as sleeper:
+                    sleeper_env = {"BENCH_SLEEP_SECONDS": str(LATENCY), **settings}
+                    with RemoteWorker(sleeper_env, mode="sleep") as sleeper:
                         point.null_rate = host_rate(storage, level, count, sleeper).rate
                 points.append(point)
     finally:
@@ -288,13 +286,14 @@ def figures(result: Sweep) -> list[Figure]:
                 "%",
                 f">= {E2E_TARGET:.0%} of min(ideal, ceiling)",
                 share >= E2E_TARGET,
-                f"{point.rate:.0f} msg/s vs ideal {point.ideal:.0f} ({point.concurrency} / 20 ms), ceiling"
-                f" {ceiling:.0f}; batchSize {options.batch_size}, newBatchThreshold {options.new_batch_threshold},"
-                f" worker threads {point.concurrency}, {point.messages} msgs; terminate_job.main took"
+                f"{point.rate:.0f} msg/s vs ideal {point.ideal:.0f} (min({point.concurrency}, {point.threads}"
+                f" threads) / 20 ms), ceiling {ceiling:.0f}; {deployment.describe(options, point.threads)},"
+                f" {point.messages} msgs; terminate_job.main took"
                 f" {point.in_worker * 1000:.1f} ms (median) in the worker, the slowest delivery"
                 f" {point.slowest * 1000:.0f} ms{null}{point.warnings}",
                 {
                     "concurrency": point.concurrency,
+                    "worker_threads": point.threads,
                     "rate": point.rate,
                     "ideal": point.ideal,
                     "ceiling": ceiling,

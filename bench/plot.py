@@ -29,7 +29,9 @@ def draw(result: Sweep, path: Path) -> None:
     nulls = [(p.concurrency, p.null_rate) for p in result.points if p.null_rate]
     if nulls:
         axes.plot(*zip(*nulls, strict=True), "s--", label=f"same host, function = {LATENCY * 1000:.0f} ms sleep")
-    axes.plot(levels, [p.ideal for p in result.points], ":", color="grey", label="ideal: concurrency / 20 ms")
+    threads = max(p.threads for p in result.points)
+    ideal_label = f"ideal: min(in flight, {threads} threads) / 20 ms"
+    axes.plot(levels, [p.ideal for p in result.points], ":", color="grey", label=ideal_label)
     axes.axhline(result.ceiling, color="tab:red", linestyle="-.", label="Azurite ceiling (bare receive+delete)")
     targets = [E2E_TARGET * min(p.ideal, result.ceiling) for p in result.points]
     target_label = f"target: {E2E_TARGET:.0%} of min(ideal, ceiling)"
@@ -37,7 +39,7 @@ def draw(result: Sweep, path: Path) -> None:
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")
     axes.set_xticks(levels, [str(level) for level in levels])
-    axes.set_xlabel("concurrency (worker threads; batchSize 16)")
+    axes.set_xlabel(f"messages in flight (batchSize + newBatchThreshold); PYTHON_THREADPOOL_THREAD_COUNT {threads}")
     axes.set_ylabel("messages / s")
     axes.set_title("End-to-end throughput, emulator latency 20 ms")
     axes.grid(True, which="both", alpha=0.3)

@@ -8,12 +8,13 @@ from types import TracebackType
 from typing import Any
 
 # The child is told what to do with (command, argument) pairs; it answers each with one value.
-_COMMANDS = ("fetches", "latency", "terminations", "last_request", "reset", "stop")
+_COMMANDS = ("fetches", "latency", "terminations", "last_request", "reset", "add_jobs", "ledger", "lists", "stop")
 
 
 def _serve(conn: multiprocessing.connection.Connection) -> None:
     """Child process: run both services and answer commands until told to stop."""
     import logging
+    from datetime import UTC, datetime, timedelta
 
     from local.batch_emulator import BatchEmulator
     from local.identity import IdentityEndpoint
@@ -34,6 +35,17 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
             elif command == "last_request":
                 recorded = batch.requests[-1]
                 conn.send((recorded.path, recorded.query, recorded.headers, recorded.body))
+            elif command == "add_jobs":
+                prefix, count, age_seconds = argument
+                created = datetime.now(UTC) - timedelta(seconds=age_seconds)
+                for n in range(count):
+                    batch.add_job(f"{prefix}-{n:05d}", creation_time=created)
+                conn.send(count)
+            elif command == "ledger":
+                entries = batch.terminations
+                conn.send((len(entries), max((entry.at for entry in entries), default=None)))
+            elif command == "lists":
+                conn.send(sum(1 for recorded in batch.requests if recorded.path.rstrip("/") == "/jobs"))
             elif command == "reset":
                 # Forget jobs and the request log so the child's memory stays flat over long runs.
                 batch.reset()
@@ -94,6 +106,19 @@ class Services:
         """(path, query, lower-cased headers, body) of the last request the emulator received."""
         path, query, headers, body = self._call("last_request")
         return path, dict(query), dict(headers), body
+
+    def add_jobs(self, prefix: str, count: int, age_seconds: float = 0.0) -> None:
+        """Create `count` active jobs `{prefix}-00000`..., created `age_seconds` ago, with no tasks."""
+        self._call("add_jobs", (prefix, count, age_seconds))
+
+    def ledger(self) -> tuple[int, float | None]:
+        """(terminations since the last reset, wall-clock time of the latest one or None)."""
+        count, last = self._call("ledger")
+        return int(count), last
+
+    def list_requests(self) -> int:
+        """Job - List requests (pages) since the last reset."""
+        return int(self._call("lists"))
 
     def reset(self) -> None:
         """Forget the emulator's jobs and request log."""

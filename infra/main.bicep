@@ -98,9 +98,9 @@ param confirmForce bool = false
 
 // --- worker ----------------------------------------------------------------------------------------------------
 @minValue(1)
-@maxValue(32) // the Python worker's documented maximum
-@description('PYTHON_THREADPOOL_THREAD_COUNT: worker threads. At least host.json batchSize + newBatchThreshold (16 + 8), so every message the host holds has a thread and none waits out its functionTimeout queued (README, "Concurrency budget").')
-param pythonThreadpoolThreadCount int = 24
+@maxValue(256) // Python 3.9+ workers take any positive count; 32 was the limit for 3.7 and 3.8
+@description('PYTHON_THREADPOOL_THREAD_COUNT: worker threads. The worker has ONE thread pool for every function, and the host holds batchSize + newBatchThreshold (16 + 8) messages PER queue trigger: with terminate_job and confirm_termination that is 2 x 24 = 48, plus one thread each for alert_terminate, sweep_jobs and keep_poison = 51, so no invocation waits out its functionTimeout queued for a thread (README, "Concurrency budget").')
+param pythonThreadpoolThreadCount int = 51
 
 // --- operations: alert rules and the workbook ---------------------------------------------------------------------
 @description('Optional e-mail address told when an alert rule fires (azd: ALERT_EMAIL). Empty: the rules still fire, visible in Azure Monitor > Alerts.')

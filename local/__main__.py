@@ -27,6 +27,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="./dev run",
         description="Run batch-terminator on this machine: Azurite, the local queue-trigger, HTTP and timer hosts, "
         "and Batch (the local emulator unless BATCH_ACCOUNT_URL names a real account).",
+        epilog="Budget kill switch demo: ALERT_SELECT_JOB_ID_PREFIX=demo ./dev run, then POST "
+        "tests/payloads/budget-test-action.json (Microsoft's sample Cost Management budget notification) to the "
+        "alert URL the banner prints: alert_terminate selects the active demo jobs and terminates each one. "
+        "Stopping: Ctrl-C waits for in-flight invocations, a second Ctrl-C stops waiting (see --release-on-stop).",
     )
     parser.add_argument(
         "--azurite-port",
@@ -99,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
             return 2
         print_banner(run, args)
+        hosts.extend(run.hosts)
         # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
         stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
-        hosts.extend(run.hosts)
         for host in run.hosts:
             host.start()
             stack.callback(host.stop)

@@ -7,11 +7,13 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import shlex
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from types import FrameType
 
 from azure.core.exceptions import AzureError
@@ -21,11 +23,13 @@ from local.stack import DEFAULT_AZURITE_PORT, DEMO_JOBS, SWEEP_FUNCTION, Run
 from local.timer_host import format_moment
 from shared import storage
 from shared.errors import ConfigurationError
-from shared.settings import HOST_JSON
+from shared.settings import HOST_JSON, PROJECT_ROOT
 from shared.sweep import SweepPolicy
 
 CLI = ".venv/bin/batch-terminator"
 ALERT_FUNCTION = "alert_terminate"
+BUDGET_PAYLOAD = Path("tests/payloads/budget-test-action.json")
+BUDGET_SELECTOR = "ALERT_SELECT_JOB_ID_PREFIX"
 
 
 def say(text: str = "") -> None:
@@ -70,11 +74,33 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
             f"  curl -i -X POST {shlex.quote(run.http.url(ALERT_FUNCTION))}"
             f" -H 'Content-Type: application/json' -d {shlex.quote(body)}"
         )
+    if run.http is not None and run.emulator is not None and any(f.name == ALERT_FUNCTION for f in run.http.functions):
+        for line in budget_demo_lines(run.http.url(ALERT_FUNCTION), os.environ):
+            say(line)
     say(
         "Ctrl-C stops everything"
         + (" (queued messages stay in .azurite/)." if run.azurite and not args.in_memory else ".")
     )
     say()
+
+
+def budget_demo_lines(alert_url: str, environ: Mapping[str, str], root: Path = PROJECT_ROOT) -> list[str]:
+    """How to pull the budget kill switch on the demo jobs (when the app has budget selection and its sample)."""
+    payload = root / BUDGET_PAYLOAD
+    if not payload.is_file():
+        return []
+    prefix = environ.get(BUDGET_SELECTOR, "").strip()
+    curl = (
+        f"  curl -i -X POST {shlex.quote(alert_url)} -H 'Content-Type: application/json'"
+        f" --data @{BUDGET_PAYLOAD.as_posix()}"
+    )
+    if prefix:
+        return [f"Budget kill switch ({BUDGET_SELECTOR}={prefix}): a Cost Management budget notification", curl]
+    return [
+        f"Budget kill switch: restart with {BUDGET_SELECTOR}=demo (selects the demo jobs), then POST Microsoft's",
+        "sample budget notification; every selected job is terminated:",
+        curl,
+    ]
 
 
 def print_hosts(run: Run, args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from urllib.parse import parse_qsl, unquote
 import azure.functions as func
 
 from local.functions import FunctionFolder, FunctionLoadError, function_folders
+from local.invocations import ThreadPool
 from local.loopback import HttpRequest, HttpResponse, LoopbackService
 from shared.settings import HOST_JSON, PROJECT_ROOT
 
@@ -229,18 +230,26 @@ class HttpHost(LoopbackService):
         port: int = DEFAULT_PORT,
         host: str = "127.0.0.1",
         function_key: str | None = None,
+        pool: ThreadPool | None = None,
     ) -> None:
         super().__init__(host, port)
+        # The worker's one thread pool: an HTTP invocation waits for a thread like any other.
+        self.pool = pool
         self.functions = list(functions)
         self.function_key = function_key or secrets.token_urlsafe(32)
         self.requests = 0
 
     @classmethod
     def from_project(
-        cls, root: Path = PROJECT_ROOT, *, port: int = DEFAULT_PORT, function_key: str | None = None
+        cls,
+        root: Path = PROJECT_ROOT,
+        *,
+        port: int = DEFAULT_PORT,
+        function_key: str | None = None,
+        pool: ThreadPool | None = None,
     ) -> HttpHost:
         """A host for every HTTP-triggered function of the app under root."""
-        return cls(http_functions(root), port=port, function_key=function_key)
+        return cls(http_functions(root), port=port, function_key=function_key, pool=pool)
 
     def function(self, name: str) -> HttpFunction:
         """The served function with this name."""
@@ -284,7 +293,9 @@ class HttpHost(LoopbackService):
             method, f"http://{host}{target}", headers=merged, params=params, route_params=route_params, body=body
         )
         try:
-            answer = _answer_from(function.invoke(delivered))
+            pool = self.pool
+            result = function.invoke(delivered) if pool is None else pool.run(lambda: function.invoke(delivered))
+            answer = _answer_from(result)
         except Exception:
             log.exception("%s %s -> 500 (%s raised)", method, path, function.name)
             return HttpResponse(500)

@@ -9,11 +9,14 @@ import queue
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
 from shared.errors import ConfigurationError
 from shared.settings import HOST_JSON, parse_timespan
 
 log = logging.getLogger("local.invocations")
+
+T = TypeVar("T")
 
 THREAD_COUNT_SETTING = "PYTHON_THREADPOOL_THREAD_COUNT"
 # The host's default when host.json has no functionTimeout and the plan is not Consumption (30 min there, 5 min on
@@ -98,6 +101,26 @@ class ThreadPool:
     def submit(self, call: Callable[[], None]) -> None:
         """Queue a call; it runs when a thread is free."""
         self._work.put(call)
+
+    def run(self, call: Callable[[], T]) -> T:
+        """Run a call on the pool and wait for it (an HTTP or timer invocation); its exception is re-raised."""
+        done = threading.Event()
+        outcome: list[Any] = []
+
+        def wrapped() -> None:
+            try:
+                outcome.append((True, call()))
+            except BaseException as exc:  # handed back to the waiting caller
+                outcome.append((False, exc))
+            finally:
+                done.set()
+
+        self.submit(wrapped)
+        done.wait()
+        ok, value = outcome[0]
+        if not ok:
+            raise value
+        return value
 
     def shutdown(self) -> None:
         """Let each thread end after the call it is running (queued calls still run first)."""

@@ -180,6 +180,7 @@ class QueueHost:
         release_on_stop: bool = False,
         restart_seconds: float = RESTART_SECONDS,
         host_json: Path = HOST_JSON,
+        pool: ThreadPool | None = None,
     ) -> None:
         self.trigger = trigger
         self.poison = poison
@@ -190,7 +191,9 @@ class QueueHost:
         self.min_polling_seconds = min_polling_seconds
         self.drain_seconds = drain_seconds
         self.on_invocation = on_invocation
-        self.threads = threads if threads is not None else thread_pool_size()
+        # The worker has one pool for every function of the app; a host given one shares it (and does not stop it).
+        self._shared_pool = pool
+        self.threads = pool.size if pool is not None else threads if threads is not None else thread_pool_size()
         self.function_timeout = (
             function_timeout(host_json) if isinstance(function_timeout_seconds, str) else function_timeout_seconds
         )
@@ -325,7 +328,7 @@ class QueueHost:
     def run(self, stop: threading.Event | None = None) -> None:
         """Poll until `stop` is set, then wait for in-flight invocations; a faulted listener is restarted."""
         stop = stop or self._stop
-        self._pool = ThreadPool(self.threads, name=f"worker:{self.queue_name}")
+        self._pool = self._shared_pool or ThreadPool(self.threads, name=f"worker:{self.queue_name}")
         self._settler = ThreadPoolExecutor(max(self.max_in_flight, 1), thread_name_prefix=f"host:{self.queue_name}")
         halted = threading.Event()
         watcher = threading.Thread(target=self._watch_loop, args=(halted,), name="host:watch", daemon=True)
@@ -359,7 +362,8 @@ class QueueHost:
             self._drain()
             halted.set()
             watcher.join(5)
-            self._pool.shutdown()
+            if self._shared_pool is None:
+                self._pool.shutdown()
             self._settler.shutdown(wait=True)
 
     # ---- polling

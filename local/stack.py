@@ -18,6 +18,7 @@ from local.batch_emulator import BatchEmulator, Termination
 from local.functions import FunctionLoadError, function_folders
 from local.http_host import HttpHost
 from local.identity import IdentityEndpoint
+from local.invocations import ThreadPool, thread_pool_size
 from local.queue_host import Invocation, QueueHost
 from local.timer_host import TimerHost, TimerNotLoaded, timer_functions
 from shared import storage, wiring
@@ -135,10 +136,10 @@ class Run:
         return fresh
 
 
-def start_http_host(args: argparse.Namespace, stack: contextlib.ExitStack) -> HttpHost:
+def start_http_host(args: argparse.Namespace, stack: contextlib.ExitStack, pool: ThreadPool) -> HttpHost:
     """The HTTP-triggered functions on a loopback port (serving at once: a request only enqueues)."""
     port = 0 if args.smoke else args.http_port
-    http = HttpHost.from_project(port=port, function_key=args.function_key)
+    http = HttpHost.from_project(port=port, function_key=args.function_key, pool=pool)
     try:
         http.start()
     except OSError as exc:
@@ -150,7 +151,7 @@ def start_http_host(args: argparse.Namespace, stack: contextlib.ExitStack) -> Ht
     return http
 
 
-def load_timers() -> tuple[list[TimerHost], list[str]]:
+def load_timers(pool: ThreadPool) -> tuple[list[TimerHost], list[str]]:
     """The timer functions whose schedule resolves, and a note for each one skipped (as the host would skip it)."""
     timers: list[TimerHost] = []
     notes: list[str] = []
@@ -159,14 +160,14 @@ def load_timers() -> tuple[list[TimerHost], list[str]]:
             notes.append(f"disabled: {folder.name}")
             continue
         try:
-            timers.append(TimerHost.from_function(folder))
+            timers.append(TimerHost.from_function(folder, pool=pool))
         except TimerNotLoaded as exc:
             notes.append(f"not loaded: {exc}")
     return timers, notes
 
 
 def load_queue_hosts(
-    settings: Settings, invocations: list[Invocation], *, release_on_stop: bool = False
+    settings: Settings, invocations: list[Invocation], pool: ThreadPool, *, release_on_stop: bool = False
 ) -> tuple[list[QueueHost], list[str]]:
     """One host per enabled queueTrigger function (not polling yet), and a note for each one skipped."""
     hosts: list[QueueHost] = []
@@ -182,6 +183,7 @@ def load_queue_hosts(
                 settings.queues,
                 on_invocation=invocations.append,
                 release_on_stop=release_on_stop,
+                pool=pool,
             )
         except FunctionLoadError as exc:
             notes.append(f"not loaded: {exc}")
@@ -251,13 +253,16 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
     wiring.reset()
     settings = Settings.from_env()
     invocations: list[Invocation] = []
-    hosts, notes = load_queue_hosts(settings, invocations, release_on_stop=args.release_on_stop)
+    # One worker process, one thread pool for every function (dispatcher.py _sync_call_tp).
+    pool = ThreadPool(thread_pool_size(), name="worker")
+    stack.callback(pool.shutdown)
+    hosts, notes = load_queue_hosts(settings, invocations, pool, release_on_stop=args.release_on_stop)
     queues = [settings.poison_queue_name]
     for host in hosts:
         queues += [host.queue_name, *([host.poison_queue_name] if host.poison_queue_name else [])]
     create_queues(settings, queues)
-    http = start_http_host(args, stack)
-    timers, timer_notes = load_timers()
+    http = start_http_host(args, stack, pool)
+    timers, timer_notes = load_timers(pool)
     return Run(
         settings,
         hosts,

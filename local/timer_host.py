@@ -14,6 +14,7 @@ from typing import Any
 from azure.functions.timer import TimerRequest
 
 from local.functions import FunctionFolder, FunctionLoadError, function_folders, resolve_settings, setting_name
+from local.invocations import ThreadPool
 from local.ncrontab import CronSchedule, ScheduleError, as_utc
 from shared.settings import PROJECT_ROOT
 
@@ -57,7 +58,9 @@ class TimerHost:
         *,
         setting: str | None = None,
         clock: Clock = utc_now,
+        pool: ThreadPool | None = None,
     ) -> None:
+        self.pool = pool  # the worker's one thread pool, when the run shares it
         self.name = name
         self.schedule = schedule
         self.setting = setting
@@ -80,6 +83,7 @@ class TimerHost:
         environ: Mapping[str, str] | None = None,
         *,
         clock: Clock = utc_now,
+        pool: ThreadPool | None = None,
     ) -> TimerHost:
         """Load a timer function: schedule from function.json (`%NAME%` resolved), handler from its entry point."""
         try:
@@ -105,7 +109,7 @@ class TimerHost:
             handler = folder.trigger_handler()
         except FunctionLoadError as exc:
             raise TimerNotLoaded(str(exc)) from exc
-        return cls(name, schedule, handler, setting=setting, clock=clock)
+        return cls(name, schedule, handler, setting=setting, clock=clock, pool=pool)
 
     @property
     def next_occurrence(self) -> datetime:
@@ -206,7 +210,10 @@ class TimerHost:
         started = time.monotonic()
         self.invocations += 1
         try:
-            self.handler(request)
+            if self.pool is None:
+                self.handler(request)
+            else:
+                self.pool.run(lambda: self.handler(request))
         except Exception:
             self.failures += 1
             log.exception("timer %s: failed after %.0f ms", self.name, (time.monotonic() - started) * 1000)

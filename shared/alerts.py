@@ -1,24 +1,25 @@
-"""Azure Monitor alerts (common alert schema) and plain {"jobId", "reason"} bodies → validated terminate requests."""
+"""Alert bodies → what to stop: common-schema alerts, budget notifications and plain {"jobId", "reason"} bodies."""
 
 from __future__ import annotations
 
 import json
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from shared.account_match import batch_account_names
+from shared.budget import BUDGET_SCHEMA_ID, BudgetNotification, is_cost_alert, read_budget_notification, read_cost_alert
 from shared.errors import AlertRejected, BatchErrorDetail, ConfigurationError, InvalidMessage
-from shared.message import MAX_REASON_LENGTH, TerminateRequest, json_type
+from shared.message import MAX_REASON_LENGTH, json_type
 from shared.producer import build_request
+from shared.selection import MAX_JOBS_SETTING, JobSelector, max_jobs
 
 COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
 DIMENSION_SETTING = "ALERT_JOB_ID_DIMENSION"
 RULES_SETTING = "ALERT_RULES_ALLOWED"
 DEFAULT_DIMENSION = "jobId"
 MAX_BODY_BYTES = 64 * 1024
-# One alert names a handful of jobs; a body listing thousands is a mistake or an attack, not a use case.
-MAX_JOB_IDS = 100
 FIRED = "Fired"
 RESOLVED = "Resolved"
 _SHOWN = 80  # characters of a rejected value echoed back
@@ -26,40 +27,55 @@ _SHOWN = 80  # characters of a rejected value echoed back
 
 @dataclass(frozen=True)
 class AlertSettings:
-    """ALERT_JOB_ID_DIMENSION and ALERT_RULES_ALLOWED."""
+    """ALERT_JOB_ID_DIMENSION, ALERT_RULES_ALLOWED, the ALERT_SELECT_* selector and ALERT_MAX_JOBS."""
 
     job_id_dimension: str = DEFAULT_DIMENSION
     rules_allowed: frozenset[str] = frozenset()  # casefolded; empty = every rule
+    selector: JobSelector = field(default_factory=JobSelector)
+    max_jobs: int = 100
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AlertSettings:
-        """Read the ALERT_* settings."""
+        """Read the ALERT_* settings; a ConfigurationError names the first bad one."""
         env = os.environ if environ is None else environ
         dimension = env.get(DIMENSION_SETTING, "").strip() or DEFAULT_DIMENSION
         if len(dimension) > 256:
             raise ConfigurationError(DIMENSION_SETTING, "must be a dimension name (at most 256 characters)")
         rules = frozenset(r.strip().casefold() for r in env.get(RULES_SETTING, "").split(",") if r.strip())
-        return cls(job_id_dimension=dimension, rules_allowed=rules)
+        return cls(
+            job_id_dimension=dimension,
+            rules_allowed=rules,
+            selector=JobSelector.from_env(env),
+            max_jobs=max_jobs(env, MAX_JOBS_SETTING),
+        )
 
     def allows(self, rule: str | None) -> bool:
-        """Whether an alert from this rule may terminate jobs (alert rule names are case-insensitive)."""
+        """Whether an alert from this rule (or budget) may terminate jobs (names are case-insensitive)."""
         return not self.rules_allowed or (rule is not None and rule.casefold() in self.rules_allowed)
 
 
 @dataclass(frozen=True)
 class AlertRequest:
-    """What one HTTP call asks for: the requests to enqueue (empty when the alert resolved)."""
+    """What one HTTP call asks for: named job ids, or (none named) a selection from the account's active jobs."""
 
-    source: str  # "alert" (common alert schema) or "plain"
+    source: str  # "alert" (common schema), "budget" (either budget form) or "plain"
     monitor_condition: str
-    rule: str | None
+    rule: str | None  # the alert rule, or the budget's name
     severity: str | None
-    requests: tuple[TerminateRequest, ...]
+    reason: str | None  # the terminate reason of every message
+    job_ids: tuple[str, ...] = ()  # validated, de-duplicated; empty = select
+    batch_accounts: tuple[str, ...] = ()  # Batch account names in alertTargetIDs (casefolded)
+    account: object = None  # a plain body's `account` field, as given
 
     @property
     def fired(self) -> bool:
-        """Whether the requests should be enqueued."""
+        """Whether jobs should be stopped (Resolved alerts stop nothing)."""
         return self.monitor_condition == FIRED
+
+    @property
+    def selects(self) -> bool:
+        """Whether the jobs come from the selector rather than the body."""
+        return self.fired and not self.job_ids
 
 
 def read_alert(body: bytes, settings: AlertSettings) -> AlertRequest:
@@ -67,9 +83,11 @@ def read_alert(body: bytes, settings: AlertSettings) -> AlertRequest:
     if len(body) > MAX_BODY_BYTES:
         raise AlertRejected(413, "RequestBodyTooLarge", f"the body must be at most {MAX_BODY_BYTES} bytes")
     document = _load(body)
+    if document.get("schemaId") == BUDGET_SCHEMA_ID:
+        return _budget(read_budget_notification(document), (), settings)
     if "schemaId" in document or "data" in document:
         return _common_alert(document, settings)
-    return _plain(document)
+    return _plain(document, settings)
 
 
 def alert_reason(rule: str | None, severity: str | None) -> str:
@@ -95,23 +113,36 @@ def _load(body: bytes) -> dict[str, Any]:
     return document
 
 
-def _plain(document: dict[str, Any]) -> AlertRequest:
-    """{"jobId": "...", "reason": "..."} from a caller that is not Azure Monitor (unknown fields are ignored)."""
+def _plain(document: dict[str, Any], settings: AlertSettings) -> AlertRequest:
+    """{"jobId": "...", "reason": "...", "account": "..."} from a caller that is not Azure Monitor."""
     job_id = document.get("jobId")
     reason = document.get("reason")
     if job_id is None:
         raise AlertRejected(
             400,
             "InvalidAlert",
-            f'expected the Azure Monitor common alert schema (schemaId "{COMMON_SCHEMA_ID}") '
-            'or a {"jobId": "...", "reason": "..."} body',
+            f'expected the Azure Monitor common alert schema (schemaId "{COMMON_SCHEMA_ID}"), a budget notification '
+            f'(schemaId "{BUDGET_SCHEMA_ID}") or a {{"jobId": "...", "reason": "..."}} body',
         )
     if reason is not None and not isinstance(reason, str):
         raise AlertRejected(
             400, "InvalidRequest", "reason must be a string", (BatchErrorDetail("reason", json_type(reason)),)
         )
-    requests = _validated([job_id], reason or None)
-    return AlertRequest("plain", FIRED, None, None, requests)
+    job_ids = _validated([job_id], reason or None, settings)
+    return AlertRequest("plain", FIRED, None, None, reason or None, job_ids, account=document.get("account"))
+
+
+def _budget(notification: BudgetNotification, accounts: tuple[str, ...], settings: AlertSettings) -> AlertRequest:
+    """A budget names no job: it always selects, and has no Resolved state (every notification acts)."""
+    if not settings.allows(notification.name):
+        raise AlertRejected(
+            403,
+            "RuleNotAllowed",
+            "this budget is not in ALERT_RULES_ALLOWED",
+            (BatchErrorDetail("BudgetName", _show(notification.name)),),
+        )
+    _require_selector(settings, "a budget notification names no job")
+    return AlertRequest("budget", FIRED, notification.name, None, notification.reason(), batch_accounts=accounts)
 
 
 def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertRequest:
@@ -120,13 +151,19 @@ def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertReq
         raise AlertRejected(
             400,
             "UnsupportedSchema",
-            f'schemaId must be "{COMMON_SCHEMA_ID}": enable the common alert schema on the action group\'s action',
+            f'schemaId must be "{COMMON_SCHEMA_ID}" (enable the common alert schema on the action group\'s action) '
+            f'or "{BUDGET_SCHEMA_ID}"',
             (BatchErrorDetail("schemaId", _show(schema)),),
         )
     data = _object(document.get("data"), "data")
     essentials = _object(data.get("essentials"), "data.essentials")
     rule = _optional_string(essentials, "alertRule", "data.essentials")
     severity = _optional_string(essentials, "severity", "data.essentials")
+    accounts = tuple(batch_account_names(essentials.get("alertTargetIDs")))
+    context = data.get("alertContext")
+    if is_cost_alert(essentials, context):
+        # Budgets in the common schema carry no monitorCondition (null): like the budget schema, each one acts.
+        return _budget(read_cost_alert(context), accounts, settings)
     condition = essentials.get("monitorCondition")
     if condition not in (FIRED, RESOLVED):
         raise AlertRejected(
@@ -142,9 +179,9 @@ def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertReq
             "this alert rule is not in ALERT_RULES_ALLOWED",
             (BatchErrorDetail("alertRule", _show(rule)),),
         )
+    reason = alert_reason(rule, severity)
     if condition == RESOLVED:
-        return AlertRequest("alert", RESOLVED, rule, severity, ())
-    context = data.get("alertContext")
+        return AlertRequest("alert", RESOLVED, rule, severity, reason, batch_accounts=accounts)
     context = context if isinstance(context, dict) else {}
     job_ids = _from_properties(data.get("customProperties"), "data.customProperties")
     if not job_ids:
@@ -153,13 +190,24 @@ def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertReq
     if not job_ids:
         job_ids = list(_from_dimensions(context, settings.job_id_dimension))
     if not job_ids:
+        _require_selector(
+            settings,
+            "the alert names no job: set the custom property jobId or jobIds on the alert rule's action, "
+            f"split the alert by the dimension {settings.job_id_dimension!r}, or set ALERT_SELECT_*",
+        )
+        return AlertRequest("alert", FIRED, rule, severity, reason, batch_accounts=accounts)
+    validated = _validated(job_ids, reason, settings)
+    return AlertRequest("alert", FIRED, rule, severity, reason, validated, accounts)
+
+
+def _require_selector(settings: AlertSettings, message: str) -> None:
+    """Without an ALERT_SELECT_* setting, an alert that names no job stops nothing: 400 NoJobId."""
+    if not settings.selector.configured:
         raise AlertRejected(
             400,
             "NoJobId",
-            "the alert names no job: set the custom property jobId or jobIds on the alert rule's action, "
-            f"or split the alert by the dimension {settings.job_id_dimension!r}",
+            f"{message}; no ALERT_SELECT_JOB_ID_PREFIX, ALERT_SELECT_POOL_ID or ALERT_SELECT_METADATA is set",
         )
-    return AlertRequest("alert", FIRED, rule, severity, _validated(job_ids, alert_reason(rule, severity)))
 
 
 def _from_properties(properties: object, path: str) -> list[object]:
@@ -194,29 +242,39 @@ def _from_dimensions(context: dict[str, Any], name: str) -> Iterator[object]:
                 yield dimension.get("value")
 
 
-def _validated(job_ids: list[object], reason: str | None) -> tuple[TerminateRequest, ...]:
+def _validated(job_ids: list[object], reason: str | None, settings: AlertSettings) -> tuple[str, ...]:
     """Every id checked by the producer API's own rules; any bad id rejects the whole call."""
     unique: dict[str, object] = {}
     for job_id in job_ids:
         # Batch ids are case-insensitive: Job-1 and job-1 are one job.
         key = job_id.casefold() if isinstance(job_id, str) else repr(job_id)
         unique.setdefault(key, job_id)
-    if len(unique) > MAX_JOB_IDS:
-        raise AlertRejected(400, "TooManyJobIds", f"at most {MAX_JOB_IDS} job ids per call, got {len(unique)}")
-    requests: list[TerminateRequest] = []
+    if len(unique) > settings.max_jobs:
+        raise too_many_jobs(len(unique), settings.max_jobs)
+    valid: list[str] = []
     problems: list[BatchErrorDetail] = []
     for job_id in unique.values():
         if not isinstance(job_id, str):
             problems.append(BatchErrorDetail("jobId", f"{_show(job_id)}: must be a string, got {json_type(job_id)}"))
             continue
         try:
-            requests.append(build_request(job_id, reason))
+            valid.append(build_request(job_id, reason).job_id)
         except InvalidMessage as exc:
             problems.extend(BatchErrorDetail(p.key, f"{_show(job_id)}: {p.value}") for p in exc.problems)
     if problems:
         code = "InvalidJobId" if all(p.key == "jobId" for p in problems) else "InvalidRequest"
         raise AlertRejected(400, code, f"nothing was enqueued: {len(problems)} problem(s), see values", tuple(problems))
-    return tuple(requests)
+    return tuple(valid)
+
+
+def too_many_jobs(count: int, limit: int) -> AlertRejected:
+    """409 TooManyJobs: the blast-radius refusal (nothing is enqueued)."""
+    return AlertRejected(
+        409,
+        "TooManyJobs",
+        f"the alert would stop {count} jobs, more than {MAX_JOBS_SETTING}={limit}; nothing was enqueued",
+        (BatchErrorDetail("count", str(count)), BatchErrorDetail(MAX_JOBS_SETTING, str(limit))),
+    )
 
 
 def _object(value: object, path: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Batch reads for the sweep: *Job - List* (with paging) and *Job - Get Task Counts*, over BatchClient's loop."""
+"""Batch reads for the sweep and alert selection: *Job - List* (with paging) and *Job - Get Task Counts*."""
 
 from __future__ import annotations
 
@@ -21,12 +21,19 @@ _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 @dataclass(frozen=True)
 class JobInfo:
-    """The part of a Batch job the sweep looks at."""
+    """The part of a Batch job the sweep and the alert selection look at."""
 
     id: str
     state: str | None
     creation_time: datetime | None
     metadata: Mapping[str, str] = field(default_factory=dict)
+    execution_pool_id: str | None = None  # executionInfo.poolId: the pool the job runs on (auto pools too)
+    pool_info_pool_id: str | None = None  # poolInfo.poolId: the pool named when the job was added or updated
+
+    @property
+    def pool_id(self) -> str | None:
+        """The job's pool: executionInfo.poolId, else poolInfo.poolId."""
+        return self.execution_pool_id or self.pool_info_pool_id
 
 
 @dataclass(frozen=True)
@@ -50,11 +57,16 @@ class BatchReader:
         self._api_version = settings.batch_api_version
         self._timeout = str(settings.batch_timeout_seconds)
 
-    def list_jobs(self, *, state: str | None, select: str, page_size: int) -> Iterator[JobInfo]:
-        """Yield every job in `state` (None: all), following odata.nextLink; raise BatchCallFailed on failure."""
+    @property
+    def account_url(self) -> str:
+        """The account this reader lists (no trailing slash)."""
+        return self._base
+
+    def list_jobs(self, *, odata_filter: str | None, select: str, page_size: int) -> Iterator[JobInfo]:
+        """Yield every job `odata_filter` passes (None: all), following odata.nextLink; raise BatchCallFailed."""
         params = {"api-version": self._api_version, "maxresults": str(page_size), "timeout": self._timeout}
-        if state is not None:
-            params["$filter"] = f"state eq '{state}'"
+        if odata_filter:
+            params["$filter"] = odata_filter
         if select:
             params["$select"] = select
         url: str | None = f"{self._base}/jobs?{_encode(params)}"
@@ -150,7 +162,15 @@ def _job(item: object) -> JobInfo | None:
         state=state if isinstance(state, str) else None,
         creation_time=parse_http_date(created) if isinstance(created, str) else None,
         metadata=metadata,
+        execution_pool_id=_pool_id(item.get("executionInfo")),
+        pool_info_pool_id=_pool_id(item.get("poolInfo")),
     )
+
+
+def _pool_id(section: object) -> str | None:
+    """poolId of an executionInfo or poolInfo object, when it is a non-empty string."""
+    value = section.get("poolId") if isinstance(section, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 def _unexpected(message: str, *values: tuple[str, str]) -> BatchCallFailed:

@@ -7,6 +7,7 @@ import binascii
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -58,7 +59,8 @@ class PoisonKeeper:
         *,
         max_dequeue_count: int,
         visibility_timeout: int = 300,
-        max_entries: int = 500,
+        budget_seconds: float = 120.0,
+        clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         telemetry: Telemetry | None = None,
     ) -> None:
@@ -67,7 +69,9 @@ class PoisonKeeper:
         self._writer = writer
         self._max_dequeue_count = max_dequeue_count
         self._visibility_timeout = visibility_timeout
-        self._max_entries = max_entries
+        # The pass must end before the held entries' visibility timeout does (and well under functionTimeout).
+        self._budget = min(budget_seconds, visibility_timeout / 2)
+        self._clock = clock
         self._now = now
         self._telemetry = telemetry or Telemetry()
 
@@ -94,8 +98,9 @@ class PoisonKeeper:
         # Never-expiring records stay hidden until the pass ends, so the pass reaches every entry once.
         held: list[QueueMessage] = []
         try:
-            seen = 0
-            while seen < self._max_entries:
+            deadline = self._clock() + self._budget
+            # Every entry is read, however many records are in front of the host's: they are all held until the end.
+            while self._clock() < deadline:
                 try:
                     page = source.receive_messages(
                         messages_per_page=32, max_messages=32, visibility_timeout=self._visibility_timeout
@@ -106,7 +111,6 @@ class PoisonKeeper:
                 if not messages:
                     return
                 for message in messages:
-                    seen += 1
                     if not self._at_risk(message):
                         held.append(message)
                         report.skipped += 1

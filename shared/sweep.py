@@ -1,4 +1,4 @@
-"""The scheduled sweep: list active jobs, apply the policies, enqueue terminate requests for the ones that match."""
+"""The scheduled sweep: list each account's active jobs, apply the policies, enqueue terminate requests for matches."""
 
 from __future__ import annotations
 
@@ -6,38 +6,52 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TypeVar
 
-from shared.batch_read import BatchReader, JobInfo
+from shared.account_match import terminate_request
+from shared.batch_read import BatchReader, JobInfo, TaskCounts
 from shared.errors import BatchCallFailed, ConfigurationError, EnqueueFailed
 from shared.message import JOB_ID_PATTERN
-from shared.producer import TerminateQueue, build_request
+from shared.producer import TerminateQueue
+from shared.selection import JobSelector, max_jobs, select_jobs
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.sweep")
-
-KEEP_METADATA = "batch-terminator-keep"
-# Job - List's own maximum; the service may still answer with shorter pages and an odata.nextLink.
-LIST_PAGE_SIZE = 1000
 LIST_SELECT = "id,creationTime,metadata,state"
+T = TypeVar("T")
+
 MAX_AGE_SETTING = "SWEEP_MAX_AGE_HOURS"
 IDLE_SETTING = "SWEEP_IDLE_MINUTES"
 PREFIX_SETTING = "SWEEP_JOB_ID_PREFIX"
 DRY_RUN_SETTING = "SWEEP_DRY_RUN"
+MAX_JOBS_SETTING = "SWEEP_MAX_JOBS"
+ACCOUNTS_SETTING = "SWEEP_ACCOUNTS"
+CONCURRENCY_SETTING = "SWEEP_CONCURRENCY"
+BUDGET_SETTING = "SWEEP_RUN_BUDGET_SECONDS"
+DEFAULT_CONCURRENCY = 16
+# host.json's functionTimeout is 5 minutes: a run stops reading at 2 and still has time to enqueue what it decided.
+DEFAULT_RUN_BUDGET_SECONDS = 120.0
+MAX_CONCURRENCY = 64
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
 
 
 @dataclass(frozen=True)
 class SweepPolicy:
-    """Which active jobs the sweep stops: older than max_age_hours, or idle longer than idle_minutes."""
+    """Which active jobs the sweep stops (older than max_age_hours, or idle longer than idle_minutes) and how."""
 
     max_age_hours: float | None = None
     idle_minutes: float | None = None
     job_id_prefix: str = ""
     dry_run: bool = False
+    max_jobs: int = 100  # per run, all accounts together: more matches stop nothing
+    accounts: tuple[str, ...] = ()  # aliases to sweep; empty = every configured account
+    concurrency: int = DEFAULT_CONCURRENCY  # task-count reads in flight at once
+    run_budget_seconds: float = DEFAULT_RUN_BUDGET_SECONDS  # no new read starts after this
 
     @property
     def enabled(self) -> bool:
@@ -48,7 +62,21 @@ class SweepPolicy:
         """The policy as one log fragment."""
         age = f"{self.max_age_hours:g}h" if self.max_age_hours is not None else "off"
         idle = f"{self.idle_minutes:g}min" if self.idle_minutes is not None else "off"
-        return f"max_age={age} idle={idle} prefix={self.job_id_prefix!r} dry_run={str(self.dry_run).lower()}"
+        accounts = ",".join(self.accounts) or "all"
+        return (
+            f"max_age={age} idle={idle} prefix={self.job_id_prefix!r} dry_run={str(self.dry_run).lower()}"
+            f" max_jobs={self.max_jobs} accounts={accounts} concurrency={self.concurrency}"
+            f" run_budget_s={self.run_budget_seconds:g}"
+        )
+
+    def pick_accounts(self, configured: Mapping[str, T]) -> dict[str, T]:
+        """The accounts to sweep, in SWEEP_ACCOUNTS order (else the configured order); unknown aliases refused."""
+        if not self.accounts:
+            return dict(configured)
+        unknown = [alias for alias in self.accounts if alias not in configured]
+        if unknown:
+            raise ConfigurationError(ACCOUNTS_SETTING, f"names no configured account: {', '.join(unknown)}")
+        return {alias: configured[alias] for alias in self.accounts}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SweepPolicy:
@@ -60,11 +88,17 @@ class SweepPolicy:
         raw_dry_run = env.get(DRY_RUN_SETTING, "").strip().lower()
         if raw_dry_run not in _TRUE | _FALSE:
             raise ConfigurationError(DRY_RUN_SETTING, f"must be true or false, got {raw_dry_run!r}")
+        accounts = tuple(dict.fromkeys(a.strip().casefold() for a in env.get(ACCOUNTS_SETTING, "").split(",")))
+        budget = _positive(env, BUDGET_SETTING, "seconds")
         return cls(
             max_age_hours=_positive(env, MAX_AGE_SETTING, "hours"),
             idle_minutes=_positive(env, IDLE_SETTING, "minutes"),
             job_id_prefix=prefix,
             dry_run=raw_dry_run in _TRUE,
+            max_jobs=max_jobs(env, MAX_JOBS_SETTING),
+            accounts=tuple(a for a in accounts if a),
+            concurrency=_concurrency(env),
+            run_budget_seconds=DEFAULT_RUN_BUDGET_SECONDS if budget is None else budget,
         )
 
 
@@ -74,6 +108,7 @@ class Match:
 
     job_id: str
     reason: str
+    account: str = "default"
 
 
 @dataclass
@@ -81,28 +116,48 @@ class SweepReport:
     """What one run did; summary() is its one log line."""
 
     dry_run: bool
-    outcome: str = "ok"
+    outcome: str = "ok"  # ok, batch_error, budget_exhausted (first not-ok account), too_many_jobs, enqueue_failed
     listed: int = 0
     kept: int = 0
+    reads: int = 0  # Get Task Counts calls made
+    unread: int = 0  # candidates left unread when the run budget ran out
+    stopped_at: str | None = None  # "alias/jobId" of the first unread candidate
     matched: list[Match] = field(default_factory=list)
     enqueued: list[str] = field(default_factory=list)
+    accounts: dict[str, str] = field(default_factory=dict)  # alias → that account's outcome
     duration: float = 0.0
 
     def summary(self) -> str:
         """The run's summary line."""
+        stopped = f" stopped_at={self.stopped_at} unread={self.unread}" if self.stopped_at else ""
+        accounts = ",".join(f"{alias}:{outcome}" for alias, outcome in self.accounts.items())
         return (
             f"sweep outcome={self.outcome} listed={self.listed} matched={len(self.matched)}"
             f" enqueued={len(self.enqueued)} kept={self.kept} dry_run={str(self.dry_run).lower()}"
-            f" duration_ms={self.duration * 1000:.0f}"
+            f" reads={self.reads}{stopped} accounts={accounts} duration_ms={self.duration * 1000:.0f}"
         )
+
+    def note(self, outcome: str) -> None:
+        """Record an account's outcome; the run's outcome is the first that is not ok."""
+        if self.outcome == "ok":
+            self.outcome = outcome
+
+
+class _OutOfTime(Exception):
+    """The run budget ran out before every candidate's task counts were read."""
+
+    def __init__(self, decided: list[Match], unread: Sequence[JobInfo]) -> None:
+        super().__init__(f"{len(unread)} unread")
+        self.decided = decided
+        self.unread = unread
 
 
 class Sweeper:
-    """One sweep per run(): list, decide, then enqueue through the producer API (never terminate directly)."""
+    """One sweep per run(): per account list, decide (task counts read concurrently), then enqueue."""
 
     def __init__(
         self,
-        reader: BatchReader,
+        readers: Mapping[str, BatchReader],
         queue: TerminateQueue,
         policy: SweepPolicy,
         *,
@@ -110,7 +165,7 @@ class Sweeper:
         clock: Callable[[], float] = time.monotonic,
         telemetry: Telemetry | None = None,
     ) -> None:
-        self._reader = reader
+        self._readers = dict(readers)
         self._queue = queue
         self._policy = policy
         self._now = now
@@ -118,91 +173,173 @@ class Sweeper:
         self._telemetry = telemetry or Telemetry()
 
     def run(self) -> SweepReport:
-        """Sweep once; Batch and queue failures are logged and end the run (the next schedule tries again)."""
+        """Sweep every account once: decide all, check SWEEP_MAX_JOBS over the run, then enqueue; never raises."""
         started = self._clock()
+        deadline = started + self._policy.run_budget_seconds
         report = SweepReport(dry_run=self._policy.dry_run)
+        decided: list[Match] = []
+        for alias, reader in self._readers.items():
+            if report.stopped_at is not None:
+                report.accounts[alias] = "not_swept"
+                log.error("sweep skips account=%s: the run budget is spent", alias)
+                continue
+            outcome, matches = self._sweep_account(alias, reader, deadline, report)
+            report.accounts[alias] = outcome
+            report.note(outcome)
+            decided.extend(matches)
+        if len(decided) > self._policy.max_jobs:
+            # The blast radius, as docs/CONTRACT.md §2 sets it: a run that would enqueue more enqueues nothing.
+            log.error(
+                "sweep refused: %d jobs matched, more than SWEEP_MAX_JOBS=%d; nothing enqueued",
+                len(decided),
+                self._policy.max_jobs,
+            )
+            report.outcome = "too_many_jobs"
+            report.matched = decided
+        else:
+            report.matched = decided
+            failed = self._act(decided, report)
+            if failed is not None:
+                report.outcome = failed
+        report.duration = self._clock() - started
+        self._telemetry.sweep_finished(report)
+        return report
+
+    def _sweep_account(
+        self, alias: str, reader: BatchReader, deadline: float, report: SweepReport
+    ) -> tuple[str, list[Match]]:
+        """One account's decisions and outcome; a Batch failure decides nothing there."""
         try:
-            self._decide(report)
+            return "ok", self._decide(alias, reader, deadline, report)
         except BatchCallFailed as exc:
             # Decide everything before enqueueing anything: a half-read account stops nothing.
-            report.outcome = "batch_error"
-            report.matched.clear()
             log.error(
-                "sweep stopped: Batch call failed code=%s status=%s request_id=%s message=%r attempts=%d",
+                "sweep account=%s stopped: Batch call failed code=%s status=%s request_id=%s message=%r attempts=%d",
+                alias,
                 exc.error.code,
                 exc.error.http_status,
                 exc.error.request_id,
                 exc.error.message[:200],
                 exc.attempts,
             )
-        else:
-            self._act(report)
-        report.duration = self._clock() - started
-        self._telemetry.sweep_finished(report)
-        return report
+            return "batch_error", []
+        except _OutOfTime as stop:
+            # What was decided stays decided: those jobs stop now, and the next run (where they no longer
+            # show as active) reads the rest first.
+            report.unread = len(stop.unread)
+            report.stopped_at = f"{alias}/{stop.unread[0].id}"
+            log.error(
+                "sweep account=%s ran out of its %gs budget after %d task-count reads: stopped at job=%s,"
+                " %d candidate(s) unread; enqueueing the %d decided",
+                alias,
+                self._policy.run_budget_seconds,
+                report.reads,
+                stop.unread[0].id,
+                len(stop.unread),
+                len(stop.decided),
+            )
+            return "budget_exhausted", stop.decided
 
-    def _decide(self, report: SweepReport) -> None:
-        now = self._now()
-        jobs = list(self._reader.list_jobs(state="active", select=LIST_SELECT, page_size=LIST_PAGE_SIZE))
-        report.listed = len(jobs)
-        for job in jobs:
-            match = self._evaluate(job, now, report)
-            if match is not None:
-                report.matched.append(match)
-
-    def _evaluate(self, job: JobInfo, now: datetime, report: SweepReport) -> Match | None:
+    def _decide(self, alias: str, reader: BatchReader, deadline: float, report: SweepReport) -> list[Match]:
         policy = self._policy
-        if job.state not in (None, "active") or not JOB_ID_PATTERN.fullmatch(job.id):
-            return None
-        # Batch job ids are case-insensitive, so the prefix is too.
-        if policy.job_id_prefix and not job.id.casefold().startswith(policy.job_id_prefix.casefold()):
-            return None
-        if _kept(job.metadata):
-            report.kept += 1
-            return None
-        if job.creation_time is None:
-            log.warning("sweep skips job=%s: no creationTime in the Job - List answer", job.id)
-            return None
-        age = (now - job.creation_time).total_seconds()
-        if policy.max_age_hours is not None and age > policy.max_age_hours * 3600:
-            return Match(job.id, f"sweep: active {age / 3600:.1f} h > {policy.max_age_hours:g} h")
-        if policy.idle_minutes is not None and age > policy.idle_minutes * 60:
-            try:
-                counts = self._reader.task_counts(job.id)
-            except BatchCallFailed as exc:
-                if exc.error.code != "JobNotFound":
-                    raise
-                log.info("sweep skips job=%s: deleted since it was listed", job.id)
-                return None
-            if counts.active + counts.running == 0:
-                minutes = math.floor(age / 60)
-                return Match(
-                    job.id,
-                    f"sweep: idle, no active or running tasks, created {minutes} min ago > {policy.idle_minutes:g} min",
-                )
-        return None
+        now = self._now()
+        selection = select_jobs(reader, JobSelector(job_id_prefix=policy.job_id_prefix), select=LIST_SELECT)
+        report.listed += selection.listed
+        report.kept += selection.kept
+        decided: dict[str, Match | None] = {}
+        candidates: list[JobInfo] = []
+        for job in selection.jobs:
+            if job.creation_time is None:
+                log.warning("sweep skips job=%s: no creationTime in the Job - List answer", job.id)
+                continue
+            age = (now - job.creation_time).total_seconds()
+            if policy.max_age_hours is not None and age > policy.max_age_hours * 3600:
+                decided[job.id] = Match(job.id, f"sweep: active {age / 3600:.1f} h > {policy.max_age_hours:g} h", alias)
+            elif policy.idle_minutes is not None and age > policy.idle_minutes * 60:
+                candidates.append(job)
+        read, unread = self._read_counts(reader, candidates, deadline, report)
+        for job, counts in read:
+            decided[job.id] = self._idle_match(alias, job, counts, now)
+        # Listing order, whatever order the reads finished in.
+        matches = [m for m in (decided.get(job.id) for job in selection.jobs) if m is not None]
+        if unread:
+            raise _OutOfTime(matches, unread)
+        return matches
 
-    def _act(self, report: SweepReport) -> None:
-        for match in report.matched:
+    def _idle_match(self, alias: str, job: JobInfo, counts: TaskCounts | None, now: datetime) -> Match | None:
+        if counts is None or counts.active + counts.running > 0 or job.creation_time is None:
+            return None
+        minutes = math.floor((now - job.creation_time).total_seconds() / 60)
+        idle = self._policy.idle_minutes
+        reason = f"sweep: idle, no active or running tasks, created {minutes} min ago > {idle:g} min"
+        return Match(job.id, reason, alias)
+
+    def _read_counts(
+        self, reader: BatchReader, candidates: Sequence[JobInfo], deadline: float, report: SweepReport
+    ) -> tuple[list[tuple[JobInfo, TaskCounts | None]], Sequence[JobInfo]]:
+        """Task counts of the candidates, `concurrency` reads at a time, until no read may start: (read, unread)."""
+        results: list[tuple[JobInfo, TaskCounts | None]] = []
+        if not candidates:
+            return results, ()
+        pending: dict[Future[TaskCounts | None], JobInfo] = {}
+
+        def collect(futures: set[Future[TaskCounts | None]]) -> None:
+            for future in futures:
+                job = pending.pop(future)
+                results.append((job, future.result()))  # a BatchCallFailed ends the account's run
+
+        unread: Sequence[JobInfo] = ()
+        with ThreadPoolExecutor(min(self._policy.concurrency, len(candidates)), thread_name_prefix="sweep") as pool:
+            try:
+                for index, job in enumerate(candidates):
+                    while len(pending) >= self._policy.concurrency:
+                        collect(wait(pending, return_when=FIRST_COMPLETED).done)
+                    if self._clock() >= deadline:
+                        unread = candidates[index:]
+                        break
+                    report.reads += 1
+                    pending[pool.submit(self._counts, reader, job)] = job
+                collect(wait(pending).done)
+            finally:
+                for future in pending:
+                    future.cancel()
+        return results, unread
+
+    @staticmethod
+    def _counts(reader: BatchReader, job: JobInfo) -> TaskCounts | None:
+        try:
+            return reader.task_counts(job.id)
+        except BatchCallFailed as exc:
+            if exc.error.code != "JobNotFound":
+                raise
+            log.info("sweep skips job=%s: deleted since it was listed", job.id)
+            return None
+
+    def _act(self, matches: list[Match], report: SweepReport) -> str | None:
+        """Enqueue the matches (or log them in a dry run); "enqueue_failed" when the queue refused one."""
+        for match in matches:
             if self._policy.dry_run:
-                log.info("sweep dry run: would terminate job=%s reason=%r", match.job_id, match.reason)
+                log.info(
+                    "sweep dry run: would terminate job=%s reason=%r account=%s",
+                    match.job_id,
+                    match.reason,
+                    match.account,
+                )
                 continue
             try:
-                message_id = self._queue.enqueue(build_request(match.job_id, match.reason))
+                message_id = self._queue.enqueue(terminate_request(match.job_id, match.reason, match.account))
             except EnqueueFailed as exc:
-                report.outcome = "enqueue_failed"
                 log.error("sweep stopped: %s (enqueued %d of %d)", exc, len(report.enqueued), len(report.matched))
-                return
+                return "enqueue_failed"
             report.enqueued.append(match.job_id)
-            log.info("sweep enqueued job=%s message_id=%s reason=%r", match.job_id, message_id, match.reason)
-
-
-def _kept(metadata: Mapping[str, str]) -> bool:
-    """Whether the job opted out (metadata batch-terminator-keep=true; names and values read leniently)."""
-    return any(
-        name.strip().casefold() == KEEP_METADATA and value.strip().casefold() == "true"
-        for name, value in metadata.items()
-    )
+            log.info(
+                "sweep enqueued job=%s account=%s message_id=%s reason=%r",
+                match.job_id,
+                match.account,
+                message_id,
+                match.reason,
+            )
+        return None
 
 
 def _positive(env: Mapping[str, str], name: str, unit: str) -> float | None:
@@ -215,4 +352,17 @@ def _positive(env: Mapping[str, str], name: str, unit: str) -> float | None:
         raise ConfigurationError(name, f"must be a number of {unit}, got {raw!r}") from exc
     if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(name, f"must be a positive number of {unit}, got {raw!r}")
+    return value
+
+
+def _concurrency(env: Mapping[str, str]) -> int:
+    raw = env.get(CONCURRENCY_SETTING, "").strip()
+    if not raw:
+        return DEFAULT_CONCURRENCY
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(CONCURRENCY_SETTING, f"must be a whole number, got {raw!r}") from exc
+    if not 1 <= value <= MAX_CONCURRENCY:
+        raise ConfigurationError(CONCURRENCY_SETTING, f"must be between 1 and {MAX_CONCURRENCY}, got {value}")
     return value

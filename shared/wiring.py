@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from typing import TypeVar
 
 import requests
@@ -15,6 +16,8 @@ from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
+from shared.account_match import configured_accounts
+from shared.alert_action import AlertAction
 from shared.batch import BatchClient, RetryPolicy, TokenProvider
 from shared.batch_read import BatchReader
 from shared.keeper import PoisonKeeper
@@ -152,6 +155,43 @@ class Wiring:
         """Job - List and task counts over the same client."""
         return self._once("batch_reader", lambda: BatchReader(self.batch_client(), self.settings()))
 
+    def batch_readers(self) -> dict[str, BatchReader]:
+        """A reader per configured account (alias → reader), all over the one token cache and pooled session."""
+
+        def build() -> dict[str, BatchReader]:
+            settings = self.settings()
+            readers: dict[str, BatchReader] = {}
+            for alias, url in configured_accounts(settings).items():
+                if url == settings.batch_account_url:
+                    readers[alias] = self.batch_reader()
+                    continue
+                account = replace(settings, batch_account_url=url)
+                client = BatchClient(
+                    account,
+                    self.tokens(),
+                    self.session(),
+                    policy=self._policy,
+                    sleep=self._sleep,
+                    http_timeout=self._http_timeout,
+                    telemetry=self.telemetry(),
+                )
+                readers[alias] = BatchReader(client, account)
+            return readers
+
+        return self._once("batch_readers", build)
+
+    def alert_action(self) -> AlertAction:
+        """The alert_terminate service; reads the Batch settings only when an alert needs an account."""
+
+        def build() -> AlertAction:
+            return AlertAction(
+                self.terminate_queue(),
+                lambda: configured_accounts(self.settings()),
+                lambda alias: self.batch_readers()[alias],
+            )
+
+        return self._once("alert_action", build)
+
     def poison_writer(self) -> PoisonWriter:
         """The writer of poison records."""
 
@@ -213,12 +253,10 @@ class Wiring:
             return None
 
         def build() -> Sweeper:
-            settings = self.settings()
+            readers = policy.pick_accounts(self.batch_readers())
             queue = self.terminate_queue()
-            log.info(
-                "sweep ready: batch=%s queue=%s %s", settings.batch_account_url, queue.queue_name, policy.describe()
-            )
-            return Sweeper(self.batch_reader(), queue, policy, telemetry=self.telemetry())
+            log.info("sweep ready: accounts=%s queue=%s %s", ",".join(readers), queue.queue_name, policy.describe())
+            return Sweeper(readers, queue, policy, telemetry=self.telemetry())
 
         return self._once("sweeper", build)
 

@@ -88,7 +88,19 @@ def trigger(monkeypatch: pytest.MonkeyPatch, queues: Queues) -> Queues:
     """App settings for alert_terminate on Azurite."""
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
-    for name in ("ALERT_JOB_ID_DIMENSION", "ALERT_RULES_ALLOWED", "AzureWebJobsStorage__queueServiceUri"):
+    # A lone loopback account stands for whichever Batch account an alert names (docs/CONTRACT.md §9); alerts
+    # that name their jobs never call it.
+    monkeypatch.setenv("BATCH_ACCOUNT_URL", "http://127.0.0.1:9")
+    for name in (
+        "ALERT_JOB_ID_DIMENSION",
+        "ALERT_RULES_ALLOWED",
+        "ALERT_SELECT_JOB_ID_PREFIX",
+        "ALERT_SELECT_POOL_ID",
+        "ALERT_SELECT_METADATA",
+        "ALERT_MAX_JOBS",
+        "BATCH_ACCOUNTS",
+        "AzureWebJobsStorage__queueServiceUri",
+    ):
         monkeypatch.delenv(name, raising=False)
     return queues
 

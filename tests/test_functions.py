@@ -35,7 +35,8 @@ def test_the_app_functions_are_found_by_trigger_type() -> None:
     assert by_type["terminate_job"] == "queueTrigger"
     assert by_type["alert_terminate"] == "httpTrigger"
     assert by_type["sweep_jobs"] == "timerTrigger"
-    assert [f.name for f in function_folders(trigger_type="timerTrigger")] == ["sweep_jobs"]
+    assert by_type["keep_poison"] == "timerTrigger"
+    assert [f.name for f in function_folders(trigger_type="timerTrigger")] == ["keep_poison", "sweep_jobs"]
 
 
 def test_the_app_entry_points_are_the_modules_main() -> None:

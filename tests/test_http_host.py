@@ -7,15 +7,18 @@ import json
 import logging
 import socket
 import textwrap
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import azure.functions as func
 import pytest
 import requests
 
 from local.functions import FunctionLoadError
 from local.http_host import HttpFunction, HttpHost, http_functions
+from local.invocations import ThreadPool
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -332,3 +335,22 @@ def test_bad_bindings_are_refused() -> None:
         HttpFunction.from_binding("f", {"methods": ["fetch"]}, None, print)
     with pytest.raises(FunctionLoadError, match="one parameter per segment"):
         HttpFunction.from_binding("f", {"route": "files/{name}.{ext}"}, None, print)
+
+
+def test_an_http_invocation_runs_on_the_workers_pool_when_given_one(http: requests.Session) -> None:
+    ran_on: list[str] = []
+
+    def main(req: func.HttpRequest) -> str:
+        ran_on.append(threading.current_thread().name)
+        return "ok"
+
+    trigger = {"name": "req", "type": "httpTrigger", "direction": "in", "authLevel": "anonymous"}
+    function = HttpFunction.from_binding("pooled_fn", trigger, None, main)
+    pool = ThreadPool(1, name="worker")
+    try:
+        with HttpHost([function], port=0, pool=pool) as host:
+            answer = http.get(host.url("pooled_fn"), timeout=10)
+    finally:
+        pool.shutdown()
+    assert (answer.status_code, answer.text) == (200, "ok")
+    assert ran_on == ["worker-0"]

@@ -13,6 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from shared import telemetry
+from shared.keeper import HOST_GAVE_UP
+from shared.outcome import Outcome
+
 ROOT = Path(__file__).resolve().parent.parent
 INFRA = ROOT / "infra"
 SAMPLE = ROOT / "local.settings.sample.json"
@@ -354,7 +358,7 @@ DEPLOYED_DEFAULTS = {
     # A first deployment only logs what the sweep would do; switching it on is the operator's choice.
     "SWEEP_DRY_RUN": "true",
     # The worker's own default depends on the instance's cpus; infra gives every held message a thread.
-    "PYTHON_THREADPOOL_THREAD_COUNT": "24",
+    "PYTHON_THREADPOOL_THREAD_COUNT": "51",
 }
 
 
@@ -464,9 +468,24 @@ def test_deployed_defaults_are_the_specs() -> None:
     assert len(checked) >= 20, checked
 
 
+def _trigger_types() -> list[str]:
+    """The trigger type of every function folder of the app (one function.json each, as the host finds them)."""
+    types = []
+    for function_json in sorted(ROOT.glob("*/function.json")):
+        bindings = json.loads(function_json.read_text(encoding="utf-8"))["bindings"]
+        types += [b["type"] for b in bindings if b.get("direction") == "in" and b["type"].endswith("Trigger")]
+    assert "queueTrigger" in types, types
+    return types
+
+
 def test_every_held_message_has_a_worker_thread() -> None:
+    # The worker runs every sync invocation on one pool; the host holds batchSize + newBatchThreshold messages
+    # per queue trigger, and any other trigger can add one invocation at a time.
     queues = json.loads(HOST_JSON.read_text(encoding="utf-8"))["extensions"]["queues"]
-    held = queues["batchSize"] + queues["newBatchThreshold"]
+    types = _trigger_types()
+    held = (queues["batchSize"] + queues["newBatchThreshold"]) * types.count("queueTrigger") + sum(
+        1 for kind in types if kind != "queueTrigger"
+    )
     main = _bicep("main.bicep")
     assert _app_settings()["PYTHON_THREADPOOL_THREAD_COUNT"] == "string(pythonThreadpoolThreadCount)"
     assert _main_param_for("pythonThreadpoolThreadCount") == "pythonThreadpoolThreadCount"
@@ -754,3 +773,38 @@ def test_budget_walkthrough_names_the_selection_settings() -> None:
         assert param is not None
         assert f"`{setting}` (`{param}`)" in section, f"{setting} and its template parameter {param}"
         assert re.search(r"^param " + param + r"\s", main, re.M)
+
+
+# --- the spec's telemetry names are the code's ----------------------------------------------------------------
+
+
+def _spec_message_attributes() -> list[str]:
+    """The attribute names of the first table of docs/CONTRACT.md §8 (the finished-message record), in order."""
+    section = _spec_section("8")
+    first_table = re.search(r"^\| attribute \| value \|\n\|[-| ]+\|\n((?:\|.*\n)+)", section, re.M)
+    assert first_table, "docs/CONTRACT.md §8 has no attribute table"
+    return re.findall(r"^\| `(\w+)` \|", first_table.group(1), re.M)
+
+
+def test_spec_record_attributes_are_the_ones_the_code_writes() -> None:
+    assert tuple(_spec_message_attributes()) == telemetry.RECORD_ATTRIBUTES
+    (logger,) = re.findall(r"on logger `(\w+)`", _spec_section("8"))
+    assert logger == telemetry.LOGGER_NAME
+
+
+def test_spec_metrics_are_the_ones_the_code_records() -> None:
+    names = {
+        value
+        for name, value in vars(telemetry).items()
+        if name.isupper() and str(value).startswith("batch_terminator.")
+    }
+    assert names == set(_spec_metrics())
+
+
+def test_every_outcome_the_code_knows_is_in_the_spec() -> None:
+    message, _run = _spec_outcomes()
+    assert {outcome.value for outcome in Outcome} <= message
+
+
+def test_the_keepers_code_is_in_the_spec() -> None:
+    assert f"`{HOST_GAVE_UP}`" in _spec_section("6")

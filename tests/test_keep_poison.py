@@ -173,3 +173,18 @@ def test_a_kept_entry_is_a_finished_poisoned_message_in_the_telemetry(queues: Qu
     )
     assert exported.counts(telemetry.POISON_WRITES) == {(("code", HOST_GAVE_UP),): 1}
     assert exported.counts(telemetry.TERMINATIONS) == {(("code", HOST_GAVE_UP), ("outcome", "poisoned")): 1}
+
+
+@pytest.mark.usefixtures("keeper_env")
+def test_an_entry_behind_more_than_a_page_of_records_is_still_kept(queues: Queues) -> None:
+    writer = wiring.current().poison_writer()
+    for n in range(40):  # more than one receive page (32) of records the keeper must leave alone
+        writer.write(PoisonRecord(BatchError("JobNotFound", "gone", http_status=404), 1, f"m-{n}", b"{}"))
+    host_moves(queues, base64.b64encode(b'{"jobId": "late-1"}').decode())
+
+    run()
+
+    client = raw(queues, queues.poison)
+    texts = [str(m.content) for m in client.receive_messages(messages_per_page=32, max_messages=64)]
+    codes = sorted(json.loads(base64.b64decode(t))["error"]["code"] for t in texts)
+    assert codes == ["HostGaveUp"] + ["JobNotFound"] * 40, "all visible again, the late raw entry kept"

@@ -21,6 +21,7 @@ from azure.storage.queue import QueueClient
 from local import queue_host
 from local.batch_emulator import BatchEmulator, Fault
 from local.functions import FunctionFolder
+from local.invocations import ThreadPool
 from local.queue_host import (
     Invocation,
     PollingDelay,
@@ -556,3 +557,35 @@ def test_after_a_batch_the_first_empty_poll_waits_the_minimum(queues: Queues, mo
     assert asked[first_after_batch] == (True, queue_host.MIN_POLLING_SECONDS)
     assert asked[first_after_batch + 1][0] is False
     assert asked[first_after_batch + 1][1] > queue_host.MIN_POLLING_SECONDS
+
+
+def test_two_queue_functions_share_the_workers_one_pool(queues: Queues) -> None:
+    # dispatcher.py keeps one sync thread pool per worker process: every function's invocations wait for it.
+    other = Queues(queues.connection_string, f"{queues.trigger}z", f"{queues.trigger}z-poison")
+    other.client(other.trigger).create_queue()
+    for target in (queues, other):
+        for n in range(2):
+            target.client(target.trigger).send_message(json.dumps({"jobId": f"job-{n}"}))
+    gate = threading.Event()
+    handler = Recorder()
+
+    def blocking(msg: func.QueueMessage) -> None:
+        handler(msg)
+        gate.wait(5)
+
+    pool = ThreadPool(1, name="shared")
+    seen: list[Invocation] = []
+    first = QueueHost.from_connection_string(queues.connection_string, queues.trigger, FAST, blocking, pool=pool)
+    second = QueueHost.from_connection_string(other.connection_string, other.trigger, FAST, blocking, pool=pool)
+    for host in (first, second):
+        host.on_invocation = seen.append
+    try:
+        with first, second:
+            wait_for(lambda: first.in_flight == 2 and second.in_flight == 2, what="both batches in flight")
+            time.sleep(0.3)
+            assert len(handler.calls) == 1  # one thread between the two functions
+            gate.set()
+            wait_for(lambda: len(seen) == 4, what="four invocations")
+    finally:
+        pool.shutdown()
+    assert first.threads == second.threads == 1

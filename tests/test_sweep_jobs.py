@@ -22,8 +22,9 @@ from shared import wiring
 from shared.batch import BatchClient, TokenProvider
 from shared.batch_read import BatchReader
 from shared.errors import BatchCallFailed, ConfigurationError
+from shared.selection import LIST_PAGE_SIZE
 from shared.settings import Settings
-from shared.sweep import LIST_PAGE_SIZE, SweepPolicy
+from shared.sweep import SweepPolicy
 from shared.wiring import batch_credential, http_session
 from tests.conftest import Queues
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+from pathlib import Path
 from typing import Any
 
 import azure.functions as func
@@ -215,6 +217,9 @@ def test_a_sweep_run_logs_one_record_with_its_counts(
         "dryRun": False,
     }
     assert exported.counts(telemetry.SWEEP_RUNS) == {(("outcome", "ok"),): 1}
+    reads = [attrs for attrs, _ in exported.points(telemetry.BATCH_DURATION) if attrs["operation"] == "read"]
+    assert reads, "Job - List is timed as a read"
+    assert all(attrs["httpStatus"] == 200 for attrs in reads)
     assert exported.counts(telemetry.SWEEP_JOBS) == {
         (("stage", "listed"),): 2,
         (("stage", "matched"),): 1,
@@ -312,3 +317,12 @@ def test_a_configuration_error_is_handed_back_with_code_and_setting_but_no_outco
     }
     assert "outcome" not in record, "not finished: the host delivers it again"
     assert exported.points(telemetry.TERMINATIONS) == []
+
+
+def test_the_app_exports_through_opentelemetry_and_samples_nothing() -> None:
+    root = Path(__file__).resolve().parent.parent
+    host = json.loads((root / "host.json").read_text())
+    assert host["telemetryMode"] == "OpenTelemetry"
+    assert host["logging"]["applicationInsights"]["samplingSettings"]["isEnabled"] is False
+    pins = (root / "requirements.txt").read_text().splitlines()
+    assert any(re.fullmatch(r"azure-monitor-opentelemetry==[\d.]+", line) for line in pins)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from azure.functions.timer import TimerRequest
 
+from local.invocations import ThreadPool
 from local.ncrontab import CronSchedule
 from local.timer_host import TimerHost, TimerNotLoaded, format_moment, timer_functions
 from shared.settings import PROJECT_ROOT
@@ -175,3 +176,24 @@ def test_a_timer_function_in_another_folder_gets_its_binding_name(
     import nightly_tick_fn  # type: ignore[import-not-found]
 
     assert nightly_tick_fn.seen == [False]
+
+
+def test_a_timer_invocation_runs_on_the_workers_pool_when_given_one() -> None:
+    ran_on: list[str] = []
+    pool = ThreadPool(1, name="worker")
+    timer = TimerHost(
+        "pooled",
+        CronSchedule.parse("0 0 0 1 1 *"),
+        lambda _t: ran_on.append(threading.current_thread().name),
+        pool=pool,
+    )
+    try:
+        with timer:
+            timer.fire_now()
+            deadline = time.monotonic() + 3
+            while not ran_on:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+    finally:
+        pool.shutdown()
+    assert ran_on == ["worker-0"]
