@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import calls, end_to_end, imports, plot
+from bench import calls, end_to_end, enqueue_file, imports, kill_switch, plot, sweep_scale
 from bench.harness import Figure, table, worker_logging
 from bench.services import Services
 from local import azurite
@@ -24,6 +24,9 @@ ORDER = (
     "peer_sdk_vs_ours",
     "azurite_ceiling",
     "end_to_end_c",
+    "kill_switch_1000",
+    "sweep_1000",
+    "enqueue_file_1000",
     "token_fetches",
     "rss_growth",
     "import_time_vs_deps",
@@ -43,17 +46,20 @@ class Plan:
     point_seconds: float
     ceiling_messages: int
     point_minimum: int
+    incident_jobs: int
+    enqueue_rounds: int
+    null_from: int
 
     @classmethod
     def full(cls, messages: int) -> Plan:
         """The real measurement: `messages` per contender for figures 1 and 2, 10,000 for tokens and RSS."""
         rounds = 10
-        return cls("full", max(messages // rounds, 1), rounds, 100, 10_000, 9, 4.0, 600, 100)
+        return cls("full", max(messages // rounds, 1), rounds, 100, 10_000, 9, 4.0, 600, 100, 1000, 5, 16)
 
     @classmethod
     def smoke(cls) -> Plan:
-        """Tiny counts: proves every figure still runs, in well under a minute; the values mean little."""
-        return cls("smoke", 20, 4, 10, 300, 3, 0.25, 48, 16)
+        """Tiny counts, no sleep-only host runs: proves every figure still runs; the values mean little."""
+        return cls("smoke", 20, 4, 10, 300, 3, 0.25, 48, 16, 40, 1, 1_000)
 
 
 def progress(text: str) -> None:
@@ -62,8 +68,23 @@ def progress(text: str) -> None:
 
 
 def ordered(figures: list[Figure]) -> list[Figure]:
-    """The issue's order: floor, peer, end to end, tokens, RSS, imports."""
+    """The issue's order: floor, peer, end to end, the incident figures, tokens, RSS, imports."""
     return sorted(figures, key=lambda f: next(i for i, p in enumerate(ORDER) if f.name.startswith(p)))
+
+
+def enqueue_figure(ids: int, rounds: int) -> Figure:
+    """ops' enqueue_file_1000 measurement (bench/enqueue_file.py) as a row of the table."""
+    measured = enqueue_file.figure(count=ids, rounds=rounds)
+    target = float(measured["target"])
+    return Figure(
+        measured["name"],
+        measured["value"],
+        measured["unit"],
+        f">= {target:.0f}% of a bare send loop",
+        measured["met"],
+        measured["detail"],
+        {**measured["extra"], "target_share": target / 100},
+    )
 
 
 def run(plan: Plan, output: Path) -> list[Figure]:
@@ -87,8 +108,16 @@ def run(plan: Plan, output: Path) -> list[Figure]:
             per_point_seconds=plan.point_seconds,
             ceiling_messages=plan.ceiling_messages,
             minimum=plan.point_minimum,
+            null_from=plan.null_from,
         )
         figures += end_to_end.figures(sweep)
+        jobs = plan.incident_jobs
+        progress(f"kill switch: one budget notification selecting {jobs} active jobs, and its bare ceiling")
+        figures.append(kill_switch.kill_switch(services, log, jobs))
+        progress(f"sweep over {jobs} idle jobs at 50 ms, concurrent and serial")
+        figures.append(sweep_scale.sweep_scale(services, jobs))
+    progress(f"enqueue --file of {plan.incident_jobs} ids against a bare send loop, {plan.enqueue_rounds} round(s)")
+    figures.append(enqueue_figure(plan.incident_jobs, plan.enqueue_rounds))
     progress(f"import time, {plan.import_repetitions} fresh interpreters each")
     figures.append(imports.import_time(plan.import_repetitions))
     figures = ordered(figures)
@@ -97,7 +126,7 @@ def run(plan: Plan, output: Path) -> list[Figure]:
     plot_path: Path | None = output / "throughput.png"
     plot_skipped = plot.missing()
     if plot_skipped is None and plot_path is not None:
-        plot.draw(sweep, plot_path)
+        plot.draw(sweep, figures, plot_path)
     else:
         plot_path = None
     seconds = time.perf_counter() - started
@@ -127,7 +156,7 @@ def run(plan: Plan, output: Path) -> list[Figure]:
 def main(argv: list[str] | None = None) -> int:
     """Parse arguments and run."""
     parser = argparse.ArgumentParser(prog="./dev bench", description=__doc__)
-    parser.add_argument("--smoke", action="store_true", help="tiny counts, < 60 s: checks the bench still runs")
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: checks the bench still runs")
     parser.add_argument(
         "--messages", type=int, default=5000, help="calls per contender for the per-message figures (default 5000)"
     )

@@ -159,6 +159,8 @@ def host_rate(connection_string: str, concurrency: int, count: int, handler: Han
             handler,
             on_invocation=counter,
             hide_seconds=HIDE_SECONDS,
+            # The worker's pool as deployed (the handler forwards to the worker process, sized the same).
+            threads=deployment.deployed_threads(),
         )
         started = time.perf_counter()
         host.start()

@@ -120,6 +120,7 @@ def figure(connection_string: str | None = None, *, count: int = 1000, rounds: i
             f"enqueue --file {ours_rate:,.0f} msg/s vs bare send loop {bare_rate:,.0f} msg/s; {count} ids, "
             f"{threads} threads each, messageEncoding {encoding}, median of {rounds} interleaved rounds on Azurite"
         ),
+        "extra": {"rate": ours_rate, "bare_rate": bare_rate, "ids": count, "threads": threads, "rounds": rounds},
     }
 
 

@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from bench.end_to_end import E2E_TARGET, LATENCY, Sweep
+from bench.harness import Figure
+
+# Each incident figure as (measured, reference) bars: the extra keys its Figure carries, and what they are.
+INCIDENTS = {
+    "kill_switch_1000": ("rate", "ceiling_rate", "jobs/s: kill switch vs bare send-then-receive"),
+    "enqueue_file_1000": ("rate", "bare_rate", "msg/s: enqueue --file vs bare send loop"),
+    "sweep_1000": ("seconds", "serial_seconds", "s: sweep run vs serial reads"),
+}
 
 
 def missing() -> str | None:
@@ -16,15 +25,15 @@ def missing() -> str | None:
     return None
 
 
-def draw(result: Sweep, path: Path) -> None:
-    """Messages/s against concurrency: ours, the same host with a sleep-only function, the ideal, Azurite's ceiling."""
+def draw(result: Sweep, figures: list[Figure], path: Path) -> None:
+    """Left: messages/s against messages in flight. Right: each incident figure beside its reference."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     levels = [p.concurrency for p in result.points]
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=120)
+    figure, (axes, incidents) = plt.subplots(1, 2, figsize=(13, 4.8), dpi=120, width_ratios=(3, 2))
     axes.plot(levels, [p.rate for p in result.points], "o-", label="terminate_job via local host + Azurite")
     nulls = [(p.concurrency, p.null_rate) for p in result.points if p.null_rate]
     if nulls:
@@ -44,7 +53,30 @@ def draw(result: Sweep, path: Path) -> None:
     axes.set_title("End-to-end throughput, emulator latency 20 ms")
     axes.grid(True, which="both", alpha=0.3)
     axes.legend(fontsize=8, loc="upper left")
+    _incidents(incidents, {f.name: f for f in figures})
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
     plt.close(figure)
+
+
+def _incidents(axes: Any, figures: dict[str, Figure]) -> None:
+    """Each incident figure as measured ÷ its reference (grey bar = 1), its target marked."""
+    rows = [(name, figures[name]) for name in INCIDENTS if name in figures and figures[name].value is not None]
+    shares = [found.extra[INCIDENTS[name][0]] / found.extra[INCIDENTS[name][1]] for name, found in rows]
+    for index, ((name, found), share) in enumerate(zip(rows, shares, strict=True)):
+        label = INCIDENTS[name][2]
+        target = found.extra["target_share"]
+        axes.barh(index + 0.2, 1.0, height=0.4, color="lightgrey")
+        axes.barh(index - 0.2, share, height=0.4, color="tab:green" if found.met else "tab:red")
+        axes.plot([target, target], [index - 0.45, index + 0.45], color="black", linewidth=1.5)
+        axes.text(max(share, 1.0) + 0.03, index, f"{share:.2f} (target {found.target})", va="center", fontsize=8)
+        axes.text(0.01, index + 0.47, label, fontsize=8)
+    axes.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
+    axes.set_ylim(-0.6, len(rows) - 0.05)
+    axes.set_xlim(
+        0, max([1.0, *(figures[n].extra[INCIDENTS[n][0]] / figures[n].extra[INCIDENTS[n][1]] for n, _ in rows)]) * 1.6
+    )
+    axes.set_xlabel("measured ÷ reference (grey = the reference; black line = target)")
+    axes.set_title("Incident scale, same run")
+    axes.grid(True, axis="x", alpha=0.3)

@@ -53,7 +53,8 @@ def classify(status: int, code: str | None) -> Verdict:
         return Verdict.SUCCEEDED
     if status == 409 and code in ALREADY_DONE_CODES:
         return Verdict.ALREADY_DONE
-    if status == 401:
+    if status == 401 or (status == 403 and code == "AuthenticationFailed"):
+        # Batch answers a token it cannot authenticate either way; only a fresh token can help.
         return Verdict.REFRESH_TOKEN
     if status in TRANSIENT_STATUSES:
         return Verdict.TRANSIENT
@@ -174,7 +175,7 @@ class BatchClient:
         """Ask Batch to terminate the job: a Result with Batch's answer, or BatchCallFailed when it did not happen."""
         if not JOB_ID_PATTERN.fullmatch(request.job_id):
             raise ValueError("job id failed validation")  # parse() guarantees this; never build a bad URL
-        url = f"{self._base}/jobs/{request.job_id}/terminate{self._query}"
+        url = f"{self._settings.account_url(request.account)}/jobs/{request.job_id}/terminate{self._query}"
         if request.force:
             url += "&force=true"
         body = json.dumps({"terminateReason": request.terminate_reason}).encode("utf-8")
@@ -198,8 +199,8 @@ class BatchClient:
 
     def get(self, url: str, client_request_id: str, *, label: str) -> requests.Response:
         """GET a Batch resource with terminate's token, retry and classification; a 2xx answer or BatchCallFailed."""
-        if not url.startswith(f"{self._base}/"):
-            raise ValueError("refusing to send the Batch token outside the configured account")
+        if not any(url.startswith(f"{base}/") for base in self._settings.accounts.values()):
+            raise ValueError("refusing to send the Batch token outside the configured accounts")
         response, _, _ = self._send(
             "GET",
             url,
@@ -273,7 +274,7 @@ class BatchClient:
                     if verdict is Verdict.REFRESH_TOKEN and not refreshed:
                         refreshed = True
                         rejected = token
-                        log.warning("%s got 401; fetching a fresh token", label)
+                        log.warning("%s got %d %s; fetching a fresh token", label, response.status_code, detail.code)
                         try:
                             self._tokens.refresh(token)
                             rejected = None

@@ -61,11 +61,13 @@ class InvalidMessage(TerminatorError):
         *,
         job_id: str | None = None,
         reason: str | None = None,
+        account: str | None = None,
     ) -> None:
         super().__init__("; ".join(f"{p.key}: {p.value}" for p in problems))
         self.problems = tuple(problems)
         self.job_id = job_id
         self.reason = reason
+        self.account = account
 
 
 class BatchCallFailed(TerminatorError):
@@ -78,6 +80,14 @@ class BatchCallFailed(TerminatorError):
         self.error = error
         self.attempts = attempts
         self.transient = transient
+
+
+class JobRefused(TerminatorError):
+    """A guard (docs/CONTRACT.md §5a) refused the message; it ends as a poison record with this error."""
+
+    def __init__(self, error: BatchError) -> None:
+        super().__init__(f"{error.code}: {error.message}")
+        self.error = error
 
 
 class RetryLater(TerminatorError):

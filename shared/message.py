@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
 from shared.errors import BatchErrorDetail, InvalidMessage
+from shared.settings import ALIAS_PATTERN, DEFAULT_ACCOUNT
 
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 REQUEST_ID_PATTERN = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", re.ASCII)
@@ -21,7 +25,10 @@ MAX_REASON_LENGTH = 1024
 _REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5c1e-4f0e-4a53-9c61-2b8f6d1c0a7e")
 _STRING_HEADERS = {"ifMatch": "if_match", "ifNoneMatch": "if_none_match"}
 _DATE_HEADERS = {"ifModifiedSince": "if_modified_since", "ifUnmodifiedSince": "if_unmodified_since"}
-KNOWN_FIELDS = frozenset({"jobId", "reason", "force", "requestId", *_STRING_HEADERS, *_DATE_HEADERS})
+CONDITION_FIELDS = (*_STRING_HEADERS, *_DATE_HEADERS)
+KNOWN_FIELDS = frozenset({"jobId", "reason", "account", "force", "requestId", *CONDITION_FIELDS})
+# .NET's Convert.FromBase64String, which the host uses for messageEncoding base64, skips these.
+_BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")
 
 
 @dataclass(frozen=True)
@@ -30,6 +37,7 @@ class TerminateRequest:
 
     job_id: str
     reason: str | None = None  # as given; None when absent or empty
+    account: str = DEFAULT_ACCOUNT  # an alias, lower-cased
     force: bool = False
     if_match: str | None = None
     if_none_match: str | None = None
@@ -43,15 +51,20 @@ class TerminateRequest:
         return self.reason or DEFAULT_REASON
 
     @classmethod
-    def parse(cls, body: bytes | str) -> TerminateRequest:
-        """Parse a queue message body; raise InvalidMessage listing every problem found."""
-        document = _load_object(body)
+    def parse(cls, body: bytes | str, *, accounts: Collection[str] | None = None) -> TerminateRequest:
+        """Parse a queue message body (JSON, or base64 of it); raise InvalidMessage listing every problem found.
+
+        `accounts` are the configured aliases; None (a producer that does not know them) checks the alias form only.
+        """
+        document = load_object(body)
         problems: list[BatchErrorDetail] = []
         fields: dict[str, Any] = {}
         raw_job_id = document.get("jobId")
         job_id = raw_job_id if isinstance(raw_job_id, str) else None
         raw_reason = document.get("reason")
         reason = raw_reason if isinstance(raw_reason, str) and raw_reason else None
+        raw_account = document.get("account")
+        account = DEFAULT_ACCOUNT if raw_account is None else raw_account if isinstance(raw_account, str) else None
 
         # Unknown fields are ignored, even twice; a known field given twice is ambiguous.
         for key in sorted(document.duplicates & KNOWN_FIELDS):
@@ -68,6 +81,11 @@ class TerminateRequest:
                 problems.append(BatchErrorDetail("reason", f"must be at most {MAX_REASON_LENGTH} characters"))
             elif raw_reason:
                 fields["reason"] = raw_reason
+        problem = account_problem(raw_account, accounts)
+        if problem:
+            problems.append(BatchErrorDetail("account", problem))
+        elif raw_account is not None:
+            account = fields["account"] = raw_account.lower()
         force = document.get("force")
         if force is not None and not isinstance(force, bool):
             problems.append(BatchErrorDetail("force", f"must be a boolean, got {json_type(force)}"))
@@ -90,6 +108,12 @@ class TerminateRequest:
                 problems.append(BatchErrorDetail(key, "must be an ISO 8601 or RFC 1123 date"))
             else:
                 fields[attribute] = parsed
+        given = [key for key in CONDITION_FIELDS if document.get(key) is not None]
+        if len(given) > 1:
+            # Batch answers MultipleConditionHeadersNotSupported; say so before sending anything.
+            problems.append(
+                BatchErrorDetail("conditions", f"at most one of {', '.join(CONDITION_FIELDS)}; got {', '.join(given)}")
+            )
         request_id = document.get("requestId")
         if request_id is not None:
             if not isinstance(request_id, str) or not REQUEST_ID_PATTERN.fullmatch(request_id):
@@ -100,7 +124,7 @@ class TerminateRequest:
                 fields["request_id"] = request_id
 
         if problems:
-            raise InvalidMessage(problems, job_id=job_id, reason=reason)
+            raise InvalidMessage(problems, job_id=job_id, reason=reason, account=account)
         return cls(**fields)
 
     def client_request_id(self, message_id: str | None) -> str:
@@ -114,6 +138,8 @@ class TerminateRequest:
         document: dict[str, Any] = {"jobId": self.job_id}
         if self.reason:
             document["reason"] = self.reason
+        if self.account != DEFAULT_ACCOUNT:
+            document["account"] = self.account
         if self.force:
             document["force"] = True
         for key, attribute in _STRING_HEADERS.items():
@@ -140,6 +166,20 @@ def job_id_problem(value: object) -> str | None:
     if not JOB_ID_PATTERN.fullmatch(value):
         return "may contain only letters, digits, hyphens and underscores"
     return None
+
+
+def account_problem(value: object, accounts: Collection[str] | None) -> str | None:
+    """Say what is wrong with an `account` field, or None when it names a configured alias (absent: default)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return f"must be a string, got {json_type(value)}"
+    alias = value.lower()
+    if accounts is None:
+        return None if ALIAS_PATTERN.fullmatch(alias) else "must be an account alias (1-32 of a-z, 0-9 and -)"
+    if alias in accounts:
+        return None
+    return f"is not a configured account (known: {', '.join(accounts)})"
 
 
 def parse_http_date(text: str) -> datetime | None:
@@ -186,7 +226,8 @@ def _refuse_constant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON value")
 
 
-def _load_object(body: bytes | str) -> _Document:
+def load_object(body: bytes | str) -> _Document:
+    """The JSON object a message holds, given as JSON text or as base64 of it (docs/CONTRACT.md §3)."""
     if isinstance(body, bytes):
         try:
             text = body.decode("utf-8")
@@ -197,12 +238,36 @@ def _load_object(body: bytes | str) -> _Document:
     text = text.removeprefix("\ufeff")
     if not text.strip():
         raise InvalidMessage([BatchErrorDetail("message", "is empty")])
+    if text.lstrip().startswith("{"):
+        return _json_object(text)
+    # A JSON object starts with "{", which is not in base64's alphabet: anything else may be base64 of one.
+    inner = _base64_text(text)
+    if inner is not None:
+        return _json_object(inner.removeprefix("\ufeff"), "is base64, but not of a JSON object")
+    try:
+        document = json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise InvalidMessage([BatchErrorDetail("message", "is nested too deeply")]) from exc
+    except ValueError as exc:
+        raise InvalidMessage([BatchErrorDetail("message", "is neither a JSON object nor base64 of one")]) from exc
+    raise InvalidMessage([BatchErrorDetail("message", f"must be a JSON object, got {json_type(document)}")])
+
+
+def _base64_text(text: str) -> str | None:
+    """The UTF-8 text `text` is the base64 of, or None."""
+    try:
+        return base64.b64decode(text.translate(_BASE64_WHITESPACE), validate=True).decode("utf-8")
+    except (binascii.Error, ValueError):  # UnicodeDecodeError is a ValueError
+        return None
+
+
+def _json_object(text: str, what: str = "is not JSON") -> _Document:
     try:
         document = json.loads(text, object_pairs_hook=_object_pairs, parse_constant=_refuse_constant)
     except RecursionError as exc:
         raise InvalidMessage([BatchErrorDetail("message", "is nested too deeply")]) from exc
     except ValueError as exc:
-        raise InvalidMessage([BatchErrorDetail("message", f"is not JSON ({exc})")]) from exc
+        raise InvalidMessage([BatchErrorDetail("message", f"{what} ({exc})")]) from exc
     if not isinstance(document, _Document):
         raise InvalidMessage([BatchErrorDetail("message", f"must be a JSON object, got {json_type(document)}")])
     return document

@@ -14,6 +14,8 @@ class Outcome(enum.Enum):
     TERMINATED = "terminated"
     ALREADY_TERMINATED = "already_terminated"
     POISONED = "poisoned"
+    DRY_RUN = "dry_run"
+    CONFIRMED = "confirmed"
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ class PoisonRecord:
     original_message: bytes
     job_id: str | None = None
     reason: str | None = None
+    account: str | None = None  # the alias; None when the message could not be read
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_document(self) -> dict[str, Any]:
@@ -42,6 +43,7 @@ class PoisonRecord:
         document: dict[str, Any] = {
             "jobId": self.job_id,
             "reason": self.reason,
+            "account": self.account,
             "error": {
                 "code": self.error.code,
                 "message": self.error.message,
@@ -69,7 +71,7 @@ class PoisonRecord:
         excess = len(text.encode("utf-8")) - MAX_RECORD_BYTES
         if excess > 0:
             # Only a message that is invalid anyway gets here; keep the diagnosis, flag the cut.
-            for key in ("jobId", "reason"):  # an over-long jobId or reason is echoed back here too
+            for key in ("jobId", "reason", "account"):  # an over-long field is echoed back here too
                 value = document[key]
                 if isinstance(value, str) and len(value) > MAX_ECHOED_CHARS:
                     document[key] = value[:MAX_ECHOED_CHARS]
@@ -114,6 +116,7 @@ class PoisonRecord:
             original_message=raw,
             job_id=document.get("jobId"),
             reason=document.get("reason"),
+            account=document.get("account"),
             failed_at=(datetime.fromisoformat(failed_at.replace("Z", "+00:00")) if failed_at else datetime.now(UTC)),
         )
 

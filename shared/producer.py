@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -28,15 +28,22 @@ def build_request(
     if_modified_since: datetime | str | None = None,
     if_unmodified_since: datetime | str | None = None,
     request_id: str | None = None,
+    account: str | None = None,
+    accounts: Collection[str] | None = None,
 ) -> TerminateRequest:
-    """A TerminateRequest checked by the same parser the function uses; raises InvalidMessage."""
-    document: dict[str, Any] = {"jobId": job_id, "reason": reason, "force": force or None}
+    """A TerminateRequest checked by the same parser the function uses; raises InvalidMessage.
+
+    `account` is an alias (absent: default). Given `accounts` (the app's aliases, e.g.
+    settings.account_aliases(env)) it must be one of them; without, only its form is checked and the
+    function refuses an alias it does not know.
+    """
+    document: dict[str, Any] = {"jobId": job_id, "reason": reason, "account": account, "force": force or None}
     document["ifMatch"] = if_match
     document["ifNoneMatch"] = if_none_match
     for key, value in (("ifModifiedSince", if_modified_since), ("ifUnmodifiedSince", if_unmodified_since)):
         document[key] = format_http_date(value) if isinstance(value, datetime) else value
     document["requestId"] = request_id
-    return TerminateRequest.parse(json.dumps({k: v for k, v in document.items() if v is not None}))
+    return TerminateRequest.parse(json.dumps({k: v for k, v in document.items() if v is not None}), accounts=accounts)
 
 
 class TerminateQueue:
@@ -55,8 +62,12 @@ class TerminateQueue:
         credential: TokenCredential | None = None,
         message_encoding: str | None = None,
     ) -> TerminateQueue:
-        """Open the queue by connection string, or by account URL + azure-identity credential."""
-        encoding = message_encoding or queue_options({}).message_encoding
+        """Open the queue by connection string, or by account URL + azure-identity credential.
+
+        Messages go as plain JSON text (messageEncoding none, as this app's host.json has); pass
+        message_encoding="base64" for a host configured for base64. The function reads either.
+        """
+        encoding = message_encoding or "none"
         if connection_string:
             storage = StorageSettings(connection_string=connection_string)
         elif account_url:

@@ -19,6 +19,12 @@ HOST_JSON = PROJECT_ROOT / "host.json"
 DEFAULT_API_VERSION = "2023-11-01.18.0"
 DEFAULT_TIMEOUT_SECONDS = 30
 DEFAULT_MAX_DEQUEUE_COUNT = 5
+DEFAULT_ACCOUNT = "default"
+# Job - Terminate takes `force` from this api-version on (docs/CONTRACT.md §3).
+FORCE_API_VERSION = "2024-07-01.20.0"
+DEFAULT_CONFIRM_MAX_CHECKS = 3
+# A queue message can stay invisible for at most 7 days.
+MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
 BATCH_SCOPE = "https://batch.core.windows.net//.default"
 MAX_DEQUEUE_ENV = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
 ENCODING_ENV = "AzureFunctionsJobHost__extensions__queues__messageEncoding"
@@ -26,6 +32,9 @@ ENCODING_ENV = "AzureFunctionsJobHost__extensions__queues__messageEncoding"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}", re.ASCII | re.IGNORECASE)
+ALIAS_PATTERN = re.compile(r"[a-z0-9-]{1,32}", re.ASCII)
+_API_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.\d+\.\d+)?(?:-preview)?", re.ASCII)
+_QUEUE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,36 @@ class QueueOptions:
 
 
 @dataclass(frozen=True)
+class GuardSettings:
+    """What may be terminated (docs/CONTRACT.md §5a)."""
+
+    allowed_job_id_prefixes: tuple[str, ...] = ()  # lower-cased; empty: every job id
+    honor_keep: bool = False
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class ConfirmSettings:
+    """Whether and how a 202 is followed by checks of the job's state (docs/CONTRACT.md §5b)."""
+
+    after_seconds: int = 0  # 0: off
+    queue_name: str | None = None
+    max_checks: int = DEFAULT_CONFIRM_MAX_CHECKS
+    force: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        """Whether terminate_job schedules a check after a 202."""
+        return self.after_seconds > 0
+
+    def queue(self) -> str:
+        """CONFIRM_QUEUE_NAME, which confirm_termination always needs."""
+        if self.queue_name is None:
+            raise ConfigurationError("CONFIRM_QUEUE_NAME", "is required")
+        return self.queue_name
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the terminate function needs, validated."""
 
@@ -67,6 +106,24 @@ class Settings:
     batch_timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
     azure_client_id: str | None = None
     queues: QueueOptions = QueueOptions()
+    # BATCH_ACCOUNTS as (alias, url) pairs; `default` is batch_account_url and never listed here.
+    batch_accounts: tuple[tuple[str, str], ...] = ()
+    guards: GuardSettings = GuardSettings()
+    confirm: ConfirmSettings = ConfirmSettings()
+
+    @property
+    def accounts(self) -> dict[str, str]:
+        """Every account by alias, `default` first."""
+        return {DEFAULT_ACCOUNT: self.batch_account_url, **dict(self.batch_accounts)}
+
+    def account_url(self, alias: str) -> str:
+        """The URL of a configured account (aliases are case-insensitive); KeyError when there is none."""
+        return self.accounts[alias.lower()]
+
+    @property
+    def supports_force(self) -> bool:
+        """Whether the configured api-version knows Job - Terminate's `force`."""
+        return api_version_supports_force(self.batch_api_version)
 
     @property
     def max_dequeue_count(self) -> int:
@@ -83,11 +140,10 @@ class Settings:
         """Read and validate settings; a ConfigurationError names the first bad setting."""
         env = os.environ if environ is None else environ
         queue_name = queue_name_setting(env, "TERMINATE_QUEUE_NAME")
-        poison = _queue_name(env, "POISON_QUEUE_NAME", required=False) or f"{queue_name}-poison"
-        if poison == queue_name:
-            raise ConfigurationError("POISON_QUEUE_NAME", "must differ from TERMINATE_QUEUE_NAME")
+        poison = poison_queue_name(env, queue_name)
+        default_url = validate_batch_url(_required(env, "BATCH_ACCOUNT_URL"))
         return cls(
-            batch_account_url=validate_batch_url(_required(env, "BATCH_ACCOUNT_URL")),
+            batch_account_url=default_url,
             terminate_queue_name=queue_name,
             poison_queue_name=poison,
             storage=storage_from_env(env),
@@ -95,7 +151,105 @@ class Settings:
             batch_timeout_seconds=_int(env, "BATCH_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, 1, 30),
             azure_client_id=env.get("AZURE_CLIENT_ID") or None,
             queues=queue_options(env, host_json),
+            batch_accounts=batch_accounts(env.get("BATCH_ACCOUNTS", ""), default_url),
+            guards=guard_settings(env),
+            confirm=confirm_settings(env, queue_name, poison),
         )
+
+
+def poison_queue_name(env: Mapping[str, str], queue_name: str) -> str:
+    """POISON_QUEUE_NAME, else `{TERMINATE_QUEUE_NAME}-poison`; either must be a valid queue name."""
+    setting = "POISON_QUEUE_NAME"
+    given = env.get(setting, "").strip()
+    name = given or f"{queue_name}-poison"
+    if not is_queue_name(name):
+        where = "" if given else f" (the default {name!r}, derived from TERMINATE_QUEUE_NAME, is {len(name)} long)"
+        raise ConfigurationError(setting, f"must be 3-63 lowercase letters, digits and single hyphens{where}")
+    if name == queue_name:
+        raise ConfigurationError(setting, "must differ from TERMINATE_QUEUE_NAME")
+    return name
+
+
+def account_aliases(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The configured aliases (`default` first) from BATCH_ACCOUNTS alone, for tools that need no Batch URL."""
+    return (DEFAULT_ACCOUNT, *(alias for alias, _ in batch_accounts(env.get("BATCH_ACCOUNTS", ""), None)))
+
+
+def batch_accounts(raw: str, default_url: str | None) -> tuple[tuple[str, str], ...]:
+    """Parse BATCH_ACCOUNTS (`alias=url,...`) into (alias, url) pairs, each URL validated as BATCH_ACCOUNT_URL."""
+    setting = "BATCH_ACCOUNTS"
+    pairs: list[tuple[str, str]] = []
+    for entry in raw.split(","):
+        if not entry.strip():  # a trailing comma, or the setting left empty
+            continue
+        alias, sep, url = entry.partition("=")
+        alias = alias.strip().lower()
+        if not sep:
+            raise ConfigurationError(setting, f"entry {entry.strip()[:40]!r} is not alias=url")
+        if not ALIAS_PATTERN.fullmatch(alias):
+            raise ConfigurationError(setting, f"alias {alias[:40]!r} must be 1-32 of a-z, 0-9 and -")
+        if any(alias == known for known, _ in pairs):
+            raise ConfigurationError(setting, f"alias {alias!r} is given twice")
+        try:
+            valid = validate_batch_url(url)
+        except ConfigurationError as exc:
+            raise ConfigurationError(setting, f"account {alias!r}: {exc.problem}") from exc
+        if alias == DEFAULT_ACCOUNT:
+            # Repeating BATCH_ACCOUNT_URL under its own alias is harmless; pointing it elsewhere is not.
+            if default_url is not None and valid.lower() != default_url.lower():
+                raise ConfigurationError(setting, "may not redefine the alias default (that is BATCH_ACCOUNT_URL)")
+            continue
+        pairs.append((alias, valid))
+    return tuple(pairs)
+
+
+def guard_settings(env: Mapping[str, str]) -> GuardSettings:
+    """TERMINATE_ALLOWED_JOB_ID_PREFIXES, TERMINATE_HONOR_KEEP and TERMINATE_DRY_RUN."""
+    raw = env.get("TERMINATE_ALLOWED_JOB_ID_PREFIXES", "")
+    prefixes = tuple(dict.fromkeys(p.strip().lower() for p in raw.split(",") if p.strip()))
+    return GuardSettings(
+        allowed_job_id_prefixes=prefixes,
+        honor_keep=bool_setting(env, "TERMINATE_HONOR_KEEP"),
+        dry_run=bool_setting(env, "TERMINATE_DRY_RUN"),
+    )
+
+
+def confirm_settings(env: Mapping[str, str], queue_name: str, poison: str) -> ConfirmSettings:
+    """CONFIRM_AFTER_SECONDS, CONFIRM_QUEUE_NAME, CONFIRM_MAX_CHECKS and CONFIRM_FORCE."""
+    after = _int(env, "CONFIRM_AFTER_SECONDS", 0, 0, MAX_VISIBILITY_SECONDS)
+    # terminate_job needs the queue only when checks are on; confirm_termination asks for it itself.
+    confirm_queue = _queue_name(env, "CONFIRM_QUEUE_NAME", required=after > 0)
+    if confirm_queue is not None and confirm_queue in (queue_name, poison):
+        raise ConfigurationError("CONFIRM_QUEUE_NAME", "must differ from TERMINATE_QUEUE_NAME and POISON_QUEUE_NAME")
+    return ConfirmSettings(
+        after_seconds=after,
+        queue_name=confirm_queue,
+        max_checks=_int(env, "CONFIRM_MAX_CHECKS", DEFAULT_CONFIRM_MAX_CHECKS, 1, 100),
+        force=bool_setting(env, "CONFIRM_FORCE"),
+    )
+
+
+def bool_setting(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    """A `true`/`false` app setting (any case); empty means the default."""
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw not in ("true", "false"):
+        raise ConfigurationError(name, f"must be true or false, got {raw[:20]!r}")
+    return raw == "true"
+
+
+def api_version_supports_force(version: str) -> bool:
+    """Whether a Batch api-version is FORCE_API_VERSION or later (versions order by their date)."""
+    matched = _API_VERSION.fullmatch(version)
+    floor = _API_VERSION.fullmatch(FORCE_API_VERSION)
+    assert floor is not None
+    return matched is not None and matched.group(1) >= floor.group(1)
+
+
+def is_queue_name(name: str) -> bool:
+    """Azure's queue naming rule: 3-63 of lowercase letters, digits and single hyphens, alphanumeric at both ends."""
+    return _QUEUE_NAME.fullmatch(name) is not None
 
 
 LOCAL_SETTINGS_FILES = ("local.settings.json", "local.settings.sample.json")
@@ -236,16 +390,15 @@ def _queue_name(env: Mapping[str, str], name: str, *, required: bool) -> str | N
         if required:
             raise ConfigurationError(name, "is required")
         return None
-    valid = 3 <= len(value) <= 63 and value[0].isalnum() and value[-1].isalnum() and "--" not in value
-    if not valid or any(not (c.isdigit() or c == "-" or ("a" <= c <= "z")) for c in value):
+    if not is_queue_name(value):
         raise ConfigurationError(name, "must be 3-63 lowercase letters, digits and single hyphens")
     return value
 
 
 def _api_version(env: Mapping[str, str]) -> str:
     value = env.get("BATCH_API_VERSION", "").strip() or DEFAULT_API_VERSION
-    if not all(c.isalnum() or c in ".-" for c in value):
-        raise ConfigurationError("BATCH_API_VERSION", "must look like 2023-11-01.18.0")
+    if not _API_VERSION.fullmatch(value):
+        raise ConfigurationError("BATCH_API_VERSION", "must look like 2023-11-01.18.0 or 2025-06-01")
     return value
 
 

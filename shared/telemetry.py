@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics
 
-from shared.errors import BatchCallFailed, ConfigurationError, PoisonWriteFailed, RetryLater, TerminatorError
+from shared.errors import (
+    BatchCallFailed,
+    ConfigurationError,
+    EnqueueFailed,
+    PoisonWriteFailed,
+    RetryLater,
+    TerminatorError,
+)
 from shared.outcome import Outcome, Result
 
 if TYPE_CHECKING:
@@ -127,6 +134,9 @@ class Telemetry:
         elif isinstance(exc, PoisonWriteFailed):
             event, code = "poison_write_failed", "PoisonWriteFailed"
             text = f"terminate message_id={message_id} outcome=poison_write_failed: {exc}"
+        elif isinstance(exc, EnqueueFailed):  # a confirmation check (docs/CONTRACT.md §5b) could not be scheduled
+            event, code = "confirm_write_failed", "EnqueueFailed"
+            text = f"terminate message_id={message_id} outcome=confirm_write_failed: {exc}"
         else:
             event, code = "configuration_error", "ConfigurationError"
             text = f"terminate message_id={message_id} outcome=configuration_error: {exc}"

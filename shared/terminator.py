@@ -1,4 +1,4 @@
-"""One queue message in, one finished outcome out: terminated, already done, or a poison record."""
+"""One queue message in, one finished outcome out: terminated, already done, dry run, or a poison record."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from shared.batch import BatchClient
-from shared.errors import BatchCallFailed, BatchError, InvalidMessage, RetryLater
+from shared.confirmation import ConfirmCheck, ConfirmQueue
+from shared.errors import BatchCallFailed, BatchError, InvalidMessage, JobRefused, RetryLater
+from shared.guards import Clearance, Guards
 from shared.message import TerminateRequest
 from shared.outcome import Outcome, Result
 from shared.poison import PoisonRecord, PoisonWriter
+from shared.settings import Settings
 
 log = logging.getLogger("batch_terminator")
 
@@ -26,36 +29,49 @@ class Delivery:
 
 
 class Terminator:
-    """Runs one delivery through parse → Batch → outcome, writing poison records where due."""
+    """Runs one delivery through parse → guards → Batch → outcome, writing poison records and checks where due."""
 
     def __init__(
         self,
+        settings: Settings,
         client: BatchClient,
         poison: PoisonWriter,
+        guards: Guards,
+        confirm: ConfirmQueue | None = None,
         *,
-        max_dequeue_count: int,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._settings = settings
         self._client = client
         self._poison = poison
-        self._max_dequeue_count = max_dequeue_count
+        self._guards = guards
+        self._confirm = confirm
+        self._max_dequeue_count = settings.max_dequeue_count
         self._clock = clock
 
     def handle(self, delivery: Delivery) -> Result:
-        """Finish the delivery, or raise RetryLater / PoisonWriteFailed so the host delivers it again."""
+        """Finish the delivery, or raise RetryLater / PoisonWriteFailed / EnqueueFailed to have it delivered again."""
         started = self._clock()
         attempt = max(delivery.dequeue_count, 1)
         try:
-            request = TerminateRequest.parse(delivery.body)
+            request = TerminateRequest.parse(delivery.body, accounts=self._settings.accounts)
         except InvalidMessage as exc:
             error = BatchError(
                 "InvalidMessage", "The message does not follow the terminate message schema.", exc.problems
             )
-            return self._poisoned(delivery, attempt, error, exc.job_id, exc.reason, started)
+            return self._poisoned(delivery, attempt, error, exc.job_id, exc.reason, exc.account, started)
 
         client_request_id = request.client_request_id(delivery.message_id)
         try:
-            answer = self._client.terminate(request, client_request_id)
+            cleared = self._guards.check(request, client_request_id)
+            if cleared.clearance is Clearance.TERMINATE:
+                answer = self._client.terminate(request, client_request_id)
+            else:
+                answer = self._skipped(request, cleared.clearance, cleared.request_id, client_request_id)
+        except JobRefused as exc:
+            return self._poisoned(
+                delivery, attempt, exc.error, request.job_id, request.reason, request.account, started
+            )
         except BatchCallFailed as exc:
             if exc.transient and attempt < self._max_dequeue_count:
                 raise RetryLater(
@@ -64,12 +80,31 @@ class Terminator:
                     f" attempt={attempt}/{self._max_dequeue_count}"
                 ) from exc
             return self._poisoned(
-                delivery, attempt, exc.error, request.job_id, request.reason, started, account="default"
+                delivery, attempt, exc.error, request.job_id, request.reason, request.account, started
             )
 
-        # account: the one account there is (a message naming another is a later feature).
-        done = self._clock() - started
-        return replace(answer, attempt=attempt, duration=done, message_id=delivery.message_id, account="default")
+        if self._confirm is not None and _needs_check(answer):
+            # Before returning: if this write fails the message comes again and is checked then (docs/CONTRACT.md §5b).
+            self._confirm.schedule(ConfirmCheck(request.job_id, request.account, request.reason, delivery.message_id))
+        return replace(
+            answer,
+            account=request.account,
+            attempt=attempt,
+            duration=self._clock() - started,
+            message_id=delivery.message_id,
+        )
+
+    @staticmethod
+    def _skipped(
+        request: TerminateRequest, clearance: Clearance, request_id: str | None, client_request_id: str
+    ) -> Result:
+        """The outcome of a request the guards finished without Job - Terminate."""
+        if clearance is Clearance.ALREADY_COMPLETED:
+            # docs/CONTRACT.md §5a: done, as Job - Terminate would have answered a completed job.
+            return Result(
+                Outcome.ALREADY_TERMINATED, request.job_id, 409, "JobCompleted", request_id, client_request_id
+            )
+        return Result(Outcome.DRY_RUN, request.job_id, None, None, request_id, None)
 
     def _poisoned(
         self,
@@ -78,9 +113,8 @@ class Terminator:
         error: BatchError,
         job_id: str | None,
         reason: str | None,
+        account: str | None,
         started: float,
-        *,
-        account: str | None = None,
     ) -> Result:
         self._poison.write(
             PoisonRecord(
@@ -90,11 +124,13 @@ class Terminator:
                 original_message=delivery.body,
                 job_id=job_id,
                 reason=reason,
+                account=account,
             )
         )
         return Result(
             outcome=Outcome.POISONED,
             job_id=job_id,
+            account=account,
             http_status=error.http_status,
             code=error.code,
             request_id=error.request_id,
@@ -102,5 +138,11 @@ class Terminator:
             attempt=attempt,
             duration=self._clock() - started,
             message_id=delivery.message_id,
-            account=account,
         )
+
+
+def _needs_check(answer: Result) -> bool:
+    """A 202, or a 409 JobBeingTerminated (a redelivery whose first attempt died after the 202)."""
+    return answer.outcome is Outcome.TERMINATED or (
+        answer.outcome is Outcome.ALREADY_TERMINATED and answer.code == "JobBeingTerminated"
+    )

@@ -13,13 +13,17 @@ from typing import TypeVar
 import requests
 from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+from azure.storage.queue import QueueClient
 from requests.adapters import HTTPAdapter
 from requests.utils import get_environ_proxies
 
 from shared.account_match import configured_accounts
 from shared.alert_action import AlertAction
 from shared.batch import BatchClient, RetryPolicy, TokenProvider
+from shared.batch_job import JobGetter
 from shared.batch_read import BatchReader
+from shared.confirmation import Confirmer, ConfirmQueue
+from shared.guards import Guards
 from shared.keeper import PoisonKeeper
 from shared.poison import PoisonWriter
 from shared.producer import TerminateQueue
@@ -79,8 +83,10 @@ class Wiring:
         http_timeout: float | None = None,
         policy: RetryPolicy | None = None,
         poison: PoisonWriter | None = None,
+        confirm_queue_client: QueueClient | None = None,
         telemetry: Telemetry | None = None,
     ) -> None:
+        self._confirm_queue_client = confirm_queue_client
         self._environ = environ
         self._sleep = sleep
         self._clock = clock
@@ -203,23 +209,58 @@ class Wiring:
 
         return self._once("poison_writer", build)
 
+    def job_getter(self) -> JobGetter:
+        """Job - Get over the same client (the guards' and the checks' one read)."""
+        return self._once("job_getter", lambda: JobGetter(self.batch_client(), self.settings()))
+
+    def guards(self) -> Guards:
+        """The checks made before Job - Terminate (docs/CONTRACT.md §5a)."""
+        return self._once("guards", lambda: Guards(self.settings(), self.job_getter()))
+
+    def confirm_queue(self) -> ConfirmQueue:
+        """Where checks of terminated jobs wait (docs/CONTRACT.md §5b); needs CONFIRM_QUEUE_NAME."""
+
+        def build() -> ConfirmQueue:
+            settings = self.settings()
+            client = self._confirm_queue_client or queue_client(
+                settings.storage, settings.confirm.queue(), settings.queues.message_encoding, pool_size=self.concurrency
+            )
+            return ConfirmQueue(client, settings.confirm.after_seconds)
+
+        return self._once("confirm_queue", build)
+
     def terminator(self) -> Terminator:
         """The terminate_job service."""
 
         def build() -> Terminator:
             settings = self.settings()
-            made = Terminator(self.batch_client(), self.poison_writer(), max_dequeue_count=settings.max_dequeue_count)
+            confirm = self.confirm_queue() if settings.confirm.enabled else None
+            made = Terminator(settings, self.batch_client(), self.poison_writer(), self.guards(), confirm)
             log.info(
-                "batch-terminator ready: batch=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d",
-                settings.batch_account_url,
+                "batch-terminator ready: accounts=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d"
+                " guards=%s confirm=%s",
+                ",".join(f"{alias}={url}" for alias, url in settings.accounts.items()),
                 settings.batch_api_version,
                 settings.terminate_queue_name,
                 settings.poison_queue_name,
                 settings.max_dequeue_count,
+                settings.guards,
+                settings.confirm,
             )
             return made
 
         return self._once("terminator", build)
+
+    def confirmer(self) -> Confirmer:
+        """The confirm_termination service."""
+
+        def build() -> Confirmer:
+            settings = self.settings()
+            return Confirmer(
+                settings, self.job_getter(), self.batch_client(), self.confirm_queue(), self.poison_writer()
+            )
+
+        return self._once("confirmer", build)
 
     def keeper(self) -> PoisonKeeper:
         """The keep_poison service: the host's poison queues (trigger, and confirm when set) into records."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import azure.functions as func
 
 from shared import wiring
-from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
+from shared.errors import ConfigurationError, EnqueueFailed, PoisonWriteFailed, RetryLater
 from shared.terminator import Delivery
 
 
@@ -16,7 +16,7 @@ def main(msg: func.QueueMessage) -> None:
     telemetry = objects.telemetry()
     try:
         result = objects.terminator().handle(delivery)
-    except (RetryLater, PoisonWriteFailed, ConfigurationError) as exc:
+    except (RetryLater, PoisonWriteFailed, EnqueueFailed, ConfigurationError) as exc:
         telemetry.handed_back(exc, message_id=msg.id, attempt=delivery.dequeue_count)
         raise
     telemetry.finished(result)

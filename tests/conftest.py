@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import socket
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ import azure.functions as func
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import QueueClient
 from opentelemetry.instrumentation.logging.handler import LoggingHandler
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter, SimpleLogRecordProcessor
@@ -53,17 +54,12 @@ class Queues:
     poison: str
 
     def client(self, name: str) -> QueueClient:
-        return QueueClient.from_connection_string(
-            self.connection_string,
-            name,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
-        )
+        """A client in the app's encoding: host.json's messageEncoding is none, so text goes as it is."""
+        return QueueClient.from_connection_string(self.connection_string, name)
 
     def enqueued(self) -> list[TerminateRequest]:
-        """The trigger queue's messages, base64-decoded and parsed by the function's own parser."""
-        raw = QueueClient.from_connection_string(self.connection_string, self.trigger)
-        return [TerminateRequest.parse(base64.b64decode(m.content)) for m in raw.peek_messages(max_messages=32)]
+        """The trigger queue's messages, parsed by the function's own parser (JSON text or base64 of it)."""
+        return [TerminateRequest.parse(m.content) for m in self.client(self.trigger).peek_messages(max_messages=32)]
 
     def poison_records(self) -> list[dict[str, Any]]:
         """Every poison record, decoded, without removing them."""
@@ -234,6 +230,13 @@ def captured_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (a connection to it is refused at once)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ pytestmark = pytest.mark.integration
 
 def test_the_figure_compares_two_complete_runs(azurite: Azurite) -> None:
     figure = enqueue_file.figure(azurite.connection_string, count=40, rounds=2)
-    assert set(figure) == {"name", "value", "unit", "target", "met", "detail"}
+    assert set(figure) == {"name", "value", "unit", "target", "met", "detail", "extra"}
     assert (figure["name"], figure["unit"], figure["target"]) == ("enqueue_file_1000", "%", 80.0)
     assert figure["value"] > 0
     assert figure["met"] == (figure["value"] >= 80.0)

@@ -15,6 +15,7 @@ from shared.errors import (
     ConfigurationError,
     EnqueueFailed,
     InvalidMessage,
+    JobRefused,
     PoisonWriteFailed,
     RetryLater,
     TerminatorError,
@@ -24,7 +25,8 @@ ERROR = BatchError("JobNotFound", "The specified job does not exist.", (BatchErr
 
 EXAMPLES: list[TerminatorError] = [
     ConfigurationError("BATCH_ACCOUNT_URL", "is required"),
-    InvalidMessage([BatchErrorDetail("jobId", "is required")], job_id="x", reason="why"),
+    InvalidMessage([BatchErrorDetail("jobId", "is required")], job_id="x", reason="why", account="eu"),
+    JobRefused(BatchError("JobNotAllowed", "outside the prefixes", (BatchErrorDetail("jobId", "x"),))),
     BatchCallFailed(ERROR, attempts=3, transient=True),
     RetryLater("terminate job=a outcome=retry_later"),
     PoisonWriteFailed("could not write"),

@@ -65,7 +65,7 @@ def test_a_host_moved_entry_becomes_a_never_expiring_record_and_the_raw_entry_go
 
     [(text, expires)] = entries(queues)
     assert expires - datetime.now(UTC) > NEVER
-    record = json.loads(base64.b64decode(text))  # the app's poison encoding (host.json messageEncoding)
+    record = json.loads(text)  # the app's poison encoding (host.json messageEncoding none: plain JSON)
     assert record["error"]["code"] == HOST_GAVE_UP
     assert record["error"]["httpStatus"] is None
     assert record["originalMessage"] == original, "the text exactly as the host stored it"
@@ -88,7 +88,7 @@ def test_an_unreadable_entry_is_kept_with_nulls_and_its_text(queues: Queues) -> 
     run()
 
     [(text, _)] = entries(queues)
-    record = json.loads(base64.b64decode(text))
+    record = json.loads(text)
     assert (record["jobId"], record["reason"], record["originalMessage"]) == (None, None, "not json, not base64!")
 
 
@@ -126,7 +126,7 @@ def test_the_raw_entry_is_not_deleted_when_the_record_cannot_be_written(queues: 
     wiring.reset()
     run()
     [(text, expiry)] = entries(queues)
-    assert json.loads(base64.b64decode(text))["error"]["code"] == HOST_GAVE_UP
+    assert json.loads(text)["error"]["code"] == HOST_GAVE_UP
     assert expiry - datetime.now(UTC) > NEVER
 
 
@@ -138,7 +138,7 @@ def test_a_record_with_an_expiry_is_rewritten_as_itself_without_one(queues: Queu
     run()
 
     [(text, expiry)] = entries(queues)
-    kept = json.loads(base64.b64decode(text))
+    kept = json.loads(text)
     assert (kept["error"]["code"], kept["attempts"], kept["messageId"]) == ("JobNotFound", 2, "m-9")
     assert expiry - datetime.now(UTC) > NEVER
 
@@ -186,5 +186,5 @@ def test_an_entry_behind_more_than_a_page_of_records_is_still_kept(queues: Queue
 
     client = raw(queues, queues.poison)
     texts = [str(m.content) for m in client.receive_messages(messages_per_page=32, max_messages=64)]
-    codes = sorted(json.loads(base64.b64decode(t))["error"]["code"] for t in texts)
+    codes = sorted(json.loads(t)["error"]["code"] for t in texts)
     assert codes == ["HostGaveUp"] + ["JobNotFound"] * 40, "all visible again, the late raw entry kept"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 
@@ -32,21 +33,35 @@ def test_all_fields_are_read() -> None:
         {
             "jobId": "job-1",
             "reason": "budget exceeded",
+            "account": "EU",
             "force": True,
             "ifMatch": '"0x8D4EDFEBFADF4AB"',
-            "ifNoneMatch": '"0x1"',
-            "ifModifiedSince": "2026-11-25T10:00:00Z",
-            "ifUnmodifiedSince": "Wed, 25 Nov 2026 11:00:00 GMT",
             "requestId": "9C4D50EE-2D56-4CD3-8152-34347DC9F2B0",
         }
     )
     assert request.reason == "budget exceeded"
+    assert request.account == "eu"
     assert request.force is True
     assert request.if_match == '"0x8D4EDFEBFADF4AB"'
-    assert request.if_none_match == '"0x1"'
-    assert request.if_modified_since == datetime(2026, 11, 25, 10, tzinfo=UTC)
-    assert request.if_unmodified_since == datetime(2026, 11, 25, 11, tzinfo=UTC)
     assert request.request_id == "9C4D50EE-2D56-4CD3-8152-34347DC9F2B0"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "attribute", "expected"),
+    [
+        ("ifMatch", '"0x8D4EDFEBFADF4AB"', "if_match", '"0x8D4EDFEBFADF4AB"'),
+        ("ifNoneMatch", '"0x1"', "if_none_match", '"0x1"'),
+        ("ifModifiedSince", "2026-11-25T10:00:00Z", "if_modified_since", datetime(2026, 11, 25, 10, tzinfo=UTC)),
+        (
+            "ifUnmodifiedSince",
+            "Wed, 25 Nov 2026 11:00:00 GMT",
+            "if_unmodified_since",
+            datetime(2026, 11, 25, 11, tzinfo=UTC),
+        ),
+    ],
+)
+def test_each_condition_is_read(key: str, value: str, attribute: str, expected: object) -> None:
+    assert getattr(parse({"jobId": "job-1", key: value}), attribute) == expected
 
 
 def test_empty_reason_becomes_user_terminate() -> None:
@@ -209,7 +224,7 @@ def test_client_request_id_prefers_the_one_asked_for() -> None:
 
 def test_to_message_round_trips() -> None:
     original = parse(
-        {"jobId": "a", "reason": "r", "force": True, "ifMatch": "e", "ifModifiedSince": "2026-11-25T12:00:00Z"}
+        {"jobId": "a", "reason": "r", "account": "eu", "force": True, "ifModifiedSince": "2026-11-25T12:00:00Z"}
     )
     assert TerminateRequest.parse(json.dumps(original.to_message())) == original
 
@@ -218,3 +233,127 @@ def test_invalid_message_with_empty_reason_reports_none() -> None:
     with pytest.raises(InvalidMessage) as caught:
         TerminateRequest.parse(json.dumps({"jobId": "a/b", "reason": ""}))
     assert caught.value.reason is None
+
+
+# ---- docs/CONTRACT.md §3: conditions, account, encoding
+
+
+@pytest.mark.parametrize(
+    "conditions",
+    [
+        {"ifMatch": '"0x1"', "ifNoneMatch": '"0x2"'},
+        {"ifMatch": '"0x1"', "ifUnmodifiedSince": "2026-11-25T10:00:00Z"},
+        {"ifModifiedSince": "2026-11-25T10:00:00Z", "ifUnmodifiedSince": "2026-11-25T10:00:00Z"},
+        {
+            "ifMatch": '"0x1"',
+            "ifNoneMatch": '"0x2"',
+            "ifModifiedSince": "2026-11-25T10:00:00Z",
+            "ifUnmodifiedSince": "2026-11-25T10:00:00Z",
+        },
+    ],
+)
+def test_more_than_one_condition_is_invalid(conditions: dict[str, str]) -> None:
+    problems = problems_of(json.dumps({"jobId": "a", **conditions}))
+    assert set(problems) == {"conditions"}
+    assert all(key in problems["conditions"] for key in conditions)
+
+
+def test_a_null_condition_does_not_count() -> None:
+    assert parse({"jobId": "a", "ifMatch": '"0x1"', "ifNoneMatch": None}).if_match == '"0x1"'
+
+
+def test_two_conditions_one_of_them_malformed_report_both() -> None:
+    problems = problems_of(json.dumps({"jobId": "a", "ifMatch": '"0x1"', "ifModifiedSince": "yesterday"}))
+    assert set(problems) == {"conditions", "ifModifiedSince"}
+
+
+def test_account_defaults_to_default() -> None:
+    assert parse({"jobId": "a"}).account == "default"
+    assert parse({"jobId": "a", "account": None}).account == "default"
+
+
+def test_account_is_matched_case_insensitively_against_the_configured_aliases() -> None:
+    request = TerminateRequest.parse(json.dumps({"jobId": "a", "account": "EU"}), accounts=("default", "eu"))
+    assert request.account == "eu"
+    assert TerminateRequest.parse('{"jobId": "a", "account": "Default"}', accounts=("default",)).account == "default"
+
+
+@pytest.mark.parametrize("account", ["us", "", "https://evil.example.com", "eu "])
+def test_unknown_account_is_invalid(account: str) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse(json.dumps({"jobId": "a", "account": account}), accounts=("default", "eu"))
+    assert [p.key for p in caught.value.problems] == ["account"]
+    assert caught.value.account == account
+    assert caught.value.job_id == "a"
+
+
+@pytest.mark.parametrize("account", [7, True, ["eu"], {"alias": "eu"}])
+def test_account_must_be_a_string(account: object) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse(json.dumps({"jobId": "a", "account": account}), accounts=("default", "eu"))
+    assert [p.key for p in caught.value.problems] == ["account"]
+    assert caught.value.account is None
+
+
+def test_without_known_accounts_only_the_alias_form_is_checked() -> None:
+    assert TerminateRequest.parse('{"jobId": "a", "account": "anything-1"}').account == "anything-1"
+    assert set(problems_of('{"jobId": "a", "account": "not/an alias"}')) == {"account"}
+
+
+def test_invalid_message_reports_its_readable_account() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse('{"jobId": "a/b", "account": "EU"}', accounts=("default", "eu"))
+    assert caught.value.account == "eu"
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse('{"jobId": "a/b"}')
+    assert caught.value.account == "default"
+    with pytest.raises(InvalidMessage) as caught:
+        TerminateRequest.parse("not json")
+    assert caught.value.account is None
+
+
+def b64(text: str | bytes) -> str:
+    return base64.b64encode(text if isinstance(text, bytes) else text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b64('{"jobId": "job-1", "reason": "r"}'),
+        b64('\ufeff{"jobId": "job-1", "reason": "r"}'),
+        b64('  {"jobId": "job-1", "reason": "r"}\n'),
+        "\ufeff" + b64('{"jobId": "job-1", "reason": "r"}'),
+        " " + b64('{"jobId": "job-1", "reason": "r"}') + "\r\n",
+        b64('{"jobId": "job-1", "reason": "r"}')[:8] + "\n" + b64('{"jobId": "job-1", "reason": "r"}')[8:],
+    ],
+)
+def test_base64_of_the_json_is_read_as_the_json(body: str) -> None:
+    assert TerminateRequest.parse(body) == TerminateRequest(job_id="job-1", reason="r")
+    assert TerminateRequest.parse(body.encode()) == TerminateRequest(job_id="job-1", reason="r")
+
+
+@pytest.mark.parametrize("body", ['{"jobId": "job-1"}', ' \t\n{"jobId": "job-1"}', '\ufeff {"jobId": "job-1"}'])
+def test_json_text_is_read_as_is(body: str) -> None:
+    assert TerminateRequest.parse(body) == TerminateRequest(job_id="job-1")
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("hello world", "neither a JSON object nor base64 of one"),
+        ("abc", "neither a JSON object nor base64 of one"),
+        ("e30", "neither a JSON object nor base64 of one"),  # base64 without its padding
+        ("ZXlKcWIySkpaQ0k2SW1FaWZRPT0=", "is base64, but not of a JSON object"),  # base64 of base64
+        (b64("[1, 2]"), "must be a JSON object, got array"),
+        (b64(b"\xff\xfe{}"), "neither a JSON object nor base64 of one"),  # base64 of bytes that are not UTF-8
+        ("[1, 2]", "must be a JSON object, got array"),
+        ("1234", "must be a JSON object, got number"),
+        ("true", "must be a JSON object, got boolean"),
+        ('"x"', "must be a JSON object, got string"),
+        ("{not json", "is not JSON"),
+    ],
+)
+def test_text_that_is_neither_json_nor_base64_json_is_invalid(body: str, expected: str) -> None:
+    problems = problems_of(body)
+    assert list(problems) == ["message"]
+    assert expected in problems["message"]

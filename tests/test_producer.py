@@ -17,7 +17,7 @@ from tests.conftest import Queues
 pytestmark = pytest.mark.integration
 
 
-def test_enqueued_message_is_base64_json_the_function_parses(queues: Queues) -> None:
+def test_enqueued_message_is_plain_json_the_function_parses(queues: Queues) -> None:
     queue = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
     message_id = queue.enqueue_terminate(
         "job-1", "budget exceeded", force=True, if_modified_since=datetime(2026, 11, 25, 12, tzinfo=UTC)
@@ -25,14 +25,35 @@ def test_enqueued_message_is_base64_json_the_function_parses(queues: Queues) -> 
     [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).receive_messages()
     assert message_id
     assert raw.expires_on - datetime.now(UTC) > timedelta(days=365), "a request outlives a long outage"
-    document = json.loads(base64.b64decode(raw.content))
+    document = json.loads(raw.content)
     assert document == {
         "jobId": "job-1",
         "reason": "budget exceeded",
         "force": True,
         "ifModifiedSince": "Wed, 25 Nov 2026 12:00:00 GMT",
     }
-    assert TerminateRequest.parse(base64.b64decode(raw.content)).force is True
+    assert TerminateRequest.parse(raw.content).force is True
+
+
+def test_a_base64_host_can_be_asked_for(queues: Queues) -> None:
+    queue = TerminateQueue.connect(
+        queues.trigger, connection_string=queues.connection_string, message_encoding="base64"
+    )
+    queue.enqueue_terminate("job-1")
+    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).peek_messages()
+    assert json.loads(base64.b64decode(raw.content)) == {"jobId": "job-1"}
+
+
+def test_the_account_alias_is_sent_and_checked_for_form(queues: Queues) -> None:
+    queue = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
+    queue.enqueue_terminate("job-1", account="EU")
+    queue.enqueue_terminate("job-2", account="default")
+    with pytest.raises(InvalidMessage) as caught:
+        queue.enqueue_terminate("job-3", account="https://evil.example.com")
+    assert [p.key for p in caught.value.problems] == ["account"]
+    documents = [json.loads(m.content) for m in queue.client.peek_messages(max_messages=5)]
+    assert documents == [{"jobId": "job-1", "account": "eu"}, {"jobId": "job-2"}]
+    assert [r.account for r in queues.enqueued()] == ["eu", "default"]
 
 
 @pytest.mark.parametrize(
@@ -58,3 +79,10 @@ def test_missing_queue_is_a_clear_error(queues: Queues) -> None:
     queue = TerminateQueue.connect("no-such-queue", connection_string=queues.connection_string)
     with pytest.raises(EnqueueFailed, match="no-such-queue"):
         queue.enqueue(build_request("job-1"))
+
+
+def test_known_accounts_are_checked_when_given() -> None:
+    assert build_request("job-1", account="EU", accounts=("default", "eu")).account == "eu"
+    with pytest.raises(InvalidMessage) as caught:
+        build_request("job-1", account="us", accounts=("default", "eu"))
+    assert [p.key for p in caught.value.problems] == ["account"]

@@ -39,12 +39,13 @@ pytestmark = pytest.mark.integration
 
 FAST = QueueOptions(
     max_dequeue_count=3,
-    message_encoding="base64",
+    message_encoding="none",  # as host.json
     batch_size=4,
     new_batch_threshold=2,
     visibility_timeout_seconds=0,
     max_polling_interval_seconds=0.2,
 )
+BASE64 = replace(FAST, message_encoding="base64")
 
 
 def raw_client(queues: Queues, name: str) -> QueueClient:
@@ -133,7 +134,7 @@ def test_failing_message_is_moved_to_poison_unchanged_after_max_dequeue_count(qu
     raw_client(queues, queues.trigger).send_message(text)
     handler = Recorder(fail=lambda _: True)
 
-    with hosting(queues, handler) as (_, seen):
+    with hosting(queues, handler, BASE64) as (_, seen):
         wait_for(lambda: any(i.outcome is Settlement.MOVED_TO_POISON for i in seen), what="the move to poison")
 
     assert [m.dequeue_count for m in handler.calls] == [1, 2, 3]
@@ -194,7 +195,7 @@ def test_message_that_is_not_base64_goes_to_poison_without_an_invocation(queues:
     raw_client(queues, queues.trigger).send_message("not base64 at all!")
     handler = Recorder()
 
-    with hosting(queues, handler) as (_, seen):
+    with hosting(queues, handler, BASE64) as (_, seen):
         wait_for(lambda: len(seen) == 1, what="the poison move")
 
     assert handler.calls == []
@@ -377,7 +378,7 @@ def test_a_body_that_is_not_utf8_is_a_failed_invocation_then_moved_raw(queues: Q
     raw_client(queues, queues.trigger).send_message(text)
     handler = Recorder()
 
-    with hosting(queues, handler) as (_, seen):
+    with hosting(queues, handler, BASE64) as (_, seen):
         wait_for(lambda: any(i.outcome is Settlement.MOVED_TO_POISON for i in seen), what="the poison move")
 
     assert handler.calls == []  # main never sees bytes it cannot bind
@@ -394,7 +395,7 @@ def test_the_body_is_bound_as_text(queues: Queues) -> None:
     raw_client(queues, queues.trigger).send_message(b64('{"jobId": "café"}'))
     handler = Recorder()
 
-    with hosting(queues, handler) as (_, seen):
+    with hosting(queues, handler, BASE64) as (_, seen):
         wait_for(lambda: len(seen) == 1, what="one invocation")
 
     assert handler.calls[0].get_body() == '{"jobId": "café"}'.encode()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from azure.core.exceptions import ResourceNotFoundError
 from azure.functions.queue import QueueMessage
-from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+from azure.storage.queue import QueueClient
 
 import local.identity
 import terminate_job
@@ -74,13 +74,8 @@ class World:
     trigger: str
 
     def queue(self, name: str) -> QueueClient:
-        """A queue client using the base64 encoding the function app uses."""
-        return QueueClient.from_connection_string(
-            self.connection_string,
-            name,
-            message_encode_policy=TextBase64EncodePolicy(),
-            message_decode_policy=TextBase64DecodePolicy(),
-        )
+        """A queue client in the app's encoding (host.json messageEncoding none: the text as it is)."""
+        return QueueClient.from_connection_string(self.connection_string, name)
 
     def secrets(self) -> list[str]:
         """Every secret in play, and recognisable fragments of them."""

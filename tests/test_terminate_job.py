@@ -6,10 +6,11 @@ import base64
 import json
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 
 import azure.functions as func
 import pytest
@@ -24,12 +25,12 @@ from local.identity import IdentityEndpoint
 from shared import wiring
 from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
 from shared.poison import PoisonWriter
-from tests.conftest import MessageFactory, Queues
+from tests.conftest import Exported, MessageFactory, Queues, closed_port
 
 pytestmark = pytest.mark.integration
 
 FAILED_AT = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
-RECORD_KEYS = {"jobId", "reason", "error", "attempts", "messageId", "failedAt", "originalMessage"}
+RECORD_KEYS = {"jobId", "reason", "account", "error", "attempts", "messageId", "failedAt", "originalMessage"}
 ERROR_KEYS = {"code", "message", "values", "httpStatus", "requestId", "clientRequestId"}
 
 
@@ -80,25 +81,29 @@ def test_active_job_is_terminated_with_the_contract_request(
 
 
 @pytest.mark.usefixtures("no_sleep")
-def test_options_become_query_and_headers(batch: BatchEmulator, make_message: MessageFactory) -> None:
+def test_options_become_query_and_headers(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory
+) -> None:
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")  # the first with force
     job = batch.add_job("job-1")
+    batch.add_job("job-2")
     msg = make_message(
         {
             "jobId": "job-1",
             "force": True,
             "ifMatch": job.etag,
-            "ifUnmodifiedSince": "2099-01-01T00:00:00Z",
             "requestId": "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0",
         }
     )
     terminate_job.main(msg)
+    terminate_job.main(make_message({"jobId": "job-2", "ifUnmodifiedSince": "2099-01-01T00:00:00Z"}))
 
-    [sent] = terminate_requests(batch)
-    assert sent.query["force"] == "true"
-    assert sent.headers["if-match"] == job.etag
-    assert sent.headers["if-unmodified-since"] == "Thu, 01 Jan 2099 00:00:00 GMT"
-    assert sent.headers["client-request-id"] == "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
-    assert json.loads(sent.body) == {"terminateReason": "UserTerminate"}
+    first, second = terminate_requests(batch)
+    assert first.query["force"] == "true"
+    assert first.headers["if-match"] == job.etag
+    assert first.headers["client-request-id"] == "9c4d50ee-2d56-4cd3-8152-34347dc9f2b0"
+    assert json.loads(first.body) == {"terminateReason": "UserTerminate"}
+    assert second.headers["if-unmodified-since"] == "Thu, 01 Jan 2099 00:00:00 GMT"
 
 
 @pytest.mark.usefixtures("no_sleep")
@@ -434,13 +439,23 @@ def test_failed_poison_write_raises_so_the_message_stays(
 
 
 @pytest.mark.usefixtures("no_sleep")
-def test_poison_record_is_base64_encoded_like_the_trigger_queue_and_never_expires(
+def test_poison_record_is_plain_json_like_the_trigger_queue_and_never_expires(
     make_message: MessageFactory, queues: Queues
 ) -> None:
     terminate_job.main(make_message(b"not json"))
     [raw] = QueueClient.from_connection_string(queues.connection_string, queues.poison).receive_messages()
-    assert json.loads(base64.b64decode(raw.content))["error"]["code"] == "InvalidMessage"
+    assert json.loads(raw.content)["error"]["code"] == "InvalidMessage"
     assert raw.expires_on - datetime.now(UTC) > timedelta(days=365), "poison records never expire"
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_poison_record_follows_a_base64_trigger_queue(
+    monkeypatch: pytest.MonkeyPatch, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("AzureFunctionsJobHost__extensions__queues__messageEncoding", "base64")
+    terminate_job.main(make_message(b"not json"))
+    [raw] = QueueClient.from_connection_string(queues.connection_string, queues.poison).receive_messages()
+    assert json.loads(base64.b64decode(raw.content))["error"]["code"] == "InvalidMessage"
 
 
 def test_poison_queue_name_setting_is_used(
@@ -594,9 +609,418 @@ def test_a_producers_reason_reaches_batch_through_the_queue(
     job_id = producer(batch, monkeypatch)
     [raw] = QueueClient.from_connection_string(queues.connection_string, queues.trigger).receive_messages()
 
-    terminate_job.main(make_message(base64.b64decode(raw.content), message_id=raw.id))
+    terminate_job.main(make_message(raw.content, message_id=raw.id))  # messageEncoding none: the text as it is
 
     job = batch.job(job_id)
     assert job is not None
     assert job.state in (JobState.TERMINATING, JobState.COMPLETED)
     assert job.terminate_reason == reason
+
+
+# ---- docs/CONTRACT.md §3 encoding, §3/§5a force and conditions, §5 403 AuthenticationFailed (issue 11)
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize("encode", [lambda t: t, lambda t: base64.b64encode(t.encode()).decode()], ids=["json", "b64"])
+def test_a_message_may_be_json_text_or_base64_of_it(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, encode
+) -> None:
+    batch.add_job("job-1")
+    terminate_job.main(make_message(encode('{"jobId": "job-1", "reason": "either way"}')))
+    assert batch.job("job-1").terminate_reason == "either way"
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize("body", ["hello world", "e30", "[1, 2]", base64.b64encode(b"[1]").decode()])
+def test_text_that_is_neither_json_nor_base64_json_is_an_invalid_message(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, body: str
+) -> None:
+    terminate_job.main(make_message(body))
+    record = only_record(queues)
+    assert record["error"]["code"] == "InvalidMessage"
+    assert [v["key"] for v in record["error"]["values"]] == ["message"]
+    assert (record["jobId"], record["reason"], record["account"]) == (None, None, None)
+    assert record["originalMessage"] == body
+    assert batch.requests == []
+
+
+def test_host_json_binds_the_message_text_as_is() -> None:
+    document = json.loads((Path(terminate_job.__file__).parent.parent / "host.json").read_text())
+    assert document["extensions"]["queues"]["messageEncoding"] == "none"
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize("version", ["2023-11-01.18.0", "2024-02-01.19.0"])
+def test_force_with_an_old_api_version_is_refused_without_a_request(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, version: str
+) -> None:
+    monkeypatch.setenv("BATCH_API_VERSION", version)
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1", "force": True, "reason": "r"}, message_id="m-7"))
+    record = only_record(queues)
+    assert record["error"]["code"] == "ForceNotSupported"
+    assert {"key": "apiVersion", "value": version} in record["error"]["values"]
+    assert (record["error"]["httpStatus"], record["error"]["requestId"], record["error"]["clientRequestId"]) == (
+        None,
+        None,
+        None,
+    )
+    assert (record["jobId"], record["reason"], record["account"], record["messageId"]) == (
+        "job-1",
+        "r",
+        "default",
+        "m-7",
+    )
+    assert batch.requests == []
+    assert batch.job("job-1").state is JobState.ACTIVE
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize("version", ["2024-07-01.20.0", "2025-06-01"])
+def test_force_with_a_new_api_version_is_sent(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, version: str
+) -> None:
+    monkeypatch.setenv("BATCH_API_VERSION", version)
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1", "force": True}))
+    [sent] = terminate_requests(batch)
+    assert (sent.query["api-version"], sent.query["force"]) == (version, "true")
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_two_conditions_are_an_invalid_message_and_nothing_is_sent(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    job = batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1", "ifMatch": job.etag, "ifModifiedSince": "2020-01-01T00:00:00Z"}))
+    record = only_record(queues)
+    assert record["error"]["code"] == "InvalidMessage"
+    assert [v["key"] for v in record["error"]["values"]] == ["conditions"]
+    assert record["jobId"] == "job-1"
+    assert batch.requests == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_403_authentication_failed_fetches_a_fresh_token_and_tries_once_more(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(Fault.status(403, "AuthenticationFailed"))
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    first, second = terminate_requests(batch)
+    assert first.headers["authorization"] != second.headers["authorization"]
+    assert identity.fetches == 2
+    assert batch.job("job-1").state is not JobState.ACTIVE
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_403_authentication_failed_twice_is_poisoned(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(Fault.status(403, "AuthenticationFailed"), times=2)
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("AuthenticationFailed", 403)
+    assert len(terminate_requests(batch)) == 2
+    assert identity.fetches == 2
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_403_authorization_failure_gets_no_second_token(
+    batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory, queues: Queues
+) -> None:
+    batch.add_job("job-1")
+    batch.inject(Fault.status(403, "AuthorizationFailure"))
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert only_record(queues)["error"]["code"] == "AuthorizationFailure"
+    assert len(terminate_requests(batch)) == 1
+    assert identity.fetches == 1
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_poison_queue_name_too_long_for_a_queue_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, identity: IdentityEndpoint, make_message: MessageFactory
+) -> None:
+    monkeypatch.setenv("TERMINATE_QUEUE_NAME", "q" * 60)
+    with pytest.raises(ConfigurationError, match="POISON_QUEUE_NAME"):
+        terminate_job.main(make_message({"jobId": "job-1"}))
+    assert batch.requests == []
+    assert identity.fetches == 0
+
+
+# ---- docs/CONTRACT.md §2/§3/§6 accounts (issue 13)
+
+
+@pytest.fixture
+def second_batch(identity: IdentityEndpoint) -> Iterator[BatchEmulator]:
+    """A second Batch account on loopback, trusting the same identity endpoint."""
+    with BatchEmulator(authorize=identity.is_valid) as emulator:
+        yield emulator
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_account_alias_routes_the_request_and_one_token_serves_both(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    second_batch: BatchEmulator,
+    identity: IdentityEndpoint,
+    make_message: MessageFactory,
+    queues: Queues,
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNTS", f"eu={second_batch.url}")
+    batch.add_job("job-1")
+    second_batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1", "account": "EU", "reason": "eu only"}))
+    assert second_batch.job("job-1").terminate_reason == "eu only"
+    assert batch.job("job-1").state is JobState.ACTIVE
+    assert batch.requests == []
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert batch.job("job-1").state is not JobState.ACTIVE
+    assert identity.fetches == 1
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_an_unknown_account_is_an_invalid_message_and_no_account_is_called(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    second_batch: BatchEmulator,
+    identity: IdentityEndpoint,
+    make_message: MessageFactory,
+    queues: Queues,
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNTS", f"eu={second_batch.url}")
+    terminate_job.main(make_message({"jobId": "job-1", "account": "us"}))
+    record = only_record(queues)
+    assert record["error"]["code"] == "InvalidMessage"
+    assert [v["key"] for v in record["error"]["values"]] == ["account"]
+    assert (record["jobId"], record["account"]) == ("job-1", "us")
+    assert batch.requests == second_batch.requests == []
+    assert identity.fetches == 0
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_poison_records_carry_the_account(
+    monkeypatch: pytest.MonkeyPatch, second_batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNTS", f"eu={second_batch.url}")
+    terminate_job.main(make_message({"jobId": "ghost", "account": "Eu"}))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["account"]) == ("JobNotFound", "eu")
+    assert list(record)[:3] == ["jobId", "reason", "account"]
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize(
+    "accounts", ["eu=http://10.0.0.1:8045", "default=https://other.westeurope.batch.azure.com", "EU!=https://a.b.c"]
+)
+def test_bad_batch_accounts_are_refused_before_any_token_is_requested(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    identity: IdentityEndpoint,
+    make_message: MessageFactory,
+    queues: Queues,
+    accounts: str,
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNTS", accounts)
+    with pytest.raises(ConfigurationError, match="BATCH_ACCOUNTS"):
+        terminate_job.main(make_message({"jobId": "job-1"}))
+    assert identity.fetches == 0
+    assert batch.requests == []
+    assert queues.poison_records() == []
+
+
+# ---- docs/CONTRACT.md §5a guards (issue 13)
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_job_outside_the_allowed_prefixes_is_refused_without_calling_batch(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    identity: IdentityEndpoint,
+    make_message: MessageFactory,
+    queues: Queues,
+    captured_logs,
+) -> None:
+    monkeypatch.setenv("TERMINATE_ALLOWED_JOB_ID_PREFIXES", "render-, Nightly-")
+    batch.add_job("other-1")
+    batch.add_job("NIGHTLY-7")
+    terminate_job.main(make_message({"jobId": "other-1"}))
+    terminate_job.main(make_message({"jobId": "NIGHTLY-7"}))
+    record = only_record(queues)
+    assert record["error"]["code"] == "JobNotAllowed"
+    assert record["error"]["values"] == [{"key": "jobId", "value": "other-1"}]
+    assert record["error"]["httpStatus"] is None
+    assert [r.job_id for r in batch.requests] == ["NIGHTLY-7"]
+    assert batch.job("other-1").state is JobState.ACTIVE
+    assert any(
+        "outcome=poisoned" in r.getMessage() and "code=JobNotAllowed" in r.getMessage() for r in captured_logs.records
+    )
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_honor_keep_refuses_a_kept_job_after_one_selected_read(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("keep-me", metadata={"batch-terminator-keep": "TRUE"})
+    terminate_job.main(make_message({"jobId": "keep-me"}))
+    record = only_record(queues)
+    assert record["error"]["code"] == "JobProtected"
+    assert record["error"]["httpStatus"] is None
+    [read] = batch.requests
+    assert (read.method, read.path) == ("GET", "/jobs/keep-me")
+    assert set(read.query["$select"].split(",")) >= {"state", "metadata"}
+    assert batch.job("keep-me").state is JobState.ACTIVE
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_honor_keep_terminates_a_job_that_is_not_kept(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("job-1", metadata={"batch-terminator-keep": "false"})
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert [r.method for r in batch.requests] == ["GET", "POST"]
+    assert batch.job("job-1").state is not JobState.ACTIVE
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_honor_keep_finds_a_completed_job_done_without_a_terminate(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, captured_logs
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("done", state=JobState.COMPLETED)
+    terminate_job.main(make_message({"jobId": "done"}))
+    assert [r.method for r in batch.requests] == ["GET"]
+    assert queues.poison_records() == []
+    line = next(
+        r.getMessage() for r in captured_logs.records if "outcome=" in r.getMessage() and "job=done" in r.getMessage()
+    )
+    assert "outcome=already_terminated" in line
+    assert "code=JobCompleted" in line
+    assert "status=409" in line
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_honor_keep_on_a_missing_job_records_job_not_found(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    terminate_job.main(make_message({"jobId": "ghost"}))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("JobNotFound", 404)
+    assert [r.method for r in batch.requests] == ["GET"]
+
+
+def test_a_transient_failure_of_the_keep_read_follows_the_retry_rules(
+    monkeypatch: pytest.MonkeyPatch, function_env: dict[str, str], make_message: MessageFactory, queues: Queues
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    monkeypatch.setenv("BATCH_ACCOUNT_URL", f"http://127.0.0.1:{closed_port()}")
+    wiring.install(wiring.Wiring(sleep=slept.append))
+    with pytest.raises(RetryLater):
+        terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=1))
+    assert slept  # retried inside the invocation first
+    assert queues.poison_records() == []
+    terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=5))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"], record["attempts"]) == (
+        "ServiceUnavailable",
+        None,
+        5,
+    )
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_dry_run_sends_no_terminate_and_writes_no_record(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, captured_logs
+) -> None:
+    monkeypatch.setenv("TERMINATE_DRY_RUN", "true")
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert batch.requests == []
+    assert batch.job("job-1").state is JobState.ACTIVE
+    assert queues.poison_records() == []
+    lines = [r.getMessage() for r in captured_logs.records if "outcome=dry_run" in r.getMessage()]
+    assert len(lines) == 1
+    assert "job=job-1" in lines[0]
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_dry_run_still_records_invalid_messages_and_refusals(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("TERMINATE_DRY_RUN", "true")
+    monkeypatch.setenv("TERMINATE_ALLOWED_JOB_ID_PREFIXES", "ok-")
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("ok-kept", metadata={"batch-terminator-keep": "true"})
+    terminate_job.main(make_message({"jobId": "a/b"}))
+    terminate_job.main(make_message({"jobId": "other"}))
+    terminate_job.main(make_message({"jobId": "ok-kept"}))
+    codes = [r["error"]["code"] for r in queues.poison_records()]
+    assert codes == ["InvalidMessage", "JobNotAllowed", "JobProtected"]
+    assert all(r.method == "GET" for r in batch.requests)
+
+
+@pytest.mark.parametrize("fault", [Fault.status(503, "ServerBusy"), Fault.status(429, "TooManyRequests"), Fault.drop()])
+def test_a_transient_failure_of_the_keep_read_is_retried_inside_the_invocation(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    no_sleep: list[float],
+    fault: Fault,
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("job-1")
+    batch.inject(fault, times=2, operation="get")
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert [r.method for r in batch.requests] == ["GET", "GET", "GET", "POST"]
+    assert len(no_sleep) == 2
+    assert batch.job("job-1").state is not JobState.ACTIVE
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_keep_read_failing_on_the_last_attempt_is_recorded_with_batchs_code(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, queues: Queues
+) -> None:
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("job-1")
+    batch.inject(Fault.status(503, "ServerBusy"), times=100, operation="get")
+    with pytest.raises(RetryLater):
+        terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=4))
+    terminate_job.main(make_message({"jobId": "job-1"}, dequeue_count=5))
+    record = only_record(queues)
+    assert (record["error"]["code"], record["error"]["httpStatus"], record["attempts"]) == ("ServerBusy", 503, 5)
+    assert all(r.method == "GET" for r in batch.requests)
+
+
+def test_dry_run_and_guard_outcomes_are_telemetry_records(
+    monkeypatch: pytest.MonkeyPatch, exported: Exported, batch: BatchEmulator, make_message: MessageFactory
+) -> None:
+    monkeypatch.setenv("TERMINATE_DRY_RUN", "true")
+    monkeypatch.setenv("TERMINATE_HONOR_KEEP", "true")
+    batch.add_job("job-1")
+    batch.add_job("done", state=JobState.COMPLETED)
+    terminate_job.main(make_message({"jobId": "job-1", "account": "DEFAULT"}, message_id="m-1"))
+    terminate_job.main(make_message({"jobId": "done"}, message_id="m-2"))
+    records = {r["messageId"]: r for r in exported.records() if "outcome" in r}
+    assert (records["m-1"]["outcome"], records["m-1"]["jobId"], records["m-1"]["account"]) == (
+        "dry_run",
+        "job-1",
+        "default",
+    )
+    assert (records["m-2"]["outcome"], records["m-2"]["code"], records["m-2"]["httpStatus"]) == (
+        "already_terminated",
+        "JobCompleted",
+        409,
+    )
+    assert [r.method for r in batch.requests] == ["GET", "GET"]

@@ -1,0 +1,340 @@
+"""Confirmation (docs/CONTRACT.md §5b) end to end: terminate_job schedules checks, confirm_termination runs them."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+from azure.storage.queue import QueueClient
+
+import confirm_termination
+import terminate_job
+from local.batch_emulator import BatchEmulator, Fault, JobState
+from shared import wiring
+from shared.confirmation import ConfirmCheck
+from shared.errors import ConfigurationError, EnqueueFailed, RetryLater
+from tests.conftest import Exported, MessageFactory, Queues, closed_port
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def confirm_queue(monkeypatch: pytest.MonkeyPatch, function_env: dict[str, str], queues: Queues) -> QueueClient:
+    """Checks on, one second after a 202, on a fresh confirm queue."""
+    name = f"{queues.trigger}-confirm"
+    monkeypatch.setenv("CONFIRM_QUEUE_NAME", name)
+    monkeypatch.setenv("CONFIRM_AFTER_SECONDS", "1")
+    for setting in ("CONFIRM_MAX_CHECKS", "CONFIRM_FORCE"):
+        monkeypatch.delenv(setting, raising=False)
+    client = QueueClient.from_connection_string(queues.connection_string, name)
+    client.create_queue()
+    return client
+
+
+def pending(queue: QueueClient) -> int:
+    """Messages on the queue, visible or not."""
+    return int(queue.get_queue_properties().approximate_message_count)
+
+
+def visible_checks(queue: QueueClient, count: int, wait: float = 15.0) -> list[dict[str, Any]]:
+    """Wait (bounded) until `count` checks are visible, then read them without removing them."""
+    deadline = time.monotonic() + wait
+    while True:
+        messages = queue.peek_messages(max_messages=32)
+        if len(messages) >= count or time.monotonic() > deadline:
+            return [json.loads(m.content) for m in messages]
+        time.sleep(0.1)
+
+
+# ---- terminate_job's side
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_202_schedules_one_hidden_check(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1", "reason": "budget"}, message_id="orig-1"))
+    assert pending(confirm_queue) == 1
+    assert confirm_queue.peek_messages() == []  # hidden until CONFIRM_AFTER_SECONDS have passed
+    [check] = visible_checks(confirm_queue, 1)
+    assert check == {"jobId": "job-1", "account": "default", "reason": "budget", "messageId": "orig-1", "check": 1}
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_job_being_terminated_schedules_a_check_and_job_completed_does_not(
+    batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("terminating", state=JobState.TERMINATING)
+    batch.add_job("completed", state=JobState.COMPLETED)
+    terminate_job.main(make_message({"jobId": "terminating"}, message_id="m-1", dequeue_count=2))
+    terminate_job.main(make_message({"jobId": "completed"}, message_id="m-2", dequeue_count=2))
+    [check] = visible_checks(confirm_queue, 1)
+    assert (check["jobId"], check["messageId"], check["check"]) == ("terminating", "m-1", 1)
+    assert pending(confirm_queue) == 1
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_no_check_when_confirmation_is_off(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    monkeypatch.setenv("CONFIRM_AFTER_SECONDS", "0")
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1"}))
+    assert pending(confirm_queue) == 0
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_confirmation_on_without_a_confirm_queue_is_a_configuration_error(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    monkeypatch.delenv("CONFIRM_QUEUE_NAME")
+    batch.add_job("job-1")
+    with pytest.raises(ConfigurationError, match="CONFIRM_QUEUE_NAME"):
+        terminate_job.main(make_message({"jobId": "job-1"}))
+    assert batch.requests == []
+
+
+def test_a_failed_check_write_raises_so_the_message_comes_again(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+) -> None:
+    dead = f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey=a2V5;QueueEndpoint=http://127.0.0.1:{closed_port()}/devstoreaccount1"
+    unreachable = QueueClient.from_connection_string(
+        dead, confirm_queue.queue_name, connection_timeout=1, retry_total=0
+    )
+    wiring.install(wiring.Wiring(sleep=lambda _: None, confirm_queue_client=unreachable))
+    batch.add_job("job-1")
+    with pytest.raises(EnqueueFailed):
+        terminate_job.main(make_message({"jobId": "job-1"}))
+    assert queues.poison_records() == []
+
+
+# ---- confirm_termination's side
+
+
+def check_message(make_message: MessageFactory, check: int = 1, job_id: str = "job-1", **extra: Any):
+    text = ConfirmCheck(job_id, "default", "budget", "orig-1", check).to_json()
+    return make_message(text, **extra), text
+
+
+@pytest.mark.usefixtures("no_sleep")
+@pytest.mark.parametrize("state", [JobState.COMPLETED, JobState.DELETING])
+def test_a_completed_or_deleting_job_is_confirmed(
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+    captured_logs,
+    state: JobState,
+) -> None:
+    batch.add_job("job-1", state=state)
+    message, _ = check_message(make_message)
+    assert confirm_termination.main(message) is None
+    [read] = batch.requests
+    assert (read.method, read.path) == ("GET", "/jobs/job-1")
+    assert "state" in read.query["$select"].split(",")
+    assert pending(confirm_queue) == 0
+    assert queues.poison_records() == []
+    assert any("outcome=confirmed" in r.getMessage() and "job=job-1" in r.getMessage() for r in captured_logs.records)
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_job_that_no_longer_exists_is_confirmed(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient, captured_logs
+) -> None:
+    message, _ = check_message(make_message, job_id="gone")
+    confirm_termination.main(message)
+    assert pending(confirm_queue) == 0
+    assert queues.poison_records() == []
+    assert any("outcome=confirmed" in r.getMessage() and "job=gone" in r.getMessage() for r in captured_logs.records)
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_job_still_terminating_gets_another_check(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    message, _ = check_message(make_message, check=1)
+    confirm_termination.main(message)
+    [follow_up] = visible_checks(confirm_queue, 1)
+    assert follow_up == {"jobId": "job-1", "account": "default", "reason": "budget", "messageId": "orig-1", "check": 2}
+    assert [r.method for r in batch.requests] == ["GET"]  # CONFIRM_FORCE is off
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_still_not_done_at_the_last_check_is_a_termination_stuck_record(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+) -> None:
+    monkeypatch.setenv("CONFIRM_MAX_CHECKS", "3")
+    job = batch.add_job("job-1", state=JobState.TERMINATING)
+    message, text = check_message(make_message, check=3, dequeue_count=1)
+    confirm_termination.main(message)
+    [record] = queues.poison_records()
+    assert record["error"]["code"] == "TerminationStuck"
+    values = {v["key"]: v["value"] for v in record["error"]["values"]}
+    assert values["state"] == "terminating"
+    assert values["checks"] == "3"
+    assert values["stateTransitionTime"].startswith(job.state_transition_time.strftime("%Y-%m-%dT%H:%M:%S"))
+    assert record["error"]["httpStatus"] is None
+    assert (record["messageId"], record["attempts"], record["originalMessage"]) == ("orig-1", 3, text)
+    assert (record["jobId"], record["reason"], record["account"]) == ("job-1", "budget", "default")
+    assert pending(confirm_queue) == 0
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_confirm_force_terminates_once_with_force_at_the_first_check(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+    captured_logs,
+) -> None:
+    monkeypatch.setenv("CONFIRM_FORCE", "true")
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=1)[0])
+    posts = [r for r in batch.requests if r.method == "POST"]
+    assert len(posts) == 1
+    assert posts[0].query["force"] == "true"
+    assert [c["check"] for c in visible_checks(confirm_queue, 1)] == [2]
+    # Check 2 only reads: the forced terminate ended the job (the emulator, as Batch, lets force end terminating).
+    confirm_termination.main(check_message(make_message, check=2)[0])
+    assert len([r for r in batch.requests if r.method == "POST"]) == 1
+    assert any("outcome=confirmed" in r.getMessage() for r in captured_logs.records)
+    assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_confirm_force_is_not_repeated_after_the_first_check(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    monkeypatch.setenv("CONFIRM_FORCE", "true")
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=2)[0])
+    assert [r.method for r in batch.requests] == ["GET"]
+    assert [c["check"] for c in visible_checks(confirm_queue, 1)] == [3]
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_confirm_force_needs_an_api_version_with_force(
+    monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    monkeypatch.setenv("CONFIRM_FORCE", "true")
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=1)[0])
+    assert [r.method for r in batch.requests] == ["GET"]
+    assert [c["check"] for c in visible_checks(confirm_queue, 1)] == [2]
+
+
+def test_a_transient_read_failure_raises_with_attempts_left_and_is_recorded_on_the_last(
+    monkeypatch: pytest.MonkeyPatch, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNT_URL", f"http://127.0.0.1:{closed_port()}")
+    wiring.install(wiring.Wiring(sleep=lambda _: None))
+    with pytest.raises(RetryLater):
+        confirm_termination.main(check_message(make_message, dequeue_count=1)[0])
+    assert queues.poison_records() == []
+    confirm_termination.main(check_message(make_message, dequeue_count=5)[0])
+    [record] = queues.poison_records()
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("ServiceUnavailable", None)
+    assert (record["messageId"], record["jobId"]) == ("orig-1", "job-1")
+    assert pending(confirm_queue) == 0
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_confirm_message_that_is_not_one_is_recorded(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    confirm_termination.main(make_message('{"jobId": "job-1", "check": "first"}', message_id="c-1"))
+    [record] = queues.poison_records()
+    assert record["error"]["code"] == "InvalidMessage"
+    assert [v["key"] for v in record["error"]["values"]] == ["check"]
+    assert batch.requests == []
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_the_whole_chain_over_the_queues(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    """terminate → check 1 finds it terminating → check 2 finds it completed → confirmed."""
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1"}, message_id="orig-9"))
+    batch.set_state("job-1", JobState.TERMINATING)
+    for expected in (1, 2):
+        message = _receive(confirm_queue)
+        assert message is not None, f"check {expected} was scheduled"
+        assert json.loads(message.content)["check"] == expected
+        if expected == 2:
+            batch.set_state("job-1", JobState.COMPLETED)
+        confirm_termination.main(make_message(message.content, message_id=message.id))
+        confirm_queue.delete_message(message)
+    assert pending(confirm_queue) == 0
+    assert queues.poison_records() == []
+
+
+def _receive(queue: QueueClient, wait: float = 15.0):
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        for message in queue.receive_messages(max_messages=1, visibility_timeout=30):
+            return message
+        time.sleep(0.1)
+    return None
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_503_on_the_check_read_is_retried_then_recorded_on_the_last_attempt(
+    batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    batch.inject(Fault.status(503, "ServerBusy"), times=100, operation="get")
+    with pytest.raises(RetryLater):
+        confirm_termination.main(check_message(make_message, dequeue_count=1)[0])
+    assert queues.poison_records() == []
+    confirm_termination.main(check_message(make_message, dequeue_count=5)[0])
+    [record] = queues.poison_records()
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("ServerBusy", 503)
+    assert (record["messageId"], record["attempts"]) == ("orig-1", 5)
+    assert pending(confirm_queue) == 0
+
+
+# ---- docs/CONTRACT.md §8: one record per finished message, with these outcomes
+
+
+def test_a_confirmed_chain_ends_in_one_confirmed_record_and_a_pending_check_in_none(
+    exported: Exported, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=1)[0])
+    assert [r for r in exported.records() if "outcome" in r] == []  # pending: the chain is not finished
+    batch.set_state("job-1", JobState.COMPLETED)
+    confirm_termination.main(check_message(make_message, check=2)[0])
+    [record] = [r for r in exported.records() if "outcome" in r]
+    assert (record["outcome"], record["jobId"], record["account"], record["messageId"]) == (
+        "confirmed",
+        "job-1",
+        "default",
+        "orig-1",
+    )
+    assert record["httpStatus"] == 200
+
+
+def test_a_termination_stuck_record_is_a_poisoned_outcome(
+    exported: Exported, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    confirm_termination.main(check_message(make_message, check=3)[0])
+    [record] = [r for r in exported.records() if "outcome" in r]
+    assert (record["outcome"], record["code"], record["httpStatus"]) == ("poisoned", "TerminationStuck", None)
