@@ -10,20 +10,23 @@ from pathlib import Path
 from typing import Any
 
 from ops.exit_codes import EXIT_OK, EXIT_STORAGE, EXIT_USAGE
-from ops.output import Progress, invalid_message_text, print_json
+from ops.output import Progress, invalid_message_text, print_json, warn
 from ops.storage_errors import storage_failure
-from ops.target import Target, open_queue
+from ops.target import ACCOUNTS_SETTING, Target, open_queue
 from shared.errors import CliError, EnqueueFailed, InvalidMessage
 from shared.message import TerminateRequest
 from shared.producer import TerminateQueue, build_request
+from shared.settings import DEFAULT_ACCOUNT, account_aliases
 
 ENQUEUE_WORKERS = 8
 PROGRESS_ALWAYS_ABOVE = 100
 MAX_LISTED_PROBLEMS = 20
 
 
-def _request_options(args: argparse.Namespace) -> dict[str, Any]:
+def _request_options(args: argparse.Namespace, target: Target) -> dict[str, Any]:
     return {
+        "account": args.account,
+        "accounts": _known_accounts(args.account, target),
         "force": args.force,
         "if_match": args.if_match,
         "if_none_match": args.if_none_match,
@@ -37,6 +40,7 @@ def _given(job_id: str | None, args: argparse.Namespace) -> dict[str, object]:
     return {
         "jobId": job_id,
         "reason": args.reason,
+        "account": args.account,
         "ifMatch": args.if_match,
         "ifNoneMatch": args.if_none_match,
         "ifModifiedSince": args.if_modified_since,
@@ -50,7 +54,7 @@ def cmd_enqueue(args: argparse.Namespace, target: Target) -> int:
     if args.file is not None:
         return _enqueue_file(args, target)
     try:
-        request = build_request(args.job_id, args.reason, **_request_options(args))
+        request = build_request(args.job_id, args.reason, **_request_options(args, target))
     except InvalidMessage as exc:
         raise CliError(invalid_message_text(exc, _given(args.job_id, args)), EXIT_USAGE) from None
     queue = _trigger_queue(target)
@@ -60,6 +64,18 @@ def cmd_enqueue(args: argparse.Namespace, target: Target) -> int:
     else:
         print(message_id)
     return EXIT_OK
+
+
+def _known_accounts(alias: str | None, target: Target) -> tuple[str, ...] | None:
+    """The app's aliases when BATCH_ACCOUNTS is visible here; else None, and a word that only the form is checked."""
+    if target.batch_accounts is not None:
+        return account_aliases({ACCOUNTS_SETTING: target.batch_accounts})
+    if alias is not None and alias.lower() != DEFAULT_ACCOUNT:
+        warn(
+            f"{ACCOUNTS_SETTING} is not set here, so --account {alias} is checked for its form only"
+            " (the function refuses an alias it does not know)"
+        )
+    return None
 
 
 def _trigger_queue(target: Target) -> TerminateQueue:
@@ -98,7 +114,7 @@ def _enqueue_file(args: argparse.Namespace, target: Target) -> int:
             raise CliError(f"{option} names one job's ETag; it cannot be used with --file", EXIT_USAGE)
     if args.request_id is not None:
         raise CliError("--request-id identifies one request; it cannot be used with --file", EXIT_USAGE)
-    options = _request_options(args)
+    options = _request_options(args, target)
     try:  # the options once, so a bad --reason is one line rather than one per job
         build_request("job", args.reason, **options)
     except InvalidMessage as exc:

@@ -15,6 +15,8 @@ CELL_WIDTH = 40
 _OPTION_OF_FIELD = {
     "jobId": "JOB_ID",
     "reason": "--reason",
+    "account": "--account",
+    "conditions": "--if-match / --if-none-match / --if-modified-since / --if-unmodified-since",
     "ifMatch": "--if-match",
     "ifNoneMatch": "--if-none-match",
     "ifModifiedSince": "--if-modified-since",

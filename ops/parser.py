@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enqueue.add_argument("--reason", help="terminateReason (default UserTerminate)")
     enqueue.add_argument(
+        "--account", metavar="ALIAS", help="the account, by its alias in BATCH_ACCOUNTS (default: BATCH_ACCOUNT_URL)"
+    )
+    enqueue.add_argument(
         "--force",
         action="store_true",
         help="send force=true: terminate even if nodes have not fully processed it (newer api-versions)",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
-import json
 import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +17,8 @@ from azure.storage.queue import QueueClient, QueueMessage
 
 from ops.output import warn
 from ops.storage_errors import storage_errors
+from shared.errors import InvalidMessage
+from shared.message import load_object
 from shared.poison import PoisonRecord
 
 PEEK_MAX = 32
@@ -59,7 +60,7 @@ class PoisonEntry:
             value = self.document.get("account")
         else:
             value = _json_field(self.original, "account")
-            if value is None and isinstance(json_of(self.original), dict):
+            if value is None and json_of(self.original) is not None:
                 value = DEFAULT_ACCOUNT  # docs/CONTRACT.md §3: no account field means the default account
         return value if isinstance(value, str) else None
 
@@ -149,22 +150,17 @@ def _unbase64(body: bytes) -> bytes | None:
         return None
 
 
-def json_of(body: bytes | None) -> object:
-    """The JSON a message carries, read as the function reads it: the text itself, else base64 of it; or None."""
-    if not body:
+def json_of(body: bytes | None) -> dict[str, Any] | None:
+    """The JSON object a message holds, read by the function's own rule (text, or base64 of it); else None."""
+    try:
+        return load_object(body or b"")
+    except InvalidMessage:
         return None
-    for candidate in (body, _unbase64(body.strip())):
-        if candidate is not None:
-            try:
-                return json.loads(candidate)
-            except ValueError:
-                continue
-    return None
 
 
 def _json_field(body: bytes | None, key: str) -> object:
     document = json_of(body)
-    return document.get(key) if isinstance(document, dict) else None
+    return None if document is None else document.get(key)
 
 
 def parse_entry(message: QueueMessage, encoding: str) -> PoisonEntry:

@@ -25,6 +25,7 @@ from shared.storage import queue_client
 T = TypeVar("T")
 
 STORAGE_SETTING = "AzureWebJobsStorage"
+ACCOUNTS_SETTING = "BATCH_ACCOUNTS"
 DEV_STORAGE = "UseDevelopmentStorage=true"
 CONNECT_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 20
@@ -38,6 +39,7 @@ class Target:
     queue: str
     poison_queue: str
     encoding: str
+    batch_accounts: str | None = None  # BATCH_ACCOUNTS as seen here; None: not set, aliases unknown
 
 
 def file_settings(root: Path) -> dict[str, str]:
@@ -47,10 +49,10 @@ def file_settings(root: Path) -> dict[str, str]:
 
 
 def merged_settings(environ: Mapping[str, str], root: Path) -> dict[str, str]:
-    """The environment over the settings file; each group (storage, queue names) comes whole from one of them."""
+    """The environment over the settings file; each group (storage, queue names, accounts) comes whole from one."""
     env = {k: v for k, v in environ.items() if v.strip()}
     merged = file_settings(root)
-    for in_group in (_is_storage_setting, _is_queue_name_setting):
+    for in_group in (_is_storage_setting, _is_queue_name_setting, _is_account_setting):
         if any(in_group(name) for name in env):
             merged = {k: v for k, v in merged.items() if not in_group(k)}
     merged.update(env)
@@ -63,6 +65,10 @@ def _is_storage_setting(name: str) -> bool:
 
 def _is_queue_name_setting(name: str) -> bool:
     return name in ("TERMINATE_QUEUE_NAME", "POISON_QUEUE_NAME")
+
+
+def _is_account_setting(name: str) -> bool:
+    return name in ("BATCH_ACCOUNT_URL", ACCOUNTS_SETTING)
 
 
 def resolve_target(
@@ -94,7 +100,8 @@ def resolve_target(
     if poison == name:
         raise ConfigurationError("--poison-queue", "must differ from the trigger queue")
     encoding = queue_options(settings, root / "host.json").message_encoding
-    return Target(storage=storage, queue=name, poison_queue=poison, encoding=encoding)
+    accounts = settings.get(ACCOUNTS_SETTING)
+    return Target(storage=storage, queue=name, poison_queue=poison, encoding=encoding, batch_accounts=accounts)
 
 
 def _renamed(call: Callable[[], T], setting: str) -> T:

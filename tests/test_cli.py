@@ -29,6 +29,7 @@ from ops.output import Progress
 from ops.storage_errors import endpoint_of
 from ops.target import Target, open_queue, resolve_target
 from shared.errors import BatchError, BatchErrorDetail, ConfigurationError
+from shared.keeper import PoisonKeeper
 from shared.poison import PoisonRecord, PoisonWriter
 from shared.settings import PROJECT_ROOT, StorageSettings
 from shared.storage import queue_client
@@ -68,9 +69,11 @@ def env(monkeypatch: pytest.MonkeyPatch, queues: Queues, encoding: str) -> Queue
         if name.startswith(("AzureWebJobsStorage", "AzureFunctionsJobHost__")) or name in (
             "TERMINATE_QUEUE_NAME",
             "POISON_QUEUE_NAME",
+            "BATCH_ACCOUNTS",
         ):
             monkeypatch.delenv(name)
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
+    monkeypatch.setenv("BATCH_ACCOUNT_URL", "https://main.westeurope.batch.azure.com")  # accounts: env, not files
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
     monkeypatch.setenv(ENCODING_SETTING, encoding)
     return queues
@@ -90,11 +93,14 @@ def record(
     code: str = "JobNotFound",
     status: int | None = 404,
     attempts: int = 1,
+    account: str | None = None,
 ) -> PoisonRecord:
     """A poison record as the function writes it."""
     body = original.encode() if isinstance(original, str) else original
     detail = BatchError(code, f"{code} happened", (BatchErrorDetail("k", "v"),), status, "req-1", "client-1")
-    return PoisonRecord(error=detail, attempts=attempts, message_id="m-1", original_message=body, job_id=job_id)
+    return PoisonRecord(
+        error=detail, attempts=attempts, message_id="m-1", original_message=body, job_id=job_id, account=account
+    )
 
 
 def raw(queues: Queues, name: str) -> QueueClient:
@@ -190,6 +196,59 @@ def test_enqueue_json_and_explicit_connection_options(
     assert document["message"] == {"jobId": "j-2"}
     [message] = raw(queues, queues.trigger).peek_messages()
     assert document["messageId"] == message.id
+
+
+@pytest.mark.parametrize(("given", "sent"), [("EU", {"account": "eu"}), ("default", {})])
+def test_enqueue_account_names_a_configured_alias(
+    env: Queues, run: Run, monkeypatch: pytest.MonkeyPatch, given: str, sent: dict[str, str]
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNTS", "eu=https://b.westeurope.batch.azure.com,us=https://c.eastus.batch.azure.com")
+    code, _, err = run("enqueue", "job-1", "--account", given)
+    assert (code, err) == (0, "")
+    assert stored(env, env.trigger, "none") == [{"jobId": "job-1", **sent}]
+
+
+def test_enqueue_refuses_an_alias_the_app_does_not_have(env: Queues, run: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNTS", "eu=https://b.westeurope.batch.azure.com")
+    code, out, err = run("enqueue", "job-1", "--account", "us")
+    assert (code, out) == (2, "")
+    assert err.startswith("error: account (--account): ")
+    assert "eu" in err
+    assert message_count(env, env.trigger) == 0
+
+
+def test_without_batch_accounts_an_alias_is_checked_for_form_and_sent_with_a_warning(env: Queues, run: Run) -> None:
+    code, _, err = run("enqueue", "job-1", "--account", "eu")
+    assert code == 0
+    assert err.startswith("warning: BATCH_ACCOUNTS is not set here, so --account eu is checked for its form only")
+    assert stored(env, env.trigger, "none") == [{"jobId": "job-1", "account": "eu"}]
+    code, _, err = run("enqueue", "job-1", "--account", "not_an/alias")
+    assert code == 2
+    assert "account (--account): " in err
+    assert message_count(env, env.trigger) == 1
+
+
+def test_file_with_an_account_sends_it_on_every_message(
+    env: Queues, run: Run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BATCH_ACCOUNTS", "eu=https://b.westeurope.batch.azure.com")
+    ids = tmp_path / "ids.txt"
+    ids.write_text("job-a\njob-b\n", encoding="utf-8")
+    code, _, _ = run("enqueue", "--file", str(ids), "--account", "eu")
+    assert code == 0
+    assert sorted(stored(env, env.trigger, "none"), key=lambda d: d["jobId"]) == [
+        {"jobId": "job-a", "account": "eu"},
+        {"jobId": "job-b", "account": "eu"},
+    ]
+
+
+def test_more_than_one_condition_is_refused_naming_the_options(env: Queues, run: Run) -> None:
+    code, _, err = run("enqueue", "job-1", "--if-match", '"0x8D"', "--if-unmodified-since", "2026-11-25T12:00:00Z")
+    assert code == 2
+    assert err.startswith(
+        "error: conditions (--if-match / --if-none-match / --if-modified-since / --if-unmodified-since)"
+    )
+    assert message_count(env, env.trigger) == 0
 
 
 @pytest.mark.parametrize("job_id", ["a/b", "x" * 65, "job 1"])
@@ -493,6 +552,43 @@ def test_replay_of_a_host_moved_message_sends_it_back_unchanged(env: Queues, run
     assert replayed.expires_on is not None
     assert replayed.expires_on.year == 9999  # the replayed message does not expire either
     assert stored(env, env.poison, encoding) == []
+
+
+@BOTH_ENCODINGS
+def test_a_host_moved_message_the_keeper_kept_lists_as_a_record_and_replays(
+    env: Queues, run: Run, writer: PoisonWriter, encoding: str
+) -> None:
+    host_moved(env, '{"jobId":"job-5","reason":"r"}', encoding, ttl=7 * 86400)
+    assert PoisonKeeper([raw(env, env.poison)], writer, max_dequeue_count=5).run().kept == 1
+    code, out, err = run("--json", "poison", "list")
+    assert (code, err) == (0, "")  # nothing expires any more
+    [row] = json.loads(out)
+    assert (row["kind"], row["code"], row["jobId"], row["attempts"], row["expiresOn"]) == (
+        "record",
+        "HostGaveUp",
+        "job-5",
+        5,
+        None,
+    )
+    code, _, _ = run("poison", "replay", "--code", "hostgaveup")
+    assert code == 0
+    [body] = trigger_bodies(env, encoding)
+    assert json.loads(body if body.startswith(b"{") else base64.b64decode(body)) == {"jobId": "job-5", "reason": "r"}
+    assert stored(env, env.poison, encoding) == []
+
+
+def test_records_are_listed_shown_and_replayed_with_their_account(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-1","account":"eu"}', account="eu"))
+    writer.write(record('{"jobId":"job-2"}', job_id="job-2", account="default"))
+    code, out, _ = run("poison", "list", "--account", "EU")
+    [header, row] = out.splitlines()
+    assert (code, header.split()[3], row.split()[1:3]) == (0, "ACCOUNT", ["job-1", "eu"])
+    code, out, _ = run("--json", "poison", "show", row.split()[0])
+    assert json.loads(out)["account"] == "eu"
+    code, _, _ = run("poison", "replay", "--account", "eu")
+    assert code == 0
+    assert stored(env, env.trigger, "none") == [{"jobId": "job-1", "account": "eu"}]  # the original, unchanged
+    assert [r["jobId"] for r in stored(env, env.poison, "none")] == ["job-2"]
 
 
 def test_replay_skips_a_truncated_record_and_keeps_it(
