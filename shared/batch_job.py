@@ -22,6 +22,8 @@ class JobSnapshot:
     state_transition_time: str | None  # as Batch wrote it
     metadata: Mapping[str, str] = field(default_factory=dict)
     request_id: str | None = None
+    previous_state: str | None = None
+    previous_state_transition_time: str | None = None  # as Batch wrote it
 
 
 class JobReader(Protocol):
@@ -55,8 +57,8 @@ class JobGetter:
             raise _unexpected("the Job - Get answer is not JSON", request_id) from exc
         if not isinstance(document, dict):
             raise _unexpected("the Job - Get answer is not a JSON object", request_id)
-        state = document.get("state")
-        transition = document.get("stateTransitionTime")
+        state = _text(document.get("state"))
+        transition = _text(document.get("stateTransitionTime"))
         metadata: dict[str, str] = {}
         raw_metadata = document.get("metadata")
         if isinstance(raw_metadata, list):
@@ -65,11 +67,18 @@ class JobGetter:
                     metadata[pair["name"]] = str(pair.get("value") or "")
         return JobSnapshot(
             id=str(document.get("id") or job_id),
-            state=state if isinstance(state, str) else None,
-            state_transition_time=transition if isinstance(transition, str) else None,
+            state=state,
+            state_transition_time=transition,
             metadata=metadata,
             request_id=request_id,
+            previous_state=_text(document.get("previousState")),
+            previous_state_transition_time=_text(document.get("previousStateTransitionTime")),
         )
+
+
+def _text(value: object) -> str | None:
+    """A string property of the answer, or None when it is absent or not a string."""
+    return value if isinstance(value, str) else None
 
 
 def _unexpected(message: str, request_id: str | None) -> BatchCallFailed:

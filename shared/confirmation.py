@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
@@ -27,8 +28,8 @@ log = logging.getLogger("batch_terminator")
 # States in which the job is gone or finished: nothing left to confirm.
 DONE_STATES = frozenset({"completed", "deleting"})
 GONE_CODES = frozenset({"JobNotFound", "JobBeingDeleted"})
-# Job - Get with $select: what a check and a TerminationStuck record need.
-CONFIRM_SELECT = "id,state,stateTransitionTime"
+# Job - Get with $select: what a check, a TerminationStuck record and the time to completion need.
+CONFIRM_SELECT = "id,state,stateTransitionTime,previousState,previousStateTransitionTime"
 _REQUEST_ID_NAMESPACE = uuid.UUID("0b8f3c52-0a7e-4c1e-9a57-4e1d2f6c9b31")
 
 
@@ -193,7 +194,7 @@ class Confirmer:
             return self._failed(check, body, exc, attempt, started)
         if job.state in DONE_STATES:
             done = BatchError("", "", http_status=200, request_id=job.request_id)
-            return self._confirmed(check, done, client_request_id, attempt, started)
+            return self._confirmed(check, done, client_request_id, attempt, started, terminating_seconds(job))
         if check.check >= self._settings.confirm.max_checks:
             return self._stuck(check, body, job, attempt, started)
         forced = False
@@ -201,11 +202,16 @@ class Confirmer:
             # Check 1 is the first one that can find the job not done: later ones exist only because it did.
             request = TerminateRequest(job_id=check.job_id, reason=check.reason, account=check.account, force=True)
             try:
-                self._client.terminate(request, str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"force:{client_request_id}")))
+                answer = self._client.terminate(
+                    request, str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"force:{client_request_id}"))
+                )
             except BatchCallFailed as exc:
                 if exc.error.code in GONE_CODES:  # deleted, or being deleted, since the read: done
                     return self._confirmed(check, exc.error, client_request_id, attempt, started)
                 return self._failed(check, body, exc, attempt, started)
+            if answer.code == "JobCompleted":  # it completed since the read: done, no check left to wait for
+                completed = BatchError("JobCompleted", "", http_status=answer.http_status, request_id=answer.request_id)
+                return self._confirmed(check, completed, client_request_id, attempt, started)
             forced = True
         self._queue.schedule(check.following())
         return Pending(check.job_id, check.account, job.state, check.check, forced)
@@ -259,7 +265,13 @@ class Confirmer:
         )
 
     def _confirmed(
-        self, check: ConfirmCheck, answer: BatchError, client_request_id: str, attempt: int, started: float
+        self,
+        check: ConfirmCheck,
+        answer: BatchError,
+        client_request_id: str,
+        attempt: int,
+        started: float,
+        terminating: float | None = None,
     ) -> Result:
         """Done: the read found the job completed or deleting (answer 200), or gone (404 JobNotFound)."""
         return Result(
@@ -273,4 +285,20 @@ class Confirmer:
             attempt=attempt,
             duration=self._clock() - started,
             message_id=check.message_id,
+            terminating_seconds=terminating,
         )
+
+
+def terminating_seconds(job: JobSnapshot) -> float | None:
+    """The terminate request to completion by Batch's clock (entering terminating to entering completed), or None."""
+    # None when the read does not show that transition: a job deleted, or one that completed some other way.
+    if job.state != "completed" or job.previous_state != "terminating":
+        return None
+    try:
+        ended = datetime.fromisoformat(str(job.state_transition_time))
+        began = datetime.fromisoformat(str(job.previous_state_transition_time))
+    except ValueError:
+        return None
+    if ended.tzinfo is None or began.tzinfo is None or ended < began:
+        return None
+    return (ended - began).total_seconds()

@@ -32,6 +32,8 @@ class Result:
     duration: float = 0.0
     message_id: str | None = None
     account: str | None = None
+    # confirmed only: the terminate request to completion, from Batch's state transition times (None: unknown)
+    terminating_seconds: float | None = None
 
     def describe(self) -> str:
         """The one log line for this outcome."""

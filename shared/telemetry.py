@@ -50,8 +50,28 @@ SWEEP_RUNS = "batch_terminator.sweep.runs"
 SWEEP_JOBS = "batch_terminator.sweep.jobs"
 ALERT_REQUESTS = "batch_terminator.alert.requests"
 ALERT_JOBS = "batch_terminator.alert.jobs"
+CONFIRMATION_DURATION = "batch_terminator.confirmation.duration"
+# A confirmed record's extra attribute (docs/CONTRACT.md §5b, §8): the terminate request to completion, by Batch.
+TERMINATING_ATTRIBUTE = "terminatingMs"
 # Boundaries for Batch latency in ms: a loopback emulator answers in ~1 ms, Batch in tens to hundreds.
 LATENCY_BOUNDARIES_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+# Request-to-completion boundaries in ms: Batch ends a job in seconds, release tasks take minutes, stuck nodes hours.
+COMPLETION_BOUNDARIES_MS = (
+    1000,
+    5000,
+    15000,
+    30000,
+    60000,
+    120000,
+    300000,
+    600000,
+    900000,
+    1800000,
+    3600000,
+    7200000,
+    21600000,
+    86400000,
+)
 
 
 def record_attributes(result: Result) -> dict[str, Any]:
@@ -113,13 +133,26 @@ class Telemetry:
         self._alert_jobs = meter.create_counter(
             ALERT_JOBS, unit="{job}", description="Terminate requests enqueued by alert_terminate"
         )
+        self._confirmation_duration = meter.create_histogram(
+            CONFIRMATION_DURATION,
+            unit="ms",
+            description="Terminate request to job completion (Batch's state transition times), per confirmed job",
+            explicit_bucket_boundaries_advisory=COMPLETION_BOUNDARIES_MS,
+        )
 
     def finished(self, result: Result) -> None:
-        """The one record of a finished message, and its count."""
-        attributes = record_attributes(result)
+        """The one record of a finished message, and its count (and a confirmed job's time to completion)."""
+        attributes: dict[str, Any] = record_attributes(result)
+        text = result.describe()
+        if result.outcome is Outcome.CONFIRMED:
+            seconds = result.terminating_seconds
+            attributes[TERMINATING_ATTRIBUTE] = None if seconds is None else round(seconds * 1000, 1)
+            text += f" terminating_ms={'unknown' if seconds is None else f'{seconds * 1000:.0f}'}"
         level = logging.ERROR if result.outcome is Outcome.POISONED else logging.INFO
-        self._log.log(level, "%s", result.describe(), extra=attributes)
+        self._log.log(level, "%s", text, extra=attributes)
         self._terminations.add(1, _clean({"outcome": attributes["outcome"], "code": attributes["code"]}))
+        if result.outcome is Outcome.CONFIRMED and result.terminating_seconds is not None:
+            self._confirmation_duration.record(result.terminating_seconds * 1000)
 
     def handed_back(self, exc: TerminatorError, *, message_id: str | None, attempt: int) -> None:
         """The record of a message handed back to the host: not finished, so no outcome (the host delivers it again)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -12,7 +13,8 @@ from azure.storage.queue import QueueClient
 import confirm_termination
 import terminate_job
 from local.batch_emulator import BatchEmulator, Fault, JobState
-from shared import wiring
+from local.identity import IdentityEndpoint
+from shared import telemetry, wiring
 from shared.confirmation import ConfirmCheck
 from shared.errors import ConfigurationError, EnqueueFailed, RetryLater
 from tests.conftest import Exported, MessageFactory, Queues, closed_port
@@ -338,3 +340,152 @@ def test_a_termination_stuck_record_is_a_poisoned_outcome(
     confirm_termination.main(check_message(make_message, check=3)[0])
     [record] = [r for r in exported.records() if "outcome" in r]
     assert (record["outcome"], record["code"], record["httpStatus"]) == ("poisoned", "TerminationStuck", None)
+
+
+# ---- each path end to end: terminate_job's 202, the checks on the confirm queue (Azurite), the emulator's hold
+
+
+def run_checks(confirm_queue: QueueClient, make_message: MessageFactory, wait: float = 15.0) -> list[int]:
+    """Deliver each check as the host would (id, dequeue count) until the queue is empty; the check numbers run."""
+    seen: list[int] = []
+    while pending(confirm_queue):
+        message = _receive(confirm_queue, wait)
+        assert message is not None, f"a check is pending but none became visible within {wait} s"
+        seen.append(json.loads(message.content)["check"])
+        confirm_termination.main(
+            make_message(message.content, message_id=message.id, dequeue_count=message.dequeue_count)
+        )
+        confirm_queue.delete_message(message)
+    return seen
+
+
+def confirmed_records(exported: Exported) -> list[dict[str, Any]]:
+    """The finished-message records with outcome confirmed."""
+    return [r for r in exported.records() if r.get("outcome") == "confirmed"]
+
+
+def test_a_job_its_release_task_held_is_confirmed_with_its_time_from_request_to_completion(
+    exported: Exported, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    # Held 0.5 s by its job release task; the first check is visible only after CONFIRM_AFTER_SECONDS (1 s).
+    batch.add_job("job-1", job_release_seconds=0.5)
+    terminate_job.main(make_message({"jobId": "job-1", "reason": "budget"}, message_id="orig-1"))
+    assert run_checks(confirm_queue, make_message) == [1]
+    [record] = confirmed_records(exported)
+    assert (record["jobId"], record["messageId"], record["httpStatus"]) == ("job-1", "orig-1", 200)
+    assert set(telemetry.RECORD_ATTRIBUTES) <= set(record)
+    # Batch's own times: entering terminating (the 202) to entering completed, which the emulator puts 0.5 s apart.
+    assert record["terminatingMs"] == 500.0
+    [(attributes, point)] = exported.points(telemetry.CONFIRMATION_DURATION)
+    assert (attributes, point.count, point.sum) == ({}, 1, 500.0)
+    assert queues.poison_records() == []
+
+
+def test_a_job_still_in_its_release_task_is_checked_again_and_recorded_stuck_at_the_last_check(
+    monkeypatch: pytest.MonkeyPatch,
+    exported: Exported,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+) -> None:
+    monkeypatch.setenv("CONFIRM_MAX_CHECKS", "2")
+    batch.add_job("job-1", job_release_seconds=math.inf)  # a release task that never ends
+    terminate_job.main(make_message({"jobId": "job-1", "reason": "budget"}, message_id="orig-1"))
+    assert run_checks(confirm_queue, make_message) == [1, 2]
+    assert [r.method for r in batch.requests] == ["POST", "GET", "GET"]  # CONFIRM_FORCE off: no second terminate
+    [record] = queues.poison_records()
+    assert record["error"]["code"] == "TerminationStuck"
+    values = {v["key"]: v["value"] for v in record["error"]["values"]}
+    assert (values["state"], values["checks"]) == ("terminating", "2")
+    assert (record["messageId"], record["attempts"], record["jobId"]) == ("orig-1", 2, "job-1")
+    assert json.loads(record["originalMessage"])["check"] == 2
+    [finished] = [r for r in exported.records() if r.get("outcome") == "poisoned"]
+    assert finished["code"] == "TerminationStuck"
+    assert confirmed_records(exported) == []
+    assert exported.points(telemetry.CONFIRMATION_DURATION) == []
+
+
+def test_confirm_force_ends_a_job_stuck_in_its_release_task_with_one_forced_terminate(
+    monkeypatch: pytest.MonkeyPatch,
+    exported: Exported,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+) -> None:
+    monkeypatch.setenv("CONFIRM_FORCE", "true")
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")
+    batch.add_job("job-1", job_release_seconds=math.inf)
+    terminate_job.main(make_message({"jobId": "job-1"}, message_id="orig-1"))
+    assert run_checks(confirm_queue, make_message) == [1, 2]
+    assert [t.force for t in batch.terminations] == [False, True]
+    forced = [r for r in batch.requests if r.method == "POST" and r.query.get("force") == "true"]
+    assert len(forced) == 1
+    [record] = confirmed_records(exported)
+    assert record["jobId"] == "job-1"
+    assert record["terminatingMs"] is not None  # it completed from terminating: Batch's times say when
+    assert queues.poison_records() == []
+
+
+def test_a_job_deleted_while_its_check_waited_is_confirmed_without_a_time_to_completion(
+    exported: Exported, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, confirm_queue: QueueClient
+) -> None:
+    batch.add_job("job-1", job_release_seconds=math.inf)
+    terminate_job.main(make_message({"jobId": "job-1"}, message_id="orig-1"))
+    batch.remove_job("job-1")
+    assert run_checks(confirm_queue, make_message) == [1]
+    [record] = confirmed_records(exported)
+    assert (record["jobId"], record["httpStatus"], record["code"]) == ("job-1", 404, "JobNotFound")
+    assert record.get("terminatingMs") is None
+    assert exported.points(telemetry.CONFIRMATION_DURATION) == []
+    assert queues.poison_records() == []
+
+
+def test_a_forced_terminate_that_finds_the_job_completed_confirms_it(
+    monkeypatch: pytest.MonkeyPatch,
+    exported: Exported,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    confirm_queue: QueueClient,
+) -> None:
+    monkeypatch.setenv("CONFIRM_FORCE", "true")
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    # The job completes between the check's read and its forced terminate: Batch answers 409 JobCompleted.
+    batch.inject(Fault.status(409, "JobCompleted"), operation="terminate")
+    confirm_termination.main(check_message(make_message, check=1)[0])
+    [record] = confirmed_records(exported)
+    assert (record["code"], record["httpStatus"]) == ("JobCompleted", 409)
+    assert pending(confirm_queue) == 0
+
+
+def test_token_failures_on_a_check_raise_with_attempts_left_and_are_recorded_on_the_last(
+    identity: IdentityEndpoint,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+) -> None:
+    wiring.install(wiring.Wiring(sleep=lambda _: None))
+    batch.add_job("job-1", state=JobState.TERMINATING)
+    identity.fail_next(1000)
+    with pytest.raises(RetryLater):
+        confirm_termination.main(check_message(make_message, dequeue_count=1)[0])
+    assert queues.poison_records() == []
+    confirm_termination.main(check_message(make_message, dequeue_count=5)[0])
+    [record] = queues.poison_records()
+    assert (record["error"]["code"], record["error"]["httpStatus"]) == ("CredentialUnavailable", None)
+    assert (record["messageId"], record["attempts"]) == ("orig-1", 5)
+    assert batch.requests == []  # no token, no read
+    assert pending(confirm_queue) == 0
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_a_missing_confirm_queue_is_created_for_the_first_check(
+    batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
+) -> None:
+    confirm_queue.delete_queue()
+    batch.add_job("job-1")
+    terminate_job.main(make_message({"jobId": "job-1"}, message_id="orig-1"))
+    assert pending(confirm_queue) == 1

@@ -677,6 +677,7 @@ WORKBOOK_PANELS = {
     "poison-by-code",
     "batch-latency",
     "batch-call-duration",
+    "confirmation-duration",
     "sweep-runs",
     "alert-requests",
 }

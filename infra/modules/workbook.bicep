@@ -1,5 +1,6 @@
 // An Azure Workbook over the app's telemetry (docs/CONTRACT.md §8): finished messages by outcome, poison
-// records by code, time per message (p50/p95), Batch call duration (metric), sweep runs and alert requests. The queries are the files in
+// records by code, time per message (p50/p95), Batch call duration (metric),
+// confirmed jobs' time to completion (metric), sweep runs and alert requests. The queries are the files in
 // infra/queries/, so the workbook, the docs and the tests read the same text.
 
 @description('Azure region.')
@@ -108,6 +109,20 @@ var panels = [
       version: 'KqlItem/1.0'
       title: 'Batch calls (ms): mean and slowest, by operation'
       query: loadTextContent('../queries/batch-call-duration.kql')
+      size: 0
+      queryType: 0
+      resourceType: 'microsoft.insights/components'
+      timeContextFromParameter: 'TimeRange'
+      visualization: 'timechart'
+    }
+  }
+  {
+    type: 3
+    name: 'confirmation-duration'
+    content: {
+      version: 'KqlItem/1.0'
+      title: 'Confirmed jobs: terminate request to completion (s), mean and slowest'
+      query: loadTextContent('../queries/confirmation-duration.kql')
       size: 0
       queryType: 0
       resourceType: 'microsoft.insights/components'

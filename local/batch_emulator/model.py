@@ -204,6 +204,11 @@ class Account:
             job.completes_at = None
             return snapshot(job)
 
+    def remove(self, job_id: str) -> None:
+        """Forget a job (its terminations stay in the ledger); KeyError when there is none."""
+        with self._lock:
+            del self._jobs[job_id.lower()]
+
     def task_counts(self, job_id: str) -> dict[str, int] | None:
         """The job's task counts, or None when there is no such job."""
         with self._lock:

@@ -134,6 +134,10 @@ class BatchEmulator(LoopbackService):
         """Move a job to `state` as the service would (new ETag, transition times)."""
         return self.account.set_state(job_id, state)
 
+    def remove_job(self, job_id: str) -> None:
+        """Forget a job, as Batch does once a Job - Delete has finished (reads then answer 404 JobNotFound)."""
+        self.account.remove(job_id)
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, oldest first."""
