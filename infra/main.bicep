@@ -85,8 +85,8 @@ param confirmQueueName string = 'batch-terminate-confirm'
 
 @minValue(0)
 @maxValue(604800) // a queue message can stay invisible for at most 7 days
-@description('CONFIRM_AFTER_SECONDS: seconds after a 202 at which the job is checked; 0 turns confirmation off.')
-param confirmAfterSeconds int = 0
+@description('CONFIRM_AFTER_SECONDS: seconds after a 202 at which the job is checked; 0 turns confirmation off. On by default: 300 s lets Batch kill running tasks and run job release tasks (seconds to minutes), and 3 checks give a job 15 minutes before it is a TerminationStuck record (README, "Choices where the contract is silent").')
+param confirmAfterSeconds int = 300
 
 @minValue(1)
 @maxValue(100)

@@ -19,7 +19,7 @@ from types import FrameType
 from azure.core.exceptions import AzureError
 
 from local.batch_emulator import Termination
-from local.stack import DEFAULT_AZURITE_PORT, DEMO_JOBS, SWEEP_FUNCTION, Run
+from local.stack import DEFAULT_AZURITE_PORT, DEMO_JOBS, DEMO_RELEASE_JOB, SWEEP_FUNCTION, Run
 from local.timer_host import format_moment
 from shared import storage
 from shared.errors import ConfigurationError
@@ -45,6 +45,7 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
     say(f"  settings  {source} (environment variables win), {HOST_JSON.name}")
     say(f"  storage   {run.storage_where}")
     say(f"  queues    trigger {settings.terminate_queue_name}, poison {settings.poison_queue_name}")
+    print_confirmation(run)
     if run.emulator is not None and run.identity is not None:
         say(f"  batch     No BATCH_ACCOUNT_URL: using the local Batch emulator at {run.emulator.url}")
         say(f"            (tokens from the local managed-identity endpoint {run.identity.url})")
@@ -53,6 +54,12 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
         else:
             say(f"  jobs      only {', '.join(DEMO_JOBS)}: any other id ends as a JobNotFound record, as in Azure")
             say("            (--any-job makes the emulator create unknown jobs on their first terminate)")
+        release = run.emulator.job(DEMO_RELEASE_JOB)
+        if release is not None and release.job_release_seconds:
+            say(
+                f"            ({DEMO_RELEASE_JOB} has a job release task: terminated, it stays terminating"
+                f" {release.job_release_seconds:g} s)"
+            )
     else:
         say(f"  batch     {settings.batch_account_url} (real account; token from azure-identity)")
     print_hosts(run, args)
@@ -82,6 +89,20 @@ def print_banner(run: Run, args: argparse.Namespace) -> None:
         + (" (queued messages stay in .azurite/)." if run.azurite and not args.in_memory else ".")
     )
     say()
+
+
+def print_confirmation(run: Run) -> None:
+    """Whether and when terminated jobs are checked (docs/CONTRACT.md §5b)."""
+    confirm = run.settings.confirm
+    if not confirm.enabled:
+        say("  confirm   off (CONFIRM_AFTER_SECONDS=0): a 202 is not followed by checks")
+        return
+    say(
+        f"  confirm   checks on {confirm.queue_name} {confirm.after_seconds} s after each 202, up to"
+        f" {confirm.max_checks}, then a TerminationStuck record (force {'on' if confirm.force else 'off'})"
+    )
+    if run.confirm_note:
+        say(f"            ({run.confirm_note})")
 
 
 def budget_demo_lines(alert_url: str, environ: Mapping[str, str], root: Path = PROJECT_ROOT) -> list[str]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 import time
 from typing import Any
 
 import requests
+from azure.core.exceptions import AzureError
 
-from local.console import ALERT_FUNCTION, report_terminations, say
+from local.console import ALERT_FUNCTION, queue_is_drained, report_terminations, say
 from local.queue_host import Settlement
 from local.stack import DEMO_JOBS, Run
-from shared import storage
+from shared import storage, telemetry
 from shared.producer import TerminateQueue
 
 SMOKE_TIMEOUT = 60.0
@@ -30,6 +32,27 @@ def poison_records(run: Run) -> list[dict[str, Any]]:
         with contextlib.suppress(ValueError, TypeError):
             records.append(json.loads(message.content))
     return records
+
+
+class ConfirmedJobs(logging.Handler):
+    """The jobs whose confirmed record (docs/CONTRACT.md §5b, §8) the app logged, with their terminatingMs."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.jobs: dict[str, float | None] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep a confirmed record's job id and time to completion."""
+        if getattr(record, "outcome", None) == "confirmed":
+            self.jobs[str(getattr(record, "jobId", None))] = getattr(record, telemetry.TERMINATING_ATTRIBUTE, None)
+
+
+def drained(run: Run) -> bool:
+    """Nothing in flight and nothing left on any trigger queue (pending checks included)."""
+    try:
+        return queue_is_drained(run)
+    except AzureError:
+        return False
 
 
 def post_alert(run: Run, job_id: str) -> requests.Response:
@@ -49,7 +72,19 @@ def post_alert(run: Run, job_id: str) -> requests.Response:
 
 
 def smoke(run: Run, stop: threading.Event) -> int:
-    """Two demo jobs, a missing job and an invalid message, one alert; 0 when 3 are terminated and 2 poisoned."""
+    """Two demo jobs, a missing job and an invalid message, one alert; 0 when 3 are terminated (and, with
+    confirmation on, confirmed) and 2 poisoned."""
+    confirmed = ConfirmedJobs()
+    logger = logging.getLogger(telemetry.LOGGER_NAME)
+    logger.addHandler(confirmed)
+    try:
+        return _smoke(run, stop, confirmed)
+    finally:
+        logger.removeHandler(confirmed)
+
+
+def _smoke(run: Run, stop: threading.Event, confirmed: ConfirmedJobs) -> int:
+    """The smoke test itself."""
     started = time.monotonic()
     queue = TerminateQueue.connect(
         run.settings.terminate_queue_name,
@@ -71,23 +106,29 @@ def smoke(run: Run, stop: threading.Event) -> int:
     wanted.add(DEMO_JOBS[2])
     terminated: set[str] = set()
     records: list[dict[str, Any]] = []
+    confirming = run.settings.confirm.enabled
     deadline = started + SMOKE_TIMEOUT
     while time.monotonic() < deadline and not stop.is_set():
         terminated.update(t.job_id for t in report_terminations(run))
         records = poison_records(run)
-        if wanted <= terminated and len(records) >= 2 and len(run.invocations) >= len(wanted) + 2:
+        checked = not confirming or wanted <= set(confirmed.jobs)
+        if wanted <= terminated and len(records) >= 2 and checked and drained(run):
             break
         stop.wait(0.2)
     else:
         say(
             f"smoke: FAILED after {time.monotonic() - started:.0f}s: terminated {sorted(terminated)},"
-            f" {len(records)} poison record(s), {len(run.invocations)} invocation(s)"
+            f" confirmed {sorted(confirmed.jobs)}, {len(records)} poison record(s),"
+            f" {len(run.invocations)} invocation(s)"
         )
         return 1
     settled = {kind: sum(1 for i in run.invocations if i.outcome is kind) for kind in Settlement}
     codes = ", ".join(sorted({str(r.get("error", {}).get("code")) for r in records}))
     say(f"smoke: emulator terminated {', '.join(sorted(terminated))}")
     say(f"smoke: {len(records)} poison record(s) on {run.settings.poison_queue_name} (code {codes})")
+    if confirming:
+        times = ", ".join(f"{job} {_ms(confirmed.jobs[job])}" for job in sorted(confirmed.jobs))
+        say(f"smoke: confirmed {len(confirmed.jobs)} on {run.settings.confirm.queue_name} (terminating ms: {times})")
     say(
         f"smoke: {len(run.invocations)} invocations: {settled[Settlement.SUCCEEDED]} succeeded,"
         f" {settled[Settlement.FAILED]} failed, {settled[Settlement.MOVED_TO_POISON]} moved to poison"
@@ -95,6 +136,10 @@ def smoke(run: Run, stop: threading.Event) -> int:
     )
     say("smoke: OK")
     return 0
+
+
+def _ms(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.0f}"
 
 
 __all__ = ["SMOKE_TIMEOUT", "smoke"]

@@ -23,13 +23,20 @@ from local.queue_host import Invocation, QueueHost
 from local.timer_host import TimerHost, TimerNotLoaded, timer_functions
 from shared import storage, wiring
 from shared.errors import ConfigurationError
-from shared.settings import PROJECT_ROOT, Settings, local_settings_values
+from shared.settings import LOCAL_SETTINGS_FILES, PROJECT_ROOT, Settings, local_settings_values
 
 AZURITE_DIR = PROJECT_ROOT / ".azurite"
 DEFAULT_AZURITE_PORT = 10001  # what UseDevelopmentStorage=true means to the storage SDKs
 EMULATOR_PLACEHOLDER = "http://127.0.0.1:8045"  # the sample's BATCH_ACCOUNT_URL: "use the local emulator"
 DEFAULT_EMULATOR_PORT = 8045
 DEMO_JOBS = ("demo-job-1", "demo-job-2", "demo-job-3")
+# demo-job-2 has a job release task: once terminated it stays `terminating` for this many check delays, so its
+# first confirmation check finds it not done yet and schedules the next one (docs/CONTRACT.md §5b).
+DEMO_RELEASE_JOB = DEMO_JOBS[1]
+DEMO_RELEASE_DELAYS = 1.5
+# With the emulator, whose jobs end in seconds, a check this soon after a 202 (the deployed default is 300 s).
+LOCAL_CONFIRM_SECONDS = 5
+SMOKE_CONFIRM_SECONDS = 1
 SWEEP_FUNCTION = "sweep_jobs"
 
 
@@ -121,6 +128,7 @@ class Run:
     http: HttpHost | None = None
     timers: list[TimerHost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    confirm_note: str | None = None  # why CONFIRM_AFTER_SECONDS differs from the settings file's
     _seen_terminations: int = 0
 
     def timer(self, name: str) -> TimerHost | None:
@@ -192,8 +200,33 @@ def load_queue_hosts(
     return hosts, notes
 
 
+def confirm_delay(env: MutableMapping[str, str]) -> int:
+    """CONFIRM_AFTER_SECONDS as a number (0 when unset or not a number: Settings names a bad value later)."""
+    try:
+        return max(int(env.get("CONFIRM_AFTER_SECONDS", "0").strip() or "0"), 0)
+    except ValueError:
+        return 0
+
+
+def local_confirmation(
+    args: argparse.Namespace, env: MutableMapping[str, str], *, chosen: bool, settings_file: Path | None
+) -> str | None:
+    """With the emulator, check soon after a 202 unless the developer chose a delay; a note saying so, if changed."""
+    if args.smoke:
+        env["CONFIRM_AFTER_SECONDS"] = str(SMOKE_CONFIRM_SECONDS)
+        return None
+    from_sample = settings_file is None or settings_file.name == LOCAL_SETTINGS_FILES[-1]
+    if chosen or not from_sample:
+        return None  # the environment or the developer's local.settings.json said so
+    env["CONFIRM_AFTER_SECONDS"] = str(LOCAL_CONFIRM_SECONDS)
+    return (
+        f"CONFIRM_AFTER_SECONDS={LOCAL_CONFIRM_SECONDS} with the local emulator (its jobs end in seconds; the sample"
+        " and the deployed default are 300); set it in the environment to change it"
+    )
+
+
 def start_batch_emulator(
-    args: argparse.Namespace, stack: contextlib.ExitStack
+    args: argparse.Namespace, stack: contextlib.ExitStack, env: MutableMapping[str, str]
 ) -> tuple[BatchEmulator, IdentityEndpoint]:
     """The local Batch emulator with the demo jobs, and the managed-identity endpoint its tokens come from."""
     identity = stack.enter_context(IdentityEndpoint())
@@ -204,8 +237,9 @@ def start_batch_emulator(
     except OSError as exc:
         raise RunError(f"the local Batch emulator cannot listen on port {args.batch_port} ({exc.strerror})") from exc
     stack.callback(emulator.stop)
+    release = DEMO_RELEASE_DELAYS * confirm_delay(env)
     for job_id in DEMO_JOBS:
-        emulator.add_job(job_id)
+        emulator.add_job(job_id, job_release_seconds=release if job_id == DEMO_RELEASE_JOB else 0.0)
     return emulator, identity
 
 
@@ -236,6 +270,7 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
     """Settings, Azurite, Batch (emulator or real), queues, queue hosts (not yet polling), HTTP host, timers."""
     env = os.environ
     settings_file, values = load_local_settings()
+    confirm_chosen = "CONFIRM_AFTER_SECONDS" in env
     apply_settings(values, env)
     if args.smoke:
         # The self-test never touches a configured account, whatever local.settings.json says.
@@ -245,8 +280,10 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
     azurite, storage_where = start_storage(args, stack, env)
     emulator: BatchEmulator | None = None
     identity: IdentityEndpoint | None = None
+    confirm_note: str | None = None
     if uses_batch_emulator(env):
-        emulator, identity = start_batch_emulator(args, stack)
+        confirm_note = local_confirmation(args, env, chosen=confirm_chosen, settings_file=settings_file)
+        emulator, identity = start_batch_emulator(args, stack, env)
         env.update(identity.environ())
         env["BATCH_ACCOUNT_URL"] = emulator.url
 
@@ -275,6 +312,7 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
         http,
         timers,
         notes + timer_notes,
+        confirm_note=confirm_note,
     )
 
 
@@ -296,6 +334,7 @@ __all__ = [
     "DEFAULT_AZURITE_PORT",
     "DEFAULT_EMULATOR_PORT",
     "DEMO_JOBS",
+    "DEMO_RELEASE_JOB",
     "SWEEP_FUNCTION",
     "Run",
     "RunError",

@@ -359,6 +359,9 @@ DEPLOYED_DEFAULTS = {
     "SWEEP_DRY_RUN": "true",
     # The worker's own default depends on the instance's cpus; infra gives every held message a thread.
     "PYTHON_THREADPOOL_THREAD_COUNT": "51",
+    # The spec's default is off; the deployed app confirms every termination (README, "Choices where the contract
+    # is silent": 300 s covers Batch killing tasks and running job release tasks).
+    "CONFIRM_AFTER_SECONDS": "300",
 }
 
 

@@ -112,11 +112,22 @@ def test_smoke_mode_processes_messages_and_exits_zero() -> None:
     assert "emulator: job demo-job-2 terminated (reason: smoke test)" in out
     assert "emulator: job demo-job-3 terminated (reason: Alert 'smoke-test' fired (Sev4))" in out
     assert "smoke: 2 poison record(s) on batch-terminate-poison (code InvalidMessage, JobNotFound)" in out
-    assert "smoke: 5 invocations: 5 succeeded, 0 failed, 0 moved to poison" in out
+    # docs/CONTRACT.md §5b: every terminated job is checked and confirmed; demo-job-2's release task holds it 1.5 s.
+    assert re.search(r"^  confirm   checks on batch-terminate-confirm 1 s after each 202, up to 3,", out, re.MULTILINE)
+    assert (
+        "smoke: confirmed 3 on batch-terminate-confirm (terminating ms: demo-job-1 0, demo-job-2 1500, demo-job-3 0)"
+        in out
+    )
+    # 5 terminate-side invocations, 3 or 4 checks (demo-job-2's first check may find it still terminating).
+    invocations = re.search(r"^smoke: (\d+) invocations: (\d+) succeeded, 0 failed, 0 moved to poison", out, re.M)
+    assert invocations, out
+    assert invocations.group(1) == invocations.group(2), out
+    assert int(invocations.group(1)) in (8, 9), out
     # The telemetry's last summary line follows the smoke's verdict (printed when the run's objects stop).
     assert out.rstrip().splitlines()[-2:][0] == "smoke: OK"
     assert re.search(
-        r"^metrics: terminations poisoned=2 terminated=3 \| batch calls=4 p50<=\d+ms p95<=\d+ms \| retries=0"
+        r"^metrics: terminations confirmed=3 poisoned=2 terminated=3 \| batch calls=(7|8) p50<=\d+ms p95<=\d+ms"
+        r" \| retries=0"
         r" \| poison writes=2 \| sweep runs=0 \| alert requests=1$",
         out,
         re.MULTILINE,
@@ -128,7 +139,10 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
 ) -> None:
     process, lines = running
     azurite_port = int(lines.wait_for(r"storage +Azurite at http://127\.0\.0\.1:(\d+)/").group(1))
+    lines.wait_for(r"^  confirm   checks on batch-terminate-confirm 5 s after each 202, up to 3, then a Termination")
+    lines.wait_for(r"^            \(CONFIRM_AFTER_SECONDS=5 with the local emulator")
     lines.wait_for(r"No BATCH_ACCOUNT_URL: using the local Batch emulator at http://127\.0\.0\.1:\d+")
+    lines.wait_for(r"^            \(demo-job-2 has a job release task: terminated, it stays terminating 7\.5 s\)$")
     alert_url = lines.wait_for(r"^  alert     POST (http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+)$").group(1)
     lines.wait_for(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$')
     example = lines.wait_for(r"^  (AzureWebJobsStorage=.*) \S*batch-terminator enqueue demo-job-1 --reason \"try it\"$")
@@ -157,6 +171,9 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
         answer = session.post(alert_url, data=curl.group(2), headers={"Content-Type": "application/json"}, timeout=10)
     assert (answer.status_code, answer.json()) == (202, {"enqueued": ["demo-job-2"]})
     lines.wait_for(r"^emulator: job demo-job-2 terminated \(reason: try it\)$")
+
+    # With the emulator the checks come 5 s after each 202 (docs/CONTRACT.md §5b); demo-job-1 ends at once.
+    lines.wait_for(r"INFO batch_terminator: terminate job=demo-job-1 outcome=confirmed status=200 .* terminating_ms=0$")
 
     process.send_signal(signal.SIGINT)
     assert process.wait(20) == 0
