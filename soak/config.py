@@ -9,11 +9,19 @@ from shared.settings import QueueOptions
 
 QUEUE_NAME = "soak-terminate"
 POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"
+# docs/CONTRACT.md §5b: the checks after each 202, and the host's own poison queue for them.
+CONFIRM_QUEUE_NAME = f"{QUEUE_NAME}-confirm"
+CONFIRM_HOST_POISON_QUEUE_NAME = f"{CONFIRM_QUEUE_NAME}-poison"
 # Batch fault rates per terminate request (the emulator draws one per request).
 FAULT_RATES = {"server_busy": 0.10, "throttle": 0.05, "drop": 0.02, "slow": 0.01}
 TOKEN_FAILURE_RATE = 0.01
 MISSING_SHARE = 0.03
 COMPLETED_SHARE = 0.03
+# Jobs whose job release task never ends (the emulator holds them terminating until forced): TerminationStuck.
+STUCK_SHARE = 0.03
+# Jobs whose job release task holds them terminating for RELEASE_DELAYS check delays: checked again, then confirmed.
+RELEASING_SHARE = 0.05
+RELEASE_DELAYS = 1.5
 
 
 @dataclass(frozen=True)
@@ -35,6 +43,8 @@ class SoakConfig:
     function_timeout: float = 300.0 / 8
     azurite_restart_at: float = 0.35
     host_kill_at: float = 0.65
+    confirm_after_seconds: int = 1
+    confirm_max_checks: int = 3
     timeout: float | None = None
     keep: bool = False
 
@@ -57,8 +67,14 @@ class SoakConfig:
 
     @property
     def threads(self) -> int:
-        """PYTHON_THREADPOOL_THREAD_COUNT as the deployed app sets it: one thread per message the host holds."""
-        return self.batch_size + self.new_batch_threshold
+        """PYTHON_THREADPOOL_THREAD_COUNT as the deployed app sets it: one thread per message the hosts hold."""
+        # Two queue-triggered functions (terminate_job, confirm_termination) share the worker's one pool.
+        return 2 * (self.batch_size + self.new_batch_threshold)
+
+    @property
+    def release_seconds(self) -> float:
+        """How long a `releasing` job's release task keeps it terminating."""
+        return RELEASE_DELAYS * self.confirm_after_seconds
 
     def queue_options(self) -> QueueOptions:
         """The host's queue options for the soak."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import tempfile
@@ -22,14 +23,26 @@ from local.identity import IdentityEndpoint
 from shared.producer import TerminateQueue
 from soak.config import (
     COMPLETED_SHARE,
+    CONFIRM_HOST_POISON_QUEUE_NAME,
+    CONFIRM_QUEUE_NAME,
     FAULT_RATES,
     MISSING_SHARE,
     POISON_QUEUE_NAME,
     QUEUE_NAME,
+    RELEASING_SHARE,
+    STUCK_SHARE,
     TOKEN_FAILURE_RATE,
     SoakConfig,
 )
-from soak.reconcile import Report, SentMessage, count_faults, read_deliveries, read_poison, reconcile
+from soak.reconcile import (
+    Report,
+    SentMessage,
+    count_faults,
+    read_deliveries,
+    read_poison,
+    read_records,
+    reconcile,
+)
 from soak.worker import HostProcess
 
 log = logging.getLogger("soak")
@@ -69,17 +82,40 @@ class TokenChaos:
             self._seen = count
 
 
+# (kind, share) in draw order; the rest are plain active jobs.
+KIND_SHARES = (
+    ("missing", MISSING_SHARE),
+    ("completed", COMPLETED_SHARE),
+    ("stuck", STUCK_SHARE),
+    ("releasing", RELEASING_SHARE),
+)
+
+
 def plan_jobs(config: SoakConfig) -> list[tuple[str, str]]:
-    """(job id, kind) for every message: mostly active jobs, some completed, some that do not exist."""
+    """(job id, kind) for every message: mostly active jobs, some held terminating by their release task (for a
+    while, or for good), some completed, some that do not exist."""
     rng = random.Random(config.seed)
     jobs: list[tuple[str, str]] = []
     for index in range(config.messages):
         draw = rng.random()
-        kind = (
-            "missing" if draw < MISSING_SHARE else "completed" if draw < MISSING_SHARE + COMPLETED_SHARE else "active"
-        )
+        kind = "active"
+        for candidate, share in KIND_SHARES:
+            if draw < share:
+                kind = candidate
+                break
+            draw -= share
         jobs.append((f"soak-{config.seed}-{index:06d}", kind))
     return jobs
+
+
+def add_jobs(batch: BatchEmulator, config: SoakConfig, jobs: list[tuple[str, str]]) -> None:
+    """Create each planned job that exists, with its job release task's hold."""
+    holds = {"stuck": math.inf, "releasing": config.release_seconds}
+    for job_id, kind in jobs:
+        if kind == "missing":
+            continue
+        state = JobState.COMPLETED if kind == "completed" else JobState.ACTIVE
+        batch.add_job(job_id, state, job_release_seconds=holds.get(kind, 0.0))
 
 
 def enqueue_all(connection_string: str, jobs: list[tuple[str, str]]) -> list[SentMessage]:
@@ -124,12 +160,12 @@ def run(config: SoakConfig) -> Report:
         identity.start()
         batch.start()
         jobs = plan_jobs(config)
-        for job_id, kind in jobs:
-            if kind != "missing":
-                batch.add_job(job_id, JobState.COMPLETED if kind == "completed" else JobState.ACTIVE)
+        add_jobs(batch, config, jobs)
         connection = azurite.connection_string
         trigger = QueueClient.from_connection_string(connection, QUEUE_NAME)
         trigger.create_queue()
+        checks = QueueClient.from_connection_string(connection, CONFIRM_QUEUE_NAME)
+        checks.create_queue()
         say(f"soak: {config.messages} messages, seed {config.seed}, work dir {workdir}")
         started = time.monotonic()
         sent = enqueue_all(connection, jobs)
@@ -144,6 +180,10 @@ def run(config: SoakConfig) -> Report:
             "AzureWebJobsStorage": connection,
             "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": str(config.max_dequeue_count),
             "PYTHON_THREADPOOL_THREAD_COUNT": str(config.threads),
+            "CONFIRM_QUEUE_NAME": CONFIRM_QUEUE_NAME,
+            "CONFIRM_AFTER_SECONDS": str(config.confirm_after_seconds),
+            "CONFIRM_MAX_CHECKS": str(config.confirm_max_checks),
+            "CONFIRM_FORCE": "false",  # the stuck jobs must stay stuck: they become TerminationStuck records
         }
         (workdir / "worker.json").write_text(json.dumps({"env": env, "config": asdict(config)}), encoding="utf-8")
         batch.slow_seconds = config.slow_seconds
@@ -151,12 +191,13 @@ def run(config: SoakConfig) -> Report:
         chaos.start()
         processing = time.monotonic()
         host.start()
-        left = drive(config, trigger, azurite, host, chaos, rng, report)
+        left = drive(config, trigger, checks, azurite, host, chaos, rng, report)
         report.processing_seconds = time.monotonic() - processing
         host.stop()
         chaos.stop()
         batch.set_fault_rates({})
-        reconcile(sent, batch, read_poison(connection), left, report)
+        poison = read_poison(connection) + read_poison(connection, CONFIRM_HOST_POISON_QUEUE_NAME)
+        reconcile(sent, batch, poison, left, report, read_records(workdir))
         report.faults = count_faults(batch)
         report.token_requests = len(identity.requests)
         report.token_failures = report.token_requests - identity.fetches
@@ -175,13 +216,14 @@ def run(config: SoakConfig) -> Report:
 def drive(
     config: SoakConfig,
     trigger: QueueClient,
+    checks: QueueClient,
     azurite: Azurite,
     host: HostProcess,
     chaos: TokenChaos,
     rng: random.Random,
     report: Report,
 ) -> int | None:
-    """Wait for the queue to empty, restarting Azurite and killing the host midway; the count left at the end."""
+    """Wait for both queues to empty, restarting Azurite and killing the host midway; the count left at the end."""
     total = config.messages
     deadline = time.monotonic() + config.deadline_seconds
     forced = sorted(rng.uniform(0.1, 0.9) for _ in range(3))
@@ -213,13 +255,15 @@ def drive(
             host.start()
             report.events.append(f"host killed (SIGKILL) and restarted at {done:.0%} processed ({count} left)")
             say(f"soak: {report.events[-1]}")
-        if count == 0 and restarted and killed:
+        pending = remaining(checks) if count == 0 else None
+        left = count + (pending or 0)
+        if count == 0 and pending == 0 and restarted and killed:
             return 0
         if not host.alive:
             report.events.append("host process exited on its own; restarted")
             host.start()
         if time.monotonic() - last_report > 10:
             last_report = time.monotonic()
-            say(f"soak: {count} left")
+            say(f"soak: {count} left" + (f", {pending} check(s) pending" if pending else ""))
     report.events.append(f"deadline of {config.deadline_seconds:.0f} s reached with {left} message(s) left")
     return left

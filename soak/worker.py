@@ -1,4 +1,5 @@
-"""The soak's host process: the local queue host running terminate_job in a child that can be SIGKILLed."""
+"""The soak's host process: the local queue hosts running terminate_job and confirm_termination in a child that
+can be SIGKILLed."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from local.functions import FunctionFolder
+from local.invocations import ThreadPool
 from local.queue_host import Invocation, QueueHost
-from shared import wiring
+from shared import telemetry, wiring
 from shared.settings import PROJECT_ROOT, Settings
 from soak.config import (
     SoakConfig,
@@ -22,7 +24,7 @@ from soak.config import (
 
 
 class HostProcess:
-    """The local queue host running terminate_job.main in a child process."""
+    """The local queue hosts running terminate_job and confirm_termination in a child process."""
 
     def __init__(self, config_path: Path, log_dir: Path) -> None:
         """Remember where the worker's configuration and logs go."""
@@ -76,8 +78,40 @@ class HostProcess:
         return self._process is not None and self._process.poll() is None
 
 
+class RecordLog(logging.Handler):
+    """Appends each finished-message record (docs/CONTRACT.md §8) as one JSON line: what the app said it did."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(logging.INFO)
+        # Line-buffered, so a SIGKILL loses at most the line being written (whose message is then delivered again).
+        self._file = path.open("a", encoding="utf-8", buffering=1)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Keep a message record's job, message id, outcome, code and time to completion."""
+        outcome = getattr(record, "outcome", None)
+        if outcome is None or getattr(record, "run", None) is not None:
+            return
+        line = {
+            "j": getattr(record, "jobId", None),
+            "m": getattr(record, "messageId", None),
+            "o": outcome,
+            "c": getattr(record, "code", None),
+            "t": getattr(record, telemetry.TERMINATING_ATTRIBUTE, None),
+        }
+        self.acquire()
+        try:
+            self._file.write(json.dumps(line) + "\n")
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._file.close()
+        super().close()
+
+
 def run_worker(config_path: Path, generation: int) -> int:
-    """Child process: install the function with the soak's settings and pump the trigger queue until SIGTERM."""
+    """Child process: install the functions with the soak's settings and pump both queues until SIGTERM."""
     document = json.loads(config_path.read_text(encoding="utf-8"))
     os.environ.update(document["env"])
     log_dir = config_path.parent
@@ -91,6 +125,8 @@ def run_worker(config_path: Path, generation: int) -> int:
     settings = replace(Settings.from_env(), queues=options)
     wiring.install(wiring.Wiring(settings, http_timeout=config.http_timeout, policy=config.policy()))
     outcomes = (log_dir / f"deliveries-{generation}.jsonl").open("a", encoding="utf-8", buffering=1)
+    records = RecordLog(log_dir / f"records-{generation}.jsonl")
+    logging.getLogger(telemetry.LOGGER_NAME).addHandler(records)
     lock = threading.Lock()
 
     def record(invocation: Invocation) -> None:
@@ -108,18 +144,28 @@ def run_worker(config_path: Path, generation: int) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    host = QueueHost.for_function(
-        FunctionFolder.read(PROJECT_ROOT / "terminate_job"),
-        settings.storage,
-        options,
-        hide_seconds=config.hide_seconds,
-        drain_seconds=10.0,
-        function_timeout_seconds=config.function_timeout,
-        on_invocation=record,
-    )
-    host.start()
+    # One worker process, one thread pool for both functions (dispatcher.py _sync_call_tp), sized as deployed.
+    pool = ThreadPool(config.threads, name="worker")
+    hosts = [
+        QueueHost.for_function(
+            FunctionFolder.read(PROJECT_ROOT / name),
+            settings.storage,
+            options,
+            hide_seconds=config.hide_seconds,
+            drain_seconds=10.0,
+            function_timeout_seconds=config.function_timeout,
+            on_invocation=record,
+            pool=pool,
+        )
+        for name in ("terminate_job", "confirm_termination")
+    ]
+    for host in hosts:
+        host.start()
     while not stop.wait(0.2):
         pass
-    host.stop()
+    for host in hosts:
+        host.stop()
+    pool.shutdown()
     outcomes.close()
+    records.close()
     return 0

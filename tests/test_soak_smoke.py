@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import re
 import subprocess
@@ -19,8 +20,9 @@ from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, Fault, HttpRequest, JobState
 from shared import wiring
 from shared.settings import PROJECT_ROOT
-from soak.config import POISON_QUEUE_NAME
-from soak.reconcile import HOST_MOVED, Report, SentMessage, read_poison, reconcile
+from soak.config import POISON_QUEUE_NAME, SoakConfig
+from soak.reconcile import HOST_MOVED, AppRecord, Report, SentMessage, read_poison, reconcile
+from soak.run import plan_jobs
 from tests.conftest import MessageFactory, Queues
 
 pytestmark = pytest.mark.integration
@@ -43,6 +45,21 @@ def test_soak_of_200_messages_loses_nothing() -> None:
     assert re.search(r"^sent\s+200$", output, re.MULTILINE), output
     assert "Azurite restarted" in output, output
     assert "host killed (SIGKILL) and restarted" in output, output
+    # docs/CONTRACT.md §5b: every terminated job's checks end once. The jobs whose release task never ends are
+    # the stuck ones, every other terminated job is confirmed — or was found completed by the redelivery of a
+    # message whose 202 was lost, so no check was due.
+    kinds = collections.Counter(kind for _, kind in plan_jobs(SoakConfig(messages=200, seed=1)))
+    assert kinds["stuck"] >= 1, kinds  # the seed plans the fault
+    stuck = re.search(r"^stuck\s+(\d+) \(TerminationStuck records\)$", output, re.MULTILINE)
+    confirmed = re.search(r"^confirmed\s+(\d+)$", output, re.MULTILINE)
+    unchecked = re.search(r"^unchecked\s+(\d+) ", output, re.MULTILINE)
+    assert stuck, output
+    assert confirmed, output
+    assert unchecked, output
+    assert int(stuck.group(1)) == kinds["stuck"], output
+    assert int(confirmed.group(1)) + int(unchecked.group(1)) == kinds["active"] + kinds["releasing"], output
+    assert int(confirmed.group(1)) >= kinds["releasing"], output
+    assert "unexpected:" not in output, output
     assert time.monotonic() - started < 60
 
 
@@ -123,6 +140,62 @@ def test_reconcile_counts_duplicate_and_host_moved_poison(ledger_batch: BatchEmu
     assert dict(report.poisoned) == {"JobNotFound": 1, HOST_MOVED: 1}
     assert report.duplicate_poison_records == 1
     assert report.ok
+
+
+def _check(message: SentMessage, check: int) -> str:
+    """A confirm message's text for this job (docs/CONTRACT.md §5b)."""
+    document = {"jobId": message.job_id, "account": "default", "reason": None, "messageId": message.message_id}
+    return json.dumps({**document, "check": check})
+
+
+def test_reconcile_accounts_each_terminated_jobs_checks_once(ledger_batch: BatchEmulator) -> None:
+    """Confirmed, stuck and completed-before-a-check are counted; a check chain that never ended is lost."""
+    confirmed = SentMessage("job-ok", "active", "m-ok")
+    stuck = SentMessage("job-stuck", "stuck", "m-stuck")
+    unchecked = SentMessage("job-fast", "active", "m-fast")
+    vanished = SentMessage("job-gone", "releasing", "m-gone")
+    ledger_batch.add_job("job-ok")
+    ledger_batch.add_job("job-stuck", job_release_seconds=float("inf"))
+    ledger_batch.add_job("job-fast")
+    ledger_batch.add_job("job-gone")
+    for message in (confirmed, stuck, unchecked, vanished):
+        _terminate(ledger_batch, message.job_id)
+    stuck_record = {
+        "jobId": "job-stuck",
+        "error": {"code": "TerminationStuck"},
+        "messageId": "m-stuck",
+        "originalMessage": _check(stuck, 3),
+    }
+    app = [
+        AppRecord("job-ok", "m-ok", "terminated"),
+        AppRecord("job-ok", "m-ok", "confirmed", terminating_ms=0.0),
+        AppRecord("job-stuck", "m-stuck", "terminated"),
+        AppRecord("job-fast", "m-fast", "already_terminated", "JobCompleted"),  # 202 lost, redelivery: completed
+        AppRecord("job-gone", "m-gone", "terminated"),  # a check was scheduled, and never ended
+    ]
+    report = Report()
+
+    reconcile([confirmed, stuck, unchecked, vanished], ledger_batch, [stuck_record], 0, report, app)
+
+    assert (report.terminated, report.confirmed, report.stuck, report.unchecked) == (4, 1, 1, 1)
+    assert dict(report.poisoned) == {}  # a TerminationStuck record is the check's end, not the message's
+    assert [entry.split()[0] for entry in report.lost] == ["m-gone"]
+    assert not report.ok
+    assert not report.unexpected
+    assert re.search(r"^stuck\s+1 \(TerminationStuck records\)$", report.table(), re.MULTILINE)
+
+
+def test_reconcile_flags_a_stuck_job_that_was_confirmed(ledger_batch: BatchEmulator) -> None:
+    """A job whose release task never ends cannot be confirmed: the soak says so."""
+    stuck = SentMessage("job-stuck", "stuck", "m-stuck")
+    ledger_batch.add_job("job-stuck", job_release_seconds=float("inf"))
+    _terminate(ledger_batch, "job-stuck")
+    report = Report()
+
+    reconcile([stuck], ledger_batch, [], 0, report, [AppRecord("job-stuck", "m-stuck", "confirmed")])
+
+    assert report.confirmed == 1
+    assert report.unexpected == {"a job whose release task never ends was confirmed": 1}
 
 
 # --------------------------------------------------------------------------- focused tests of soak faults
