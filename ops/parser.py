@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay = actions.add_parser("replay", parents=[common], help="send original messages back to the trigger queue")
     _add_filters(replay)
     replay.add_argument("--dry-run", action="store_true", help="say what would be replayed; change nothing")
+    replay.add_argument(
+        "--force",
+        action="store_true",
+        help="a check's record (e.g. TerminationStuck) is replayed as a fresh terminate: send it with force=true"
+        " (needs BATCH_API_VERSION 2024-07-01.20.0 or later)",
+    )
     replay.set_defaults(handler=cmd_poison_replay)
     purge = actions.add_parser("purge", parents=[common], help="delete records")
     _add_filters(purge)

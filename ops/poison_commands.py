@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import json
 import sys
 
 from ops.exit_codes import EXIT_NOTHING, EXIT_OK, EXIT_STORAGE, EXIT_USAGE
@@ -11,8 +12,10 @@ from ops.output import cell, print_json, warn
 from ops.poison_queue import PoisonEntry, PoisonQueue
 from ops.storage_errors import storage_errors
 from ops.target import Target, open_queue
+from shared.confirmation import ConfirmCheck
 from shared.errors import CliError, InvalidMessage
 from shared.message import TerminateRequest
+from shared.producer import build_request
 
 DEFAULT_LIST_LIMIT = 50
 
@@ -85,17 +88,18 @@ def cmd_poison_replay(args: argparse.Namespace, target: Target) -> int:
         trigger.get_queue_properties()  # a missing trigger queue stops us before anything is touched
     if args.dry_run:
         matching = [e for e in poison.read() if _matches(e, args)]
-        problems = _replay_problems(matching)
-        return _report_replay(args, target, [(e, None) for e in matching if e.id not in problems], matching, problems)
+        bodies, problems = _replay_bodies(matching, force=args.force)
+        replayable: list[tuple[PoisonEntry, str | None]] = [(e, None) for e in matching if e.id not in problems]
+        return _report_replay(args, target, replayable, matching, problems, bodies)
     replayed: list[tuple[PoisonEntry, str | None]] = []
     failure: CliError | None = None
     with poison.held() as entries:
         matching = [e for e in entries if _matches(e, args)]
-        problems = _replay_problems(matching)
+        bodies, problems = _replay_bodies(matching, force=args.force)
         for entry in matching:
             if entry.id in problems:
                 continue
-            text = encode_for_trigger(entry.original or b"", target.encoding)
+            text = encode_for_trigger(bodies[entry.id], target.encoding)
             try:
                 poison.refresh(entry)
                 with storage_errors(trigger):
@@ -109,15 +113,37 @@ def cmd_poison_replay(args: argparse.Namespace, target: Target) -> int:
             except CliError as exc:
                 warn(f"replayed {entry.id} but could not delete it ({exc}); it may be replayed twice")
                 failure = failure or exc
-    code = _report_replay(args, target, replayed, matching, problems)
+    code = _report_replay(args, target, replayed, matching, problems, bodies)
     if failure is not None:
         raise CliError(f"{failure}; replayed {len(replayed)} record(s) before stopping", EXIT_STORAGE)
     return code
 
 
-def _replay_problems(entries: list[PoisonEntry]) -> dict[str, str]:
-    """Why each entry that cannot be replayed cannot, by entry id."""
-    return {entry.id: entry.problem for entry in entries if entry.problem is not None}
+def _replay_bodies(entries: list[PoisonEntry], *, force: bool) -> tuple[dict[str, bytes], dict[str, str]]:
+    """What replay sends for each entry (by id), and why each entry that cannot be replayed cannot."""
+    bodies: dict[str, bytes] = {}
+    problems: dict[str, str] = {}
+    for entry in entries:
+        if entry.problem is not None:
+            problems[entry.id] = entry.problem
+        elif entry.is_check:
+            try:
+                bodies[entry.id] = fresh_terminate(entry.original or b"", force=force)
+            except InvalidMessage as exc:
+                problems[entry.id] = f"the check names no job to terminate ({cell(str(exc), 120)})"
+        else:
+            bodies[entry.id] = entry.original or b""
+    if force and any(entry.id in bodies and not entry.is_check for entry in entries):
+        warn("--force applies to the records of checks (e.g. TerminationStuck); other originals are sent unchanged")
+    return bodies, problems
+
+
+def fresh_terminate(check_text: bytes, *, force: bool) -> bytes:
+    """A new terminate message for the job of a confirmation check (docs/CONTRACT.md §5b), force=true if asked."""
+    # The check itself belongs on the confirm queue; the trigger queue gets what a producer would have sent.
+    check = ConfirmCheck.parse(check_text)
+    request = build_request(check.job_id, check.reason, account=check.account, force=force)
+    return json.dumps(request.to_message(), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
 def encode_for_trigger(body: bytes, encoding: str) -> str:
@@ -144,13 +170,14 @@ def _report_replay(
     replayed: list[tuple[PoisonEntry, str | None]],
     matching: list[PoisonEntry],
     problems: dict[str, str],
+    bodies: dict[str, bytes],
 ) -> int:
     done = {entry.id for entry, _ in replayed}
     skipped = [(e, problems[e.id]) for e in matching if e.id not in done and e.id in problems]
     for entry, problem in skipped:
         warn(f"skipped {entry.id} (job {cell(entry.job_id)}): {problem}")
     for entry, _ in replayed:
-        if entry.original is not None:
+        if entry.original is not None and not entry.is_check:
             try:
                 TerminateRequest.parse(entry.original)
             except InvalidMessage as exc:
@@ -161,14 +188,17 @@ def _report_replay(
             {
                 "dryRun": bool(args.dry_run),
                 "queue": target.queue,
-                "replayed": [{**e.summary(), "newMessageId": new_id} for e, new_id in replayed],
+                "replayed": [
+                    {**e.summary(), "newMessageId": new_id, "freshTerminate": e.is_check} for e, new_id in replayed
+                ],
                 "skipped": [{"id": e.id, "jobId": e.job_id, "problem": p} for e, p in skipped],
             }
         )
     else:
         for entry, new_id in replayed:
             arrow = f" -> {new_id}" if new_id else ""
-            print(f"{verb} {entry.id} job {cell(entry.job_id)} ({cell(entry.code or entry.kind)}){arrow}")
+            fresh = f" as a fresh terminate {bodies[entry.id].decode('utf-8')}" if entry.is_check else ""
+            print(f"{verb} {entry.id} job {cell(entry.job_id)} ({cell(entry.code or entry.kind)}){fresh}{arrow}")
         print(f"{verb} {len(replayed)} record(s) to {target.queue}; skipped {len(skipped)}")
     if not matching:
         print(f"no matching poison records in {target.poison_queue}", file=sys.stderr)

@@ -65,6 +65,12 @@ class PoisonEntry:
         return value if isinstance(value, str) else None
 
     @property
+    def is_check(self) -> bool:
+        """Whether the original is a confirmation check (docs/CONTRACT.md §5b), e.g. of a TerminationStuck record."""
+        document = json_of(self.original)
+        return document is not None and "check" in document
+
+    @property
     def code(self) -> str | None:
         """The error code of a record; None for a moved message."""
         value = (self.document or {}).get("error", {}).get("code")

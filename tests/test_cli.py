@@ -28,6 +28,7 @@ from ops.__main__ import entry, main
 from ops.output import Progress
 from ops.storage_errors import endpoint_of
 from ops.target import Target, open_queue, resolve_target
+from shared.confirmation import ConfirmCheck
 from shared.errors import BatchError, BatchErrorDetail, ConfigurationError
 from shared.keeper import PoisonKeeper
 from shared.poison import PoisonRecord, PoisonWriter
@@ -589,6 +590,65 @@ def test_records_are_listed_shown_and_replayed_with_their_account(env: Queues, r
     assert code == 0
     assert stored(env, env.trigger, "none") == [{"jobId": "job-1", "account": "eu"}]  # the original, unchanged
     assert [r["jobId"] for r in stored(env, env.poison, "none")] == ["job-2"]
+
+
+def stuck_record(job_id: str = "job-1", account: str = "default") -> PoisonRecord:
+    """A TerminationStuck record as confirm_termination writes it: the confirm message is its original (§5b)."""
+    check = ConfirmCheck(job_id, account, "budget", "orig-1", 3)
+    error = BatchError(
+        "TerminationStuck",
+        "The job is still terminating after 3 check(s).",
+        (
+            BatchErrorDetail("state", "terminating"),
+            BatchErrorDetail("stateTransitionTime", "2026-12-01T10:00:00.0000000Z"),
+            BatchErrorDetail("checks", "3"),
+        ),
+    )
+    return PoisonRecord(
+        error=error,
+        attempts=3,
+        message_id="orig-1",
+        original_message=check.to_json().encode(),
+        job_id=job_id,
+        reason="budget",
+        account=account,
+    )
+
+
+def test_a_termination_stuck_record_is_listed_and_shown_like_any_other(
+    env: Queues, run: Run, writer: PoisonWriter
+) -> None:
+    writer.write(stuck_record())
+    code, out, _ = run("poison", "list", "--code", "terminationstuck")
+    [header, row] = out.splitlines()
+    assert code == 0
+    assert header.split()[:6] == ["ID", "JOB", "ID", "ACCOUNT", "CODE", "HTTP"]
+    assert row.split()[1:4] == ["job-1", "default", "TerminationStuck"]
+    code, out, _ = run("--json", "poison", "show", row.split()[0])
+    shown = json.loads(out)
+    assert (shown["error"]["code"], shown["error"]["httpStatus"], shown["attempts"]) == ("TerminationStuck", None, 3)
+    assert json.loads(shown["originalMessage"])["check"] == 3
+
+
+@pytest.mark.parametrize(("flags", "expected"), [((), {}), (("--force",), {"force": True})])
+def test_replay_of_a_termination_stuck_record_sends_a_fresh_terminate(
+    env: Queues, run: Run, writer: PoisonWriter, flags: tuple[str, ...], expected: dict[str, object]
+) -> None:
+    writer.write(stuck_record(account="eu"))
+    code, out, err = run("poison", "replay", "--code", "TerminationStuck", *flags)
+    assert (code, err) == (0, "")
+    # Not the check (that belongs on the confirm queue): what a producer sends for the job, force=true if asked.
+    assert stored(env, env.trigger, "none") == [{"jobId": "job-1", "reason": "budget", "account": "eu", **expected}]
+    assert "as a fresh terminate" in out
+    assert stored(env, env.poison, "none") == []
+
+
+def test_replay_force_leaves_other_originals_unchanged_and_says_so(env: Queues, run: Run, writer: PoisonWriter) -> None:
+    writer.write(record('{"jobId":"job-2"}', job_id="job-2", code="ServiceUnavailable", status=None))
+    code, _, err = run("poison", "replay", "--force")
+    assert code == 0
+    assert "--force applies to the records of checks" in err
+    assert stored(env, env.trigger, "none") == [{"jobId": "job-2"}]
 
 
 def test_replay_skips_a_truncated_record_and_keeps_it(

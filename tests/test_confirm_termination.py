@@ -14,6 +14,7 @@ import confirm_termination
 import terminate_job
 from local.batch_emulator import BatchEmulator, Fault, JobState
 from local.identity import IdentityEndpoint
+from ops.__main__ import main as ops_main
 from shared import telemetry, wiring
 from shared.confirmation import ConfirmCheck
 from shared.errors import ConfigurationError, EnqueueFailed, RetryLater
@@ -489,3 +490,32 @@ def test_a_missing_confirm_queue_is_created_for_the_first_check(
     batch.add_job("job-1")
     terminate_job.main(make_message({"jobId": "job-1"}, message_id="orig-1"))
     assert pending(confirm_queue) == 1
+
+
+def test_an_operator_replays_a_stuck_job_with_force_and_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+) -> None:
+    """TerminationStuck record → `batch-terminator poison replay --force` → a forced terminate ends the job."""
+    monkeypatch.setenv("CONFIRM_MAX_CHECKS", "1")
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-07-01.20.0")
+    wiring.install(wiring.Wiring(sleep=lambda _: None))
+    batch.add_job("job-1", job_release_seconds=math.inf)
+    terminate_job.main(make_message({"jobId": "job-1", "reason": "budget"}, message_id="orig-1"))
+    assert run_checks(confirm_queue, make_message) == [1]
+    assert [r["error"]["code"] for r in queues.poison_records()] == ["TerminationStuck"]
+
+    assert ops_main(["poison", "replay", "--code", "TerminationStuck", "--force"]) == 0
+    capsys.readouterr()
+    [replayed] = queues.client(queues.trigger).receive_messages(max_messages=1)
+    terminate_job.main(make_message(replayed.content, message_id=replayed.id))
+
+    assert [t.force for t in batch.terminations] == [False, True]
+    assert batch.job("job-1").state is JobState.COMPLETED
+    assert queues.poison_records() == []
+    assert run_checks(confirm_queue, make_message) == [1]  # the forced 202 is checked too, and confirmed
+    assert queues.poison_records() == []
