@@ -519,3 +519,18 @@ def test_an_operator_replays_a_stuck_job_with_force_and_it_ends(
     assert queues.poison_records() == []
     assert run_checks(confirm_queue, make_message) == [1]  # the forced 202 is checked too, and confirmed
     assert queues.poison_records() == []
+
+
+@pytest.mark.usefixtures("no_sleep", "confirm_queue")
+def test_a_rejected_token_on_the_check_read_is_refreshed_once_as_for_terminate(
+    identity: IdentityEndpoint, batch: BatchEmulator, make_message: MessageFactory, queues: Queues, captured_logs
+) -> None:
+    batch.add_job("job-1", state=JobState.COMPLETED)
+    batch.inject(Fault.authentication(401), operation="get")
+    confirm_termination.main(check_message(make_message)[0])
+    first, second = batch.requests
+    assert (first.fault, second.fault) == ("status:401 AuthenticationFailed", None)
+    assert first.headers["authorization"] != second.headers["authorization"]  # a fresh token, not the rejected one
+    assert len(identity.requests) == 2
+    assert queues.poison_records() == []
+    assert any("outcome=confirmed" in r.getMessage() for r in captured_logs.records)
