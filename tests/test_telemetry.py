@@ -281,6 +281,34 @@ def test_record_attributes_follow_the_result() -> None:
     assert tuple(telemetry.record_attributes(result)) == telemetry.RECORD_ATTRIBUTES
 
 
+def test_a_confirmed_job_records_its_time_from_request_to_completion(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/CONTRACT.md §5b, §8: terminatingMs on the confirmed record and in the confirmation histogram."""
+    reader = InMemoryMetricReader()
+    recorder = telemetry.Telemetry(MeterProvider(metric_readers=[reader]), logger=logging.getLogger("t.confirm"))
+    caplog.set_level(logging.INFO, logger="t.confirm")
+    recorder.finished(Result(Outcome.CONFIRMED, "job-1", 200, None, "r", "c", terminating_seconds=95.5))
+    recorder.finished(Result(Outcome.CONFIRMED, "job-2", 404, "JobNotFound", "r", "c"))  # gone: no time known
+    recorder.finished(Result(Outcome.TERMINATED, "job-3", 202, None, "r", "c"))
+    timed, gone, terminated = caplog.records
+    assert timed.__dict__["terminatingMs"] == 95500.0
+    assert timed.getMessage().endswith(" terminating_ms=95500")
+    assert gone.__dict__["terminatingMs"] is None
+    assert gone.getMessage().endswith(" terminating_ms=unknown")
+    assert not hasattr(terminated, "terminatingMs")  # only confirmed records carry it
+    data = reader.get_metrics_data()
+    assert data is not None
+    [histogram] = [
+        m
+        for r in data.resource_metrics
+        for sm in r.scope_metrics
+        for m in sm.metrics
+        if m.name == telemetry.CONFIRMATION_DURATION
+    ]
+    [point] = histogram.data.data_points
+    assert (histogram.unit, point.count, point.sum) == ("ms", 1, 95500.0)
+    assert tuple(point.explicit_bounds) == telemetry.COMPLETION_BOUNDARIES_MS
+
+
 def test_the_local_summary_line_reads_the_same_metrics() -> None:
     reader = InMemoryMetricReader()
     recorder = telemetry.Telemetry(MeterProvider(metric_readers=[reader]), logger=logging.getLogger("t.summary"))
