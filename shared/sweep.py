@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from shared.account_match import terminate_request
 from shared.batch_read import BatchReader, JobInfo, TaskCounts
-from shared.errors import BatchCallFailed, ConfigurationError, EnqueueFailed
+from shared.errors import BatchCallFailed, ConfigurationError
 from shared.message import JOB_ID_PATTERN
 from shared.producer import TerminateQueue
 from shared.selection import JobSelector, max_jobs, select_jobs
@@ -317,21 +317,18 @@ class Sweeper:
 
     def _act(self, matches: list[Match], report: SweepReport) -> str | None:
         """Enqueue the matches (or log them in a dry run); "enqueue_failed" when the queue refused one."""
-        for match in matches:
-            if self._policy.dry_run:
+        if self._policy.dry_run:
+            for match in matches:
                 log.info(
                     "sweep dry run: would terminate job=%s reason=%r account=%s",
                     match.job_id,
                     match.reason,
                     match.account,
                 )
-                continue
-            try:
-                message_id = self._queue.enqueue(terminate_request(match.job_id, match.reason, match.account))
-            except EnqueueFailed as exc:
-                log.error("sweep stopped: %s (enqueued %d of %d)", exc, len(report.enqueued), len(report.matched))
-                return "enqueue_failed"
-            report.enqueued.append(match.job_id)
+            return None
+
+        def sent(index: int, message_id: str) -> None:
+            match = matches[index]
             log.info(
                 "sweep enqueued job=%s account=%s message_id=%s reason=%r",
                 match.job_id,
@@ -339,6 +336,13 @@ class Sweeper:
                 message_id,
                 match.reason,
             )
+
+        requests = [terminate_request(m.job_id, m.reason, m.account) for m in matches]
+        result = self._queue.enqueue_many(requests, on_sent=sent)
+        report.enqueued = [m.job_id for m, message_id in zip(matches, result.message_ids, strict=True) if message_id]
+        if result.failure is not None:
+            log.error("sweep stopped: %s (enqueued %d of %d)", result.failure, result.count, len(matches))
+            return "enqueue_failed"
         return None
 
 
