@@ -40,6 +40,8 @@ log = logging.getLogger("batch_terminator")
 
 T = TypeVar("T")
 
+MAX_SWEEP_READS = 64  # shared.sweep.MAX_CONCURRENCY, not imported: terminate_job does not load the sweep
+
 
 def batch_credential(client_id: str | None) -> TokenCredential:
     """Managed identity where the platform provides one; the developer's chain elsewhere."""
@@ -126,9 +128,10 @@ class Wiring:
 
     def session(self) -> requests.Session:
         """The pooled HTTP session for Batch calls."""
-        return self._once(
-            "session", lambda: http_session(self.settings().batch_account_url, pool_size=self.concurrency)
-        )
+        # Room for the busiest caller: the host's invocations, or a sweep's reads (SWEEP_CONCURRENCY is at most 64).
+        # A pool only keeps connections once used, so a larger bound costs nothing until it is needed.
+        pool_size = max(self.concurrency, MAX_SWEEP_READS)
+        return self._once("session", lambda: http_session(self.settings().batch_account_url, pool_size=pool_size))
 
     def batch_client(self) -> BatchClient:
         """The Batch client: identity, pooled session and retry policy."""
