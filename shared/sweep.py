@@ -15,9 +15,8 @@ from typing import TypeVar
 from shared.account_match import terminate_request
 from shared.batch_read import BatchReader, JobInfo, TaskCounts
 from shared.errors import BatchCallFailed, ConfigurationError
-from shared.message import JOB_ID_PATTERN
 from shared.producer import TerminateQueue
-from shared.selection import JobSelector, max_jobs, select_jobs
+from shared.selection import JobSelector, job_id_prefix_setting, max_jobs, select_jobs
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.sweep")
@@ -82,9 +81,7 @@ class SweepPolicy:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SweepPolicy:
         """Read the SWEEP_* settings; a ConfigurationError names the first bad one."""
         env = os.environ if environ is None else environ
-        prefix = env.get(PREFIX_SETTING, "").strip()
-        if prefix and not JOB_ID_PATTERN.fullmatch(prefix):
-            raise ConfigurationError(PREFIX_SETTING, "may contain only letters, digits, hyphens and underscores")
+        prefix = job_id_prefix_setting(env, PREFIX_SETTING)
         raw_dry_run = env.get(DRY_RUN_SETTING, "").strip().lower()
         if raw_dry_run not in _TRUE | _FALSE:
             raise ConfigurationError(DRY_RUN_SETTING, f"must be true or false, got {raw_dry_run!r}")
