@@ -54,7 +54,7 @@ class Plan:
     def full(cls, messages: int) -> Plan:
         """The real measurement: `messages` per contender for figures 1 and 2, 10,000 for tokens and RSS."""
         rounds = 10
-        return cls("full", max(messages // rounds, 1), rounds, 100, 10_000, 9, 4.0, 600, 100, 1000, 5, 16)
+        return cls("full", max(messages // rounds, 1), rounds, 100, 10_000, 9, 4.0, 600, 100, 1000, 5, 1)
 
     @classmethod
     def smoke(cls) -> Plan:

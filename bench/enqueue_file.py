@@ -21,7 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import requests
+from azure.core.pipeline.transport import RequestsTransport
 from azure.storage.queue import QueueClient, TextBase64EncodePolicy
+from requests.adapters import HTTPAdapter
 
 from local.azurite import Azurite
 from ops.__main__ import main as cli_main
@@ -37,9 +40,17 @@ def job_ids(count: int) -> list[str]:
     return [f"bench-{n:06d}" for n in range(count)]
 
 
-def _client(connection_string: str, queue: str, encoding: str) -> QueueClient:
+def _client(connection_string: str, queue: str, encoding: str, threads: int) -> QueueClient:
     policy = TextBase64EncodePolicy() if encoding == "base64" else None
-    return QueueClient.from_connection_string(connection_string, queue, message_encode_policy=policy)
+    # A connection per thread, as the CLI keeps: requests' default pool of 10 would churn with more threads.
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_maxsize=threads)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    transport = RequestsTransport(session=session, session_owner=False)
+    return QueueClient.from_connection_string(
+        connection_string, queue, message_encode_policy=policy, transport=transport
+    )
 
 
 def _fresh_queue(connection_string: str) -> str:
@@ -55,7 +66,7 @@ def _count(connection_string: str, queue: str) -> int:
 
 def bare_send(connection_string: str, queue: str, ids: list[str], encoding: str, threads: int) -> None:
     """The ceiling: one client, a thread pool, send_message of each message text; nothing else."""
-    client = _client(connection_string, queue, encoding)
+    client = _client(connection_string, queue, encoding, threads)
     texts = [json.dumps({"jobId": job_id}, separators=(",", ":")) for job_id in ids]
     with ThreadPoolExecutor(max_workers=threads) as pool:
         for _ in pool.map(lambda text: client.send_message(text, time_to_live=-1), texts):

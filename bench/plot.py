@@ -42,8 +42,8 @@ def draw(result: Sweep, figures: list[Figure], path: Path) -> None:
     ideal_label = f"ideal: min(in flight, {threads} threads) / 20 ms"
     axes.plot(levels, [p.ideal for p in result.points], ":", color="grey", label=ideal_label)
     axes.axhline(result.ceiling, color="tab:red", linestyle="-.", label="Azurite ceiling (bare receive+delete)")
-    targets = [E2E_TARGET * min(p.ideal, result.ceiling) for p in result.points]
-    target_label = f"target: {E2E_TARGET:.0%} of min(ideal, ceiling)"
+    targets = [E2E_TARGET * min(p.ideal, result.ceiling, p.null_rate or p.ideal) for p in result.points]
+    target_label = f"target: {E2E_TARGET:.0%} of min(ideal, ceiling, same host with a sleep)"
     axes.plot(levels, targets, "-", color="tab:green", alpha=0.4, linewidth=4, label=target_label)
     axes.set_xscale("log", base=2)
     axes.set_yscale("log")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +13,10 @@ from ops.storage_errors import storage_failure
 from ops.target import ACCOUNTS_SETTING, Target, open_queue
 from shared.errors import CliError, EnqueueFailed, InvalidMessage
 from shared.message import TerminateRequest
-from shared.producer import TerminateQueue, build_request
+from shared.producer import ENQUEUE_THREADS, TerminateQueue, build_request
 from shared.settings import DEFAULT_ACCOUNT, account_aliases
 
-ENQUEUE_WORKERS = 8
+ENQUEUE_WORKERS = ENQUEUE_THREADS
 PROGRESS_ALWAYS_ABOVE = 100
 MAX_LISTED_PROBLEMS = 20
 
@@ -86,10 +84,15 @@ def _send(queue: TerminateQueue, request: TerminateRequest) -> str:
     try:
         return queue.enqueue(request)
     except EnqueueFailed as exc:
-        cause = exc.__cause__
-        if isinstance(cause, BaseException):
-            raise storage_failure(cause, queue.client) from exc
-        raise CliError(str(exc), EXIT_STORAGE) from exc
+        raise _cli_error(queue, exc) from exc
+
+
+def _cli_error(queue: TerminateQueue, exc: EnqueueFailed) -> CliError:
+    """The operator's words for a send the queue refused."""
+    cause = exc.__cause__
+    return (
+        storage_failure(cause, queue.client) if isinstance(cause, BaseException) else CliError(str(exc), EXIT_STORAGE)
+    )
 
 
 def read_job_ids(path: str) -> list[tuple[int, str]]:
@@ -141,36 +144,21 @@ def _enqueue_file(args: argparse.Namespace, target: Target) -> int:
     stderr = sys.stderr
     show_progress = len(requests) > PROGRESS_ALWAYS_ABOVE or bool(getattr(stderr, "isatty", lambda: False)())
     progress = Progress(len(requests), stderr) if show_progress else None
-    stop = threading.Event()
-    sent: dict[int, str] = {}
-    failure: CliError | None = None
 
-    def send(number: int, request: TerminateRequest) -> tuple[int, str | None]:
-        if stop.is_set():
-            return number, None
-        return number, _send(queue, request)
+    def advance(_index: int, _message_id: str) -> None:
+        if progress:
+            progress.advance()
 
-    with ThreadPoolExecutor(max_workers=ENQUEUE_WORKERS, thread_name_prefix="enqueue") as pool:
-        futures = [pool.submit(send, number, request) for number, request in requests]
-        try:
-            for future in as_completed(futures):
-                try:
-                    number, message_id = future.result()
-                except CliError as exc:
-                    stop.set()
-                    failure = failure or exc
-                    continue
-                if message_id is not None:
-                    sent[number] = message_id
-                    if progress:
-                        progress.advance()
-        except KeyboardInterrupt:
-            stop.set()
-            raise
-        finally:
-            if progress:
-                progress.close()
-    if failure is not None:
+    try:
+        result = queue.enqueue_many([request for _, request in requests], threads=ENQUEUE_WORKERS, on_sent=advance)
+    finally:
+        if progress:
+            progress.close()
+    sent = {
+        number: message_id for (number, _), message_id in zip(requests, result.message_ids, strict=True) if message_id
+    }
+    if result.failure is not None:
+        failure = _cli_error(queue, result.failure)
         missing = [number for number, _ in requests if number not in sent]
         listed = ", ".join(str(n) for n in missing[:MAX_LISTED_PROBLEMS])
         more = f" and {len(missing) - MAX_LISTED_PROBLEMS} more" if len(missing) > MAX_LISTED_PROBLEMS else ""

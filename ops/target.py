@@ -12,6 +12,7 @@ from azure.core.credentials import TokenCredential
 from azure.storage.queue import LinearRetry, QueueClient
 
 from shared.errors import ConfigurationError
+from shared.producer import ENQUEUE_THREADS
 from shared.settings import (
     PROJECT_ROOT,
     StorageSettings,
@@ -128,6 +129,7 @@ def open_queue(
             retry_policy=LinearRetry(backoff=1, random_jitter_range=1, retry_total=1),
             connection_timeout=CONNECT_TIMEOUT_SECONDS,
             read_timeout=READ_TIMEOUT_SECONDS,
+            pool_size=ENQUEUE_THREADS,  # enqueue --file sends this many at once
         )
     except ValueError:
         raise ConfigurationError(

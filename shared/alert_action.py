@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from shared.account_match import DEFAULT_ALIAS, account_for, alias_for, terminate_request
 from shared.alerts import AlertRequest, AlertSettings, too_many_jobs
-from shared.errors import AlertRejected, BatchCallFailed, BatchErrorDetail, EnqueueFailed
-from shared.message import TerminateRequest
-from shared.producer import TerminateQueue
+from shared.errors import AlertRejected, BatchCallFailed, BatchErrorDetail
+from shared.producer import ENQUEUE_THREADS, TerminateQueue
 from shared.selection import JobLister, select_jobs
 
 log = logging.getLogger("batch_terminator.alerts")
 
-# Azure Monitor waits about 10 s for a webhook: 1,000 sends one after another would not fit.
-ENQUEUE_THREADS = 8
 RETRY_AFTER_SECONDS = "30"
 
 
@@ -45,7 +41,7 @@ class AlertAction:
         accounts: Callable[[], Mapping[str, str]],
         reader: Callable[[str], JobLister],
         *,
-        threads: int = ENQUEUE_THREADS,
+        threads: int = ENQUEUE_THREADS,  # Azure Monitor waits ~10 s for a webhook: 1,000 serial sends would not fit
     ) -> None:
         self._queue = queue
         self._accounts = accounts  # read only when an alert needs them (a ConfigurationError propagates)
@@ -60,7 +56,9 @@ class AlertAction:
         except AlertRejected as exc:
             return Answer.error(exc, {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None)
         requests = [terminate_request(job_id, alert.reason, alias) for job_id in job_ids]
-        enqueued, failure = self._enqueue(requests)
+        sent = self._queue.enqueue_many(requests, threads=self._threads)
+        enqueued = [r.job_id for r, message_id in zip(requests, sent.message_ids, strict=True) if message_id]
+        failure = sent.failure
         if failure is not None:
             # 503 makes the action group retry; terminating twice is harmless (409 JobBeingTerminated is done).
             log.error(
@@ -126,21 +124,3 @@ class AlertAction:
             )
             raise too_many_jobs(count, settings.max_jobs)
         return selection.job_ids
-
-    def _enqueue(self, requests: Sequence[TerminateRequest]) -> tuple[list[str], EnqueueFailed | None]:
-        """Send every request (a few at a time); the ids enqueued, in order, and the first failure if any."""
-        if not requests:
-            return [], None
-        threads = max(1, min(self._threads, len(requests)))
-        with ThreadPoolExecutor(threads, thread_name_prefix="alert-enqueue") as pool:
-            results = list(pool.map(self._send, requests))
-        enqueued = [request.job_id for request, failure in zip(requests, results, strict=True) if failure is None]
-        failures = [failure for failure in results if failure is not None]
-        return enqueued, failures[0] if failures else None
-
-    def _send(self, request: TerminateRequest) -> EnqueueFailed | None:
-        try:
-            self._queue.enqueue(request)
-        except EnqueueFailed as exc:
-            return exc
-        return None

@@ -78,9 +78,7 @@ class JobSelector:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> JobSelector:
         """Read ALERT_SELECT_*; a ConfigurationError names the first bad one."""
         env = os.environ if environ is None else environ
-        prefix = env.get(PREFIX_SETTING, "").strip()
-        if prefix and not JOB_ID_PATTERN.fullmatch(prefix):
-            raise ConfigurationError(PREFIX_SETTING, "may contain only letters, digits, hyphens and underscores")
+        prefix = job_id_prefix_setting(env, PREFIX_SETTING)
         pool = env.get(POOL_SETTING, "").strip() or None
         if pool is not None and not JOB_ID_PATTERN.fullmatch(pool):
             raise ConfigurationError(POOL_SETTING, "must be a Batch pool id (letters, digits, - and _, at most 64)")
@@ -123,6 +121,14 @@ def select_jobs(lister: JobLister, selector: JobSelector, *, select: str = "") -
             continue
         picked.append(job)
     return Selection(tuple(picked), listed, kept)
+
+
+def job_id_prefix_setting(env: Mapping[str, str], name: str) -> str:
+    """A job-id prefix setting ("" when unset); a ConfigurationError names it when it could not start a job id."""
+    prefix = env.get(name, "").strip()
+    if prefix and not JOB_ID_PATTERN.fullmatch(prefix):
+        raise ConfigurationError(name, "may contain only letters, digits, hyphens and underscores")
+    return prefix
 
 
 def max_jobs(env: Mapping[str, str], setting: str) -> int:

@@ -14,10 +14,9 @@ from typing import TypeVar
 
 from shared.account_match import terminate_request
 from shared.batch_read import BatchReader, JobInfo, TaskCounts
-from shared.errors import BatchCallFailed, ConfigurationError, EnqueueFailed
-from shared.message import JOB_ID_PATTERN
+from shared.errors import BatchCallFailed, ConfigurationError
 from shared.producer import TerminateQueue
-from shared.selection import JobSelector, max_jobs, select_jobs
+from shared.selection import JobSelector, job_id_prefix_setting, max_jobs, select_jobs
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.sweep")
@@ -82,9 +81,7 @@ class SweepPolicy:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SweepPolicy:
         """Read the SWEEP_* settings; a ConfigurationError names the first bad one."""
         env = os.environ if environ is None else environ
-        prefix = env.get(PREFIX_SETTING, "").strip()
-        if prefix and not JOB_ID_PATTERN.fullmatch(prefix):
-            raise ConfigurationError(PREFIX_SETTING, "may contain only letters, digits, hyphens and underscores")
+        prefix = job_id_prefix_setting(env, PREFIX_SETTING)
         raw_dry_run = env.get(DRY_RUN_SETTING, "").strip().lower()
         if raw_dry_run not in _TRUE | _FALSE:
             raise ConfigurationError(DRY_RUN_SETTING, f"must be true or false, got {raw_dry_run!r}")
@@ -317,21 +314,18 @@ class Sweeper:
 
     def _act(self, matches: list[Match], report: SweepReport) -> str | None:
         """Enqueue the matches (or log them in a dry run); "enqueue_failed" when the queue refused one."""
-        for match in matches:
-            if self._policy.dry_run:
+        if self._policy.dry_run:
+            for match in matches:
                 log.info(
                     "sweep dry run: would terminate job=%s reason=%r account=%s",
                     match.job_id,
                     match.reason,
                     match.account,
                 )
-                continue
-            try:
-                message_id = self._queue.enqueue(terminate_request(match.job_id, match.reason, match.account))
-            except EnqueueFailed as exc:
-                log.error("sweep stopped: %s (enqueued %d of %d)", exc, len(report.enqueued), len(report.matched))
-                return "enqueue_failed"
-            report.enqueued.append(match.job_id)
+            return None
+
+        def sent(index: int, message_id: str) -> None:
+            match = matches[index]
             log.info(
                 "sweep enqueued job=%s account=%s message_id=%s reason=%r",
                 match.job_id,
@@ -339,6 +333,13 @@ class Sweeper:
                 message_id,
                 match.reason,
             )
+
+        requests = [terminate_request(m.job_id, m.reason, m.account) for m in matches]
+        result = self._queue.enqueue_many(requests, on_sent=sent)
+        report.enqueued = [m.job_id for m, message_id in zip(matches, result.message_ids, strict=True) if message_id]
+        if result.failure is not None:
+            log.error("sweep stopped: %s (enqueued %d of %d)", result.failure, result.count, len(matches))
+            return "enqueue_failed"
         return None
 
 

@@ -8,34 +8,39 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import requests
 from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient
-from requests.adapters import HTTPAdapter
-from requests.utils import get_environ_proxies
 
-from shared.account_match import configured_accounts
-from shared.alert_action import AlertAction
 from shared.batch import BatchClient, RetryPolicy, TokenProvider
 from shared.batch_job import JobGetter
-from shared.batch_read import BatchReader
 from shared.confirmation import Confirmer, ConfirmQueue
 from shared.guards import Guards
-from shared.keeper import PoisonKeeper
 from shared.poison import PoisonWriter
-from shared.producer import TerminateQueue
+from shared.sessions import pin_environment, pooled_session
 from shared.settings import Settings, queue_name_setting
 from shared.storage import queue_client
-from shared.sweep import Sweeper, SweepPolicy
 from shared.telemetry import Telemetry
 from shared.terminator import Terminator
+
+if TYPE_CHECKING:
+    from shared.alert_action import AlertAction
+    from shared.batch_read import BatchReader
+    from shared.keeper import PoisonKeeper
+    from shared.producer import TerminateQueue
+    from shared.sweep import Sweeper, SweepPolicy
+
+# The alert, sweep and keeper services are imported where they are built: a terminate_job cold start (the one that
+# matters in an incident) does not pay for modules it never runs.
 
 log = logging.getLogger("batch_terminator")
 
 T = TypeVar("T")
+
+MAX_SWEEP_READS = 64  # shared.sweep.MAX_CONCURRENCY, not imported: terminate_job does not load the sweep
 
 
 def batch_credential(client_id: str | None) -> TokenCredential:
@@ -48,23 +53,10 @@ def batch_credential(client_id: str | None) -> TokenCredential:
 
 def http_session(account_url: str | None = None, *, pool_size: int = 24) -> requests.Session:
     """A pooled session for Batch calls; requests retries nothing on its own (we do)."""
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
+    session = pooled_session(pool_size)
     if account_url is not None:
         pin_environment(session, account_url)
     return session
-
-
-def pin_environment(session: requests.Session, url: str) -> None:
-    """Resolve once what requests reads from the environment on every request to this URL's host."""
-    # requests scans os.environ twice per request for proxy settings (~140 us a call with 36 variables, more
-    # with a Function App's); the answer depends only on the host and the environment, both fixed for the process.
-    session.proxies.update(get_environ_proxies(url))
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
-    # trust_env=False also drops ~/.netrc basic auth, which would overwrite the bearer token anyway.
-    session.trust_env = False
 
 
 _UNBUILT = object()
@@ -136,9 +128,10 @@ class Wiring:
 
     def session(self) -> requests.Session:
         """The pooled HTTP session for Batch calls."""
-        return self._once(
-            "session", lambda: http_session(self.settings().batch_account_url, pool_size=self.concurrency)
-        )
+        # Room for the busiest caller: the host's invocations, or a sweep's reads (SWEEP_CONCURRENCY is at most 64).
+        # A pool only keeps connections once used, so a larger bound costs nothing until it is needed.
+        pool_size = max(self.concurrency, MAX_SWEEP_READS)
+        return self._once("session", lambda: http_session(self.settings().batch_account_url, pool_size=pool_size))
 
     def batch_client(self) -> BatchClient:
         """The Batch client: identity, pooled session and retry policy."""
@@ -159,10 +152,15 @@ class Wiring:
 
     def batch_reader(self) -> BatchReader:
         """Job - List and task counts over the same client."""
+        from shared.batch_read import BatchReader
+
         return self._once("batch_reader", lambda: BatchReader(self.batch_client(), self.settings()))
 
     def batch_readers(self) -> dict[str, BatchReader]:
         """A reader per configured account (alias → reader), all over the one token cache and pooled session."""
+
+        from shared.account_match import configured_accounts
+        from shared.batch_read import BatchReader
 
         def build() -> dict[str, BatchReader]:
             settings = self.settings()
@@ -188,6 +186,8 @@ class Wiring:
 
     def alert_action(self) -> AlertAction:
         """The alert_terminate service; reads the Batch settings only when an alert needs an account."""
+        from shared.account_match import configured_accounts
+        from shared.alert_action import AlertAction
 
         def build() -> AlertAction:
             return AlertAction(
@@ -264,6 +264,7 @@ class Wiring:
 
     def keeper(self) -> PoisonKeeper:
         """The keep_poison service: the host's poison queues (trigger, and confirm when set) into records."""
+        from shared.keeper import PoisonKeeper
 
         def build() -> PoisonKeeper:
             settings = self.settings()
@@ -281,10 +282,14 @@ class Wiring:
 
     def terminate_queue(self) -> TerminateQueue:
         """The producer for the trigger queue; reads only the storage and queue settings (no Batch ones)."""
+        from shared.producer import TerminateQueue
+
         return self._once("terminate_queue", lambda: TerminateQueue.from_env(self._environ))
 
     def sweep_policy(self) -> SweepPolicy:
         """The SWEEP_* settings."""
+        from shared.sweep import SweepPolicy
+
         return self._once("sweep_policy", lambda: SweepPolicy.from_env(self._environ))
 
     def sweeper(self) -> Sweeper | None:
@@ -292,6 +297,8 @@ class Wiring:
         policy = self.sweep_policy()
         if not policy.enabled:
             return None
+
+        from shared.sweep import Sweeper
 
         def build() -> Sweeper:
             readers = policy.pick_accounts(self.batch_readers())

@@ -86,3 +86,42 @@ def test_known_accounts_are_checked_when_given() -> None:
     with pytest.raises(InvalidMessage) as caught:
         build_request("job-1", account="us", accounts=("default", "eu"))
     assert [p.key for p in caught.value.problems] == ["account"]
+
+
+def test_enqueue_many_sends_every_request_and_keeps_their_order(queues: Queues) -> None:
+    queue = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
+    requests = [build_request(f"job-{n:03d}", "incident") for n in range(30)]  # peek shows at most 32
+    seen: list[int] = []
+
+    result = queue.enqueue_many(requests, threads=8, on_sent=lambda index, _id: seen.append(index))
+
+    assert result.failure is None
+    assert result.count == 30
+    assert all(result.message_ids)
+    assert sorted(seen) == list(range(30))
+    assert sorted(r.job_id for r in queues.enqueued()) == [r.job_id for r in requests]
+
+
+def test_enqueue_many_starts_no_send_after_the_queue_refuses_one(queues: Queues) -> None:
+    queue = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
+    requests = [build_request(f"job-{n:03d}") for n in range(10)]
+
+    def gone_after_the_fourth(index: int, _message_id: str) -> None:
+        if index == 3:
+            queue.client.delete_queue()
+
+    result = queue.enqueue_many(requests, threads=1, on_sent=gone_after_the_fourth)
+
+    assert isinstance(result.failure, EnqueueFailed)
+    assert "does not exist" in str(result.failure)
+    assert result.count == 4
+    assert [m is not None for m in result.message_ids] == [True] * 4 + [False] * 6
+
+
+def test_enqueue_many_of_nothing_sends_nothing(queues: Queues) -> None:
+    queue = TerminateQueue.connect(queues.trigger, connection_string=queues.connection_string)
+
+    result = queue.enqueue_many([])
+
+    assert (result.message_ids, result.failure, result.count) == ((), None, 0)
+    assert queues.enqueued() == []

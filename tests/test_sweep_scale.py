@@ -218,3 +218,12 @@ def test_sweep_accounts_must_name_configured_accounts() -> None:
 
     assert caught.value.setting == "SWEEP_ACCOUNTS"
     assert "nope" in caught.value.problem
+
+
+def test_the_batch_session_keeps_a_connection_for_every_sweep_read_allowed(function_env: dict[str, str]) -> None:
+    from shared.sweep import MAX_CONCURRENCY
+
+    session = wiring.Wiring().session()
+
+    adapter = session.get_adapter(function_env["BATCH_ACCOUNT_URL"])
+    assert adapter._pool_maxsize >= MAX_CONCURRENCY  # type: ignore[attr-defined]

@@ -294,6 +294,7 @@ def test_unauthorized_twice_is_poisoned(
         Fault.status(502, "BadGateway"),
         Fault.status(504, "GatewayTimeout"),
         Fault.status(408, "OperationTimedOut"),
+        Fault.status(500, "OperationTimedOut"),  # Batch's own status for the code
         Fault.drop(),
     ],
 )
