@@ -72,8 +72,7 @@ def post_alert(run: Run, job_id: str) -> requests.Response:
 
 
 def smoke(run: Run, stop: threading.Event) -> int:
-    """Two demo jobs, a missing job and an invalid message, one alert; 0 when 3 are terminated (and, with
-    confirmation on, confirmed) and 2 poisoned."""
+    """Two demo jobs, a missing job, an invalid message, an alert; 0 when 3 end terminated and confirmed, 2 poisoned."""
     confirmed = ConfirmedJobs()
     logger = logging.getLogger(telemetry.LOGGER_NAME)
     logger.addHandler(confirmed)

@@ -208,8 +208,7 @@ def reconcile(
     report: Report,
     app_records: Sequence[AppRecord] = (),
 ) -> None:
-    """Account for every message exactly once from the emulator's ledger and the poison queues, and for every
-    terminated job's checks from the app's own records and the TerminationStuck records."""
+    """Account for every message, and every terminated job's checks, exactly once (ledger, poison, app records)."""
     records: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)
     check_records: dict[str, list[dict[str, Any]]] = collections.defaultdict(list)  # by job id
     moved: dict[str, int] = collections.Counter()

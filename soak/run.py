@@ -92,8 +92,7 @@ KIND_SHARES = (
 
 
 def plan_jobs(config: SoakConfig) -> list[tuple[str, str]]:
-    """(job id, kind) for every message: mostly active jobs, some held terminating by their release task (for a
-    while, or for good), some completed, some that do not exist."""
+    """(job id, kind) per message: mostly active, some held by a release task (a while, for good), done, missing."""
     rng = random.Random(config.seed)
     jobs: list[tuple[str, str]] = []
     for index in range(config.messages):

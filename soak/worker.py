@@ -1,5 +1,4 @@
-"""The soak's host process: the local queue hosts running terminate_job and confirm_termination in a child that
-can be SIGKILLed."""
+"""The soak's host process: terminate_job and confirm_termination on local queue hosts, in a SIGKILLable child."""
 
 from __future__ import annotations
 
