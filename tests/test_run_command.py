@@ -30,6 +30,8 @@ CLEAN_ENV = {
     "POISON_QUEUE_NAME": "batch-terminate-poison",
     "PYTHONUNBUFFERED": "1",
 }
+# The banner's sweep line; the next run is HH:MM:SSZ today, with the date in front when it falls tomorrow.
+SWEEP_LINE = r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next (\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\dZ\)$'
 
 
 def run_env() -> dict[str, str]:
@@ -105,7 +107,7 @@ def test_smoke_mode_processes_messages_and_exits_zero() -> None:
     out = result.stdout
     assert "No BATCH_ACCOUNT_URL: using the local Batch emulator at http://127.0.0.1:" in out
     assert re.search(r"^  alert     POST http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+$", out, re.MULTILINE)
-    assert re.search(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$', out, re.MULTILINE)
+    assert re.search(SWEEP_LINE, out, re.MULTILINE)
     assert "smoke: enqueued 4 messages on batch-terminate (2 demo jobs, 1 missing job, 1 invalid)" in out
     assert 'smoke: POST /api/alert_terminate (alert naming demo-job-3) -> 202 {"enqueued": ["demo-job-3"]}' in out
     assert "emulator: job demo-job-1 terminated (reason: smoke test)" in out
@@ -144,7 +146,7 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
     lines.wait_for(r"No BATCH_ACCOUNT_URL: using the local Batch emulator at http://127\.0\.0\.1:\d+")
     lines.wait_for(r"^            \(demo-job-2 has a job release task: terminated, it stays terminating 7\.5 s\)$")
     alert_url = lines.wait_for(r"^  alert     POST (http://127\.0\.0\.1:\d+/api/alert_terminate\?code=\S+)$").group(1)
-    lines.wait_for(r'^  sweep     sweep_jobs on "0 \*/15 \* \* \* \*" \(next \S+Z\)$')
+    lines.wait_for(SWEEP_LINE)
     example = lines.wait_for(r"^  (AzureWebJobsStorage=.*) \S*batch-terminator enqueue demo-job-1 --reason \"try it\"$")
     lines.wait_for(r"enqueue no-such-job --reason \"try it\"   # a JobNotFound poison record$")
     curl = lines.wait_for(r"^  curl -i -X POST '(http://\S+)' -H 'Content-Type: application/json' -d '(.*)'$")
