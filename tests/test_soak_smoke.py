@@ -8,7 +8,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.integration
 
 def test_soak_of_200_messages_loses_nothing() -> None:
     """`./dev soak --messages 200`: exit 0 and `lost 0`, with Azurite restarted and the host killed midway."""
-    started = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "soak", "--messages", "200", "--timeout", "45"],
         cwd=PROJECT_ROOT,
@@ -60,7 +58,6 @@ def test_soak_of_200_messages_loses_nothing() -> None:
     assert int(confirmed.group(1)) + int(unchecked.group(1)) == kinds["active"] + kinds["releasing"], output
     assert int(confirmed.group(1)) >= kinds["releasing"], output
     assert "unexpected:" not in output, output
-    assert time.monotonic() - started < 60
 
 
 # --------------------------------------------------------------------------- the reconciliation itself
