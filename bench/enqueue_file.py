@@ -1,6 +1,6 @@
 """Figure enqueue_file_1000: `batch-terminator enqueue --file` of 1,000 ids against a bare azure-storage-queue loop.
 
-Both contenders send the same JSON messages with the same number of threads (ops.enqueue.ENQUEUE_WORKERS) to
+Both contenders send the same JSON messages with the same number of threads (shared.producer.ENQUEUE_THREADS) to
 fresh queues on one Azurite, interleaved round by round; the value is the CLI's rate in % of the bare loop's
 (medians). The CLI runs in-process through its own entry (`ops.__main__.main`): file reading, validation of every
 line before the first send, settings, client and progress on stderr are inside its time; the interpreter's start
@@ -28,8 +28,8 @@ from requests.adapters import HTTPAdapter
 
 from local.azurite import Azurite
 from ops.__main__ import main as cli_main
-from ops.enqueue import ENQUEUE_WORKERS
 from ops.target import resolve_target
+from shared.producer import ENQUEUE_THREADS
 
 NAME = "enqueue_file_1000"
 TARGET_PERCENT = 80.0
@@ -96,7 +96,7 @@ def _storage(connection_string: str | None) -> Iterator[str]:
 def figure(connection_string: str | None = None, *, count: int = 1000, rounds: int = 5) -> dict[str, Any]:
     """Measure the figure; on a fresh in-memory Azurite unless a connection string is given."""
     ids = job_ids(count)
-    threads = ENQUEUE_WORKERS
+    threads = ENQUEUE_THREADS
     with _storage(connection_string) as storage, tempfile.TemporaryDirectory() as folder:
         ids_file = Path(folder) / "ids.txt"
         ids_file.write_text("# bench\n" + "\n".join(ids) + "\n", encoding="utf-8")

@@ -13,10 +13,9 @@ from ops.storage_errors import storage_failure
 from ops.target import ACCOUNTS_SETTING, Target, open_queue
 from shared.errors import CliError, EnqueueFailed, InvalidMessage
 from shared.message import TerminateRequest
-from shared.producer import ENQUEUE_THREADS, TerminateQueue, build_request
+from shared.producer import TerminateQueue, build_request
 from shared.settings import DEFAULT_ACCOUNT, account_aliases
 
-ENQUEUE_WORKERS = ENQUEUE_THREADS
 PROGRESS_ALWAYS_ABOVE = 100
 MAX_LISTED_PROBLEMS = 20
 
@@ -150,13 +149,12 @@ def _enqueue_file(args: argparse.Namespace, target: Target) -> int:
             progress.advance()
 
     try:
-        result = queue.enqueue_many([request for _, request in requests], threads=ENQUEUE_WORKERS, on_sent=advance)
+        result = queue.enqueue_many([request for _, request in requests], on_sent=advance)
     finally:
         if progress:
             progress.close()
-    sent = {
-        number: message_id for (number, _), message_id in zip(requests, result.message_ids, strict=True) if message_id
-    }
+    numbered = zip(requests, result.message_ids, strict=True)
+    sent = {number: message_id for (number, _), message_id in numbered if message_id is not None}
     if result.failure is not None:
         failure = _cli_error(queue, result.failure)
         missing = [number for number, _ in requests if number not in sent]

@@ -10,7 +10,7 @@ from typing import Any
 from shared.account_match import DEFAULT_ALIAS, account_for, alias_for, terminate_request
 from shared.alerts import AlertRequest, AlertSettings, too_many_jobs
 from shared.errors import AlertRejected, BatchCallFailed, BatchErrorDetail
-from shared.producer import ENQUEUE_THREADS, TerminateQueue
+from shared.producer import TerminateQueue
 from shared.selection import JobLister, select_jobs
 
 log = logging.getLogger("batch_terminator.alerts")
@@ -40,13 +40,10 @@ class AlertAction:
         queue: TerminateQueue,
         accounts: Callable[[], Mapping[str, str]],
         reader: Callable[[str], JobLister],
-        *,
-        threads: int = ENQUEUE_THREADS,  # Azure Monitor waits ~10 s for a webhook: 1,000 serial sends would not fit
     ) -> None:
         self._queue = queue
         self._accounts = accounts  # read only when an alert needs them (a ConfigurationError propagates)
         self._reader = reader
-        self._threads = threads
 
     def act(self, alert: AlertRequest, settings: AlertSettings) -> Answer:
         """Resolve the account, select when no job is named, refuse over the limit, enqueue: the HTTP answer."""
@@ -56,8 +53,9 @@ class AlertAction:
         except AlertRejected as exc:
             return Answer.error(exc, {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None)
         requests = [terminate_request(job_id, alert.reason, alias) for job_id in job_ids]
-        sent = self._queue.enqueue_many(requests, threads=self._threads)
-        enqueued = [r.job_id for r, message_id in zip(requests, sent.message_ids, strict=True) if message_id]
+        # Azure Monitor waits about 10 s for a webhook: 1,000 sends one after another would not fit.
+        sent = self._queue.enqueue_many(requests)
+        enqueued = sent.sent(job_ids)
         failure = sent.failure
         if failure is not None:
             # 503 makes the action group retry; terminating twice is harmless (409 JobBeingTerminated is done).

@@ -9,7 +9,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ResourceNotFoundError
@@ -24,6 +24,8 @@ from shared.storage import queue_client
 # its 2,000 messages/s target without a pool the size of the batch.
 ENQUEUE_THREADS = 16
 
+T = TypeVar("T")
+
 
 @dataclass(frozen=True)
 class Enqueued:
@@ -36,6 +38,10 @@ class Enqueued:
     def count(self) -> int:
         """How many requests are on the queue."""
         return sum(message_id is not None for message_id in self.message_ids)
+
+    def sent(self, items: Sequence[T]) -> list[T]:
+        """The items (one per request, in the same order) whose request is on the queue."""
+        return [item for item, message_id in zip(items, self.message_ids, strict=True) if message_id is not None]
 
 
 def build_request(

@@ -336,7 +336,7 @@ class Sweeper:
 
         requests = [terminate_request(m.job_id, m.reason, m.account) for m in matches]
         result = self._queue.enqueue_many(requests, on_sent=sent)
-        report.enqueued = [m.job_id for m, message_id in zip(matches, result.message_ids, strict=True) if message_id]
+        report.enqueued = result.sent([m.job_id for m in matches])
         if result.failure is not None:
             log.error("sweep stopped: %s (enqueued %d of %d)", result.failure, result.count, len(matches))
             return "enqueue_failed"

@@ -6,7 +6,7 @@ import pytest
 
 from bench import enqueue_file
 from local.azurite import Azurite
-from ops.enqueue import ENQUEUE_WORKERS
+from shared.producer import ENQUEUE_THREADS
 
 pytestmark = pytest.mark.integration
 
@@ -17,7 +17,7 @@ def test_the_figure_compares_two_complete_runs(azurite: Azurite) -> None:
     assert (figure["name"], figure["unit"], figure["target"]) == ("enqueue_file_1000", "%", 80.0)
     assert figure["value"] > 0
     assert figure["met"] == (figure["value"] >= 80.0)
-    assert f"40 ids, {ENQUEUE_WORKERS} threads each" in figure["detail"]
+    assert f"40 ids, {ENQUEUE_THREADS} threads each" in figure["detail"]
 
 
 def test_a_run_that_loses_messages_is_not_a_figure(azurite: Azurite, monkeypatch: pytest.MonkeyPatch) -> None:

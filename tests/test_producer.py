@@ -116,6 +116,7 @@ def test_enqueue_many_starts_no_send_after_the_queue_refuses_one(queues: Queues)
     assert "does not exist" in str(result.failure)
     assert result.count == 4
     assert [m is not None for m in result.message_ids] == [True] * 4 + [False] * 6
+    assert result.sent([r.job_id for r in requests]) == ["job-000", "job-001", "job-002", "job-003"]
 
 
 def test_enqueue_many_of_nothing_sends_nothing(queues: Queues) -> None:
