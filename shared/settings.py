@@ -22,6 +22,8 @@ DEFAULT_MAX_DEQUEUE_COUNT = 5
 DEFAULT_ACCOUNT = "default"
 # Job - Terminate takes `force` from this api-version on (docs/CONTRACT.md §3).
 FORCE_API_VERSION = "2024-07-01.20.0"
+# SWEEP_CONCURRENCY's ceiling; the Batch session pools this many connections (shared.wiring), so it lives here.
+MAX_SWEEP_CONCURRENCY = 64
 DEFAULT_CONFIRM_MAX_CHECKS = 3
 # A queue message can stay invisible for at most 7 days.
 MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
@@ -148,7 +150,7 @@ class Settings:
             poison_queue_name=poison,
             storage=storage_from_env(env),
             batch_api_version=_api_version(env),
-            batch_timeout_seconds=_int(env, "BATCH_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, 1, 30),
+            batch_timeout_seconds=int_setting(env, "BATCH_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, 1, 30),
             azure_client_id=env.get("AZURE_CLIENT_ID") or None,
             queues=queue_options(env, host_json),
             batch_accounts=batch_accounts(env.get("BATCH_ACCOUNTS", ""), default_url),
@@ -216,7 +218,7 @@ def guard_settings(env: Mapping[str, str]) -> GuardSettings:
 
 def confirm_settings(env: Mapping[str, str], queue_name: str, poison: str) -> ConfirmSettings:
     """CONFIRM_AFTER_SECONDS, CONFIRM_QUEUE_NAME, CONFIRM_MAX_CHECKS and CONFIRM_FORCE."""
-    after = _int(env, "CONFIRM_AFTER_SECONDS", 0, 0, MAX_VISIBILITY_SECONDS)
+    after = int_setting(env, "CONFIRM_AFTER_SECONDS", 0, 0, MAX_VISIBILITY_SECONDS)
     # terminate_job needs the queue only when checks are on; confirm_termination asks for it itself.
     confirm_queue = _queue_name(env, "CONFIRM_QUEUE_NAME", required=after > 0)
     if confirm_queue is not None and confirm_queue in (queue_name, poison):
@@ -224,7 +226,7 @@ def confirm_settings(env: Mapping[str, str], queue_name: str, poison: str) -> Co
     return ConfirmSettings(
         after_seconds=after,
         queue_name=confirm_queue,
-        max_checks=_int(env, "CONFIRM_MAX_CHECKS", DEFAULT_CONFIRM_MAX_CHECKS, 1, 100),
+        max_checks=int_setting(env, "CONFIRM_MAX_CHECKS", DEFAULT_CONFIRM_MAX_CHECKS, 1, 100),
         force=bool_setting(env, "CONFIRM_FORCE"),
     )
 
@@ -402,7 +404,8 @@ def _api_version(env: Mapping[str, str]) -> str:
     return value
 
 
-def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+def int_setting(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """A whole-number setting within low..high (default when unset); a ConfigurationError names it."""
     raw = env.get(name, "").strip()
     return default if not raw else _bounded(name, raw, low, high)
 

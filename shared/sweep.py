@@ -17,6 +17,7 @@ from shared.batch_read import BatchReader, JobInfo, TaskCounts
 from shared.errors import BatchCallFailed, ConfigurationError
 from shared.producer import TerminateQueue
 from shared.selection import JobSelector, job_id_prefix_setting, max_jobs, select_jobs
+from shared.settings import MAX_SWEEP_CONCURRENCY, int_setting
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.sweep")
@@ -34,7 +35,7 @@ BUDGET_SETTING = "SWEEP_RUN_BUDGET_SECONDS"
 DEFAULT_CONCURRENCY = 16
 # host.json's functionTimeout is 5 minutes: a run stops reading at 2 and still has time to enqueue what it decided.
 DEFAULT_RUN_BUDGET_SECONDS = 120.0
-MAX_CONCURRENCY = 64
+MAX_CONCURRENCY = MAX_SWEEP_CONCURRENCY
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off", ""})
 
@@ -94,7 +95,7 @@ class SweepPolicy:
             dry_run=raw_dry_run in _TRUE,
             max_jobs=max_jobs(env, MAX_JOBS_SETTING),
             accounts=tuple(a for a in accounts if a),
-            concurrency=_concurrency(env),
+            concurrency=int_setting(env, CONCURRENCY_SETTING, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY),
             run_budget_seconds=DEFAULT_RUN_BUDGET_SECONDS if budget is None else budget,
         )
 
@@ -353,17 +354,4 @@ def _positive(env: Mapping[str, str], name: str, unit: str) -> float | None:
         raise ConfigurationError(name, f"must be a number of {unit}, got {raw!r}") from exc
     if not math.isfinite(value) or value <= 0:
         raise ConfigurationError(name, f"must be a positive number of {unit}, got {raw!r}")
-    return value
-
-
-def _concurrency(env: Mapping[str, str]) -> int:
-    raw = env.get(CONCURRENCY_SETTING, "").strip()
-    if not raw:
-        return DEFAULT_CONCURRENCY
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigurationError(CONCURRENCY_SETTING, f"must be a whole number, got {raw!r}") from exc
-    if not 1 <= value <= MAX_CONCURRENCY:
-        raise ConfigurationError(CONCURRENCY_SETTING, f"must be between 1 and {MAX_CONCURRENCY}, got {value}")
     return value

@@ -21,7 +21,7 @@ from shared.confirmation import Confirmer, ConfirmQueue
 from shared.guards import Guards
 from shared.poison import PoisonWriter
 from shared.sessions import pin_environment, pooled_session
-from shared.settings import Settings, queue_name_setting
+from shared.settings import MAX_SWEEP_CONCURRENCY, Settings, queue_name_setting
 from shared.storage import queue_client
 from shared.telemetry import Telemetry
 from shared.terminator import Terminator
@@ -39,8 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("batch_terminator")
 
 T = TypeVar("T")
-
-MAX_SWEEP_READS = 64  # shared.sweep.MAX_CONCURRENCY, not imported: terminate_job does not load the sweep
 
 
 def batch_credential(client_id: str | None) -> TokenCredential:
@@ -130,7 +128,7 @@ class Wiring:
         """The pooled HTTP session for Batch calls."""
         # Room for the busiest caller: the host's invocations, or a sweep's reads (SWEEP_CONCURRENCY is at most 64).
         # A pool only keeps connections once used, so a larger bound costs nothing until it is needed.
-        pool_size = max(self.concurrency, MAX_SWEEP_READS)
+        pool_size = max(self.concurrency, MAX_SWEEP_CONCURRENCY)
         return self._once("session", lambda: http_session(self.settings().batch_account_url, pool_size=pool_size))
 
     def batch_client(self) -> BatchClient:
