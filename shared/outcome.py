@@ -40,8 +40,12 @@ class Result:
         job = self.job_id
         if job is not None and not JOB_ID_PATTERN.fullmatch(job):
             job = repr(job[:100])  # an invalid id is the sender's text: escaped, so it cannot forge log lines
-        return (
+        line = (
             f"terminate job={job} outcome={self.outcome.value} status={self.http_status}"
             f" code={self.code} request_id={self.request_id} client_request_id={self.client_request_id}"
             f" attempt={self.attempt} duration_ms={self.duration * 1000:.0f}"
         )
+        if self.outcome is Outcome.CONFIRMED:
+            seconds = self.terminating_seconds
+            line += f" terminating_ms={'unknown' if seconds is None else f'{seconds * 1000:.0f}'}"
+        return line

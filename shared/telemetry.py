@@ -143,16 +143,14 @@ class Telemetry:
     def finished(self, result: Result) -> None:
         """The one record of a finished message, and its count (and a confirmed job's time to completion)."""
         attributes: dict[str, Any] = record_attributes(result)
-        text = result.describe()
+        seconds = result.terminating_seconds  # set on confirmed results only
         if result.outcome is Outcome.CONFIRMED:
-            seconds = result.terminating_seconds
             attributes[TERMINATING_ATTRIBUTE] = None if seconds is None else round(seconds * 1000, 1)
-            text += f" terminating_ms={'unknown' if seconds is None else f'{seconds * 1000:.0f}'}"
         level = logging.ERROR if result.outcome is Outcome.POISONED else logging.INFO
-        self._log.log(level, "%s", text, extra=attributes)
+        self._log.log(level, "%s", result.describe(), extra=attributes)
         self._terminations.add(1, _clean({"outcome": attributes["outcome"], "code": attributes["code"]}))
-        if result.outcome is Outcome.CONFIRMED and result.terminating_seconds is not None:
-            self._confirmation_duration.record(result.terminating_seconds * 1000)
+        if seconds is not None:
+            self._confirmation_duration.record(seconds * 1000)
 
     def handed_back(self, exc: TerminatorError, *, message_id: str | None, attempt: int) -> None:
         """The record of a message handed back to the host: not finished, so no outcome (the host delivers it again)."""
