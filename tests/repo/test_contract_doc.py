@@ -6,7 +6,7 @@ import re
 import subprocess
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "docs" / "CONTRACT.md"
 
 CITATION = re.compile(r"docs/CONTRACT\.md`?\s+§(\d+[a-z]?)")

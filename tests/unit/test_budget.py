@@ -11,7 +11,7 @@ import pytest
 from shared.budget import BudgetNotification, is_cost_alert, read_budget_notification, read_cost_alert
 from shared.errors import AlertRejected
 
-PAYLOADS = Path(__file__).resolve().parent / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"
 
 
 def payload(name: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
 
-PAYLOADS = Path(__file__).resolve().parent / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"
 SELECT_SETTINGS = ("ALERT_SELECT_JOB_ID_PREFIX", "ALERT_SELECT_POOL_ID", "ALERT_SELECT_METADATA", "ALERT_MAX_JOBS")
 BUDGETS = ("budget-scenario.json", "budget-test-action.json", "common-actual-cost-budget.json")
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 INCIDENT_FIGURES = ("kill_switch_1000", "sweep_1000", "enqueue_file_1000")
 FIGURES = (
     "per_message_vs_floor",

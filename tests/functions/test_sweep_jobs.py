@@ -30,7 +30,7 @@ from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SWEEP_SETTINGS = ("SWEEP_MAX_AGE_HOURS", "SWEEP_IDLE_MINUTES", "SWEEP_JOB_ID_PREFIX", "SWEEP_DRY_RUN")
 
 

@@ -17,7 +17,7 @@ from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # A metric alert rule on a Batch account's Task Fail Events, split by the jobId dimension.
 METRIC_ALERT: dict[str, Any] = {

@@ -348,7 +348,7 @@ def test_a_configuration_error_is_handed_back_with_code_and_setting_but_no_outco
 
 
 def test_the_app_exports_through_opentelemetry_and_samples_nothing() -> None:
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     host = json.loads((root / "host.json").read_text())
     assert host["telemetryMode"] == "OpenTelemetry"
     assert host["logging"]["applicationInsights"]["samplingSettings"]["isEnabled"] is False

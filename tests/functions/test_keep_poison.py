@@ -22,7 +22,7 @@ from tests.conftest import Exported, Queues
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 NEVER = timedelta(days=365 * 100)
 
 

@@ -17,7 +17,7 @@ from shared import telemetry
 from shared.keeper import HOST_GAVE_UP
 from shared.outcome import Outcome
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 SAMPLE = ROOT / "local.settings.sample.json"
 

@@ -24,7 +24,7 @@ from tests.conftest import MessageFactory, Queues
 
 pytestmark = pytest.mark.integration
 
-PAYLOADS = Path(__file__).resolve().parent / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"
 OLD = datetime.now(UTC) - timedelta(hours=3)
 
 
