@@ -9,9 +9,9 @@ from typing import Any
 import azure.functions as func
 
 from shared import wiring
-from shared.alert_action import Answer
-from shared.alerts import AlertRequest, AlertSettings, read_alert
-from shared.errors import AlertRejected, ConfigurationError
+from shared.contract.errors import AlertRejected, ConfigurationError
+from shared.rules.alerts import AlertRequest, AlertSettings, read_alert
+from shared.services.alert_terminate import Answer
 from shared.telemetry import Telemetry
 
 

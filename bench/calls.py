@@ -25,7 +25,7 @@ from bench.harness import (
 )
 from bench.services import Services
 from shared import wiring
-from shared.settings import DEFAULT_API_VERSION
+from shared.config.settings import DEFAULT_API_VERSION
 
 QUEUE_NAME = "bench-terminate"
 REASON = "bench"
@@ -206,7 +206,7 @@ def per_call(services: Services, storage_connection: str, *, per_round: int, rou
         ours.handle(1)  # wires the runtime and gives the floor a request to copy
         floor = Floor(services, JobIds("floor"))
         # requests re-reads proxy settings from os.environ on every call unless trust_env is off: the floor
-        # below the floor, for reference only (ours resolves them once, see shared.wiring.pin_environment).
+        # below the floor, for reference only (ours resolves them once, see shared.transport.sessions.pin_environment).
         bare = Floor(services, JobIds("floor-noenv"), trust_env=False)
         contenders: dict[str, Contender] = {"ours": ours, "floor": floor, "floor_trust_env_off": bare}
         missing = peer_available()

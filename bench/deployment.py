@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from shared.settings import QueueOptions, local_settings_values, queue_options
+from ops.local_settings import local_settings_values
+from shared.config.settings import QueueOptions, queue_options
 
 THREAD_COUNT_SETTING = "PYTHON_THREADPOOL_THREAD_COUNT"
 QUEUES_PREFIX = "AzureFunctionsJobHost__extensions__queues__"

@@ -27,8 +27,8 @@ from bench.services import Services
 from bench.worker import RemoteWorker
 from local.azurite import Azurite
 from local.queue_host import Invocation, QueueHost, Settlement
-from shared.sessions import pin_environment
-from shared.settings import QueueOptions
+from shared.config.settings import QueueOptions
+from shared.transport.sessions import pin_environment
 
 LATENCY = 0.020
 # In flight at once (batchSize + newBatchThreshold): 24 is host.json as deployed; the worker's threads stay as deployed.

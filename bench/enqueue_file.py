@@ -1,6 +1,7 @@
 """Figure enqueue_file_1000: `batch-terminator enqueue --file` of 1,000 ids against a bare azure-storage-queue loop.
 
-Both contenders send the same JSON messages with the same number of threads (shared.producer.ENQUEUE_THREADS) to
+Both contenders send the same JSON messages with the same number of threads
+(shared.storage.terminate_queue.ENQUEUE_THREADS) to
 fresh queues on one Azurite, interleaved round by round; the value is the CLI's rate in % of the bare loop's
 (medians). The CLI runs in-process through its own entry (`ops.__main__.main`): file reading, validation of every
 line before the first send, settings, client and progress on stderr are inside its time; the interpreter's start
@@ -29,7 +30,7 @@ from requests.adapters import HTTPAdapter
 from local.azurite import Azurite
 from ops.__main__ import main as cli_main
 from ops.target import resolve_target
-from shared.producer import ENQUEUE_THREADS
+from shared.storage.terminate_queue import ENQUEUE_THREADS
 
 NAME = "enqueue_file_1000"
 TARGET_PERCENT = 80.0

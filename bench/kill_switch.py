@@ -25,8 +25,8 @@ ALERT_URL = "http://127.0.0.1/api/alert_terminate"
 
 
 def enqueue_threads() -> int:
-    """The threads alert_terminate enqueues with (shared.producer.ENQUEUE_THREADS)."""
-    from shared.producer import ENQUEUE_THREADS
+    """The threads alert_terminate enqueues with (shared.storage.terminate_queue.ENQUEUE_THREADS)."""
+    from shared.storage.terminate_queue import ENQUEUE_THREADS
 
     return ENQUEUE_THREADS
 

@@ -20,7 +20,8 @@ AGE_SECONDS = 3600.0
 
 def sweep_scale(services: Services, jobs: int) -> Figure:
     """The concurrent run's wall time ÷ the same sweep with one read in flight (list pages + every read, serially)."""
-    from shared.sweep import Sweeper, SweepPolicy
+    from shared.rules.sweep_policy import SweepPolicy
+    from shared.services.sweep_jobs import Sweeper
 
     prefix = f"idle-{uuid.uuid4().hex[:8]}"
     services.reset()

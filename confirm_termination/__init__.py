@@ -7,8 +7,8 @@ import logging
 import azure.functions as func
 
 from shared import wiring
-from shared.confirmation import Pending
-from shared.errors import ConfigurationError, EnqueueFailed, PoisonWriteFailed, RetryLater
+from shared.contract.errors import ConfigurationError, EnqueueFailed, PoisonWriteFailed, RetryLater
+from shared.services.confirm_termination import Pending
 
 log = logging.getLogger("batch_terminator")
 

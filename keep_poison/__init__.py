@@ -7,7 +7,7 @@ import logging
 import azure.functions as func
 
 from shared import wiring
-from shared.errors import ConfigurationError
+from shared.contract.errors import ConfigurationError
 
 log = logging.getLogger("batch_terminator.keeper")
 

@@ -17,8 +17,8 @@ from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from local.queue_host import QueueHost
 from local.smoke import smoke
 from local.stack import DEFAULT_AZURITE_PORT, DEFAULT_EMULATOR_PORT, RunError, start_everything, start_timers
-from shared import telemetry
-from shared.errors import ConfigurationError, TerminatorError
+from local.telemetry import start_local
+from shared.contract.errors import ConfigurationError, TerminatorError
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_banner(run, args)
         hosts.extend(run.hosts)
         # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
-        stack.callback(telemetry.start_local(say, interval_seconds=10.0).shutdown)
+        stack.callback(start_local(say, interval_seconds=10.0).shutdown)
         for host in run.hosts:
             host.start()
             stack.callback(host.stop)

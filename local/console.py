@@ -21,10 +21,10 @@ from azure.core.exceptions import AzureError
 from local.batch_emulator import Termination
 from local.stack import DEFAULT_AZURITE_PORT, DEMO_JOBS, DEMO_RELEASE_JOB, SWEEP_FUNCTION, Run
 from local.timer_host import format_moment
-from shared import storage
-from shared.errors import ConfigurationError
-from shared.settings import HOST_JSON, PROJECT_ROOT
-from shared.sweep import SweepPolicy
+from shared.config.settings import HOST_JSON, PROJECT_ROOT
+from shared.contract.errors import ConfigurationError
+from shared.rules.sweep_policy import SweepPolicy
+from shared.storage import queues as storage
 
 CLI = ".venv/bin/batch-terminator"
 ALERT_FUNCTION = "alert_terminate"

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.settings import PROJECT_ROOT
+from shared.config.settings import PROJECT_ROOT
 
 DEFAULT_SCRIPT_FILE = "__init__.py"  # azure_functions_worker/loader.py _DEFAULT_SCRIPT_FILENAME
 DEFAULT_ENTRY_POINT = "main"  # azure_functions_worker/loader.py _DEFAULT_ENTRY_POINT

@@ -19,7 +19,7 @@ import azure.functions as func
 from local.functions import FunctionFolder, FunctionLoadError, function_folders
 from local.invocations import ThreadPool
 from local.loopback import HttpRequest, HttpResponse, LoopbackService
-from shared.settings import HOST_JSON, PROJECT_ROOT
+from shared.config.settings import HOST_JSON, PROJECT_ROOT
 
 log = logging.getLogger("local.http")
 

@@ -11,8 +11,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shared.errors import ConfigurationError
-from shared.settings import HOST_JSON, parse_timespan
+from shared.config.settings import HOST_JSON, parse_timespan
+from shared.contract.errors import ConfigurationError
 
 log = logging.getLogger("local.invocations")
 

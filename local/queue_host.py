@@ -31,8 +31,8 @@ from azure.storage.queue import QueueMessage as StorageQueueMessage
 
 from local.functions import FunctionFolder, FunctionLoadError, resolve_settings
 from local.invocations import ThreadPool, format_timeout, function_timeout, thread_pool_size
-from shared.settings import HOST_JSON, QueueOptions, StorageSettings
-from shared.storage import queue_client
+from shared.config.settings import HOST_JSON, QueueOptions, StorageSettings
+from shared.storage.queues import queue_client
 
 log = logging.getLogger("local.queue_host")
 

@@ -15,8 +15,9 @@ from azure.core.exceptions import AzureError
 from local.console import ALERT_FUNCTION, queue_is_drained, report_terminations, say
 from local.queue_host import Settlement
 from local.stack import DEMO_JOBS, Run
-from shared import storage, telemetry
-from shared.producer import TerminateQueue
+from shared import telemetry
+from shared.storage import queues as storage
+from shared.storage.terminate_queue import TerminateQueue
 
 SMOKE_TIMEOUT = 60.0
 MISSING_JOB = "no-such-job"

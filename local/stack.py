@@ -21,9 +21,11 @@ from local.identity import IdentityEndpoint
 from local.invocations import ThreadPool, thread_pool_size
 from local.queue_host import Invocation, QueueHost
 from local.timer_host import TimerHost, TimerNotLoaded, timer_functions
-from shared import storage, wiring
-from shared.errors import ConfigurationError
-from shared.settings import LOCAL_SETTINGS_FILES, PROJECT_ROOT, Settings, local_settings_values
+from ops.local_settings import LOCAL_SETTINGS_FILES, local_settings_values
+from shared import wiring
+from shared.config.settings import PROJECT_ROOT, Settings
+from shared.contract.errors import ConfigurationError
+from shared.storage import queues as storage
 
 AZURITE_DIR = PROJECT_ROOT / ".azurite"
 DEFAULT_AZURITE_PORT = 10001  # what UseDevelopmentStorage=true means to the storage SDKs

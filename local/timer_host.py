@@ -16,7 +16,7 @@ from azure.functions.timer import TimerRequest
 from local.functions import FunctionFolder, FunctionLoadError, function_folders, resolve_settings, setting_name
 from local.invocations import ThreadPool
 from local.ncrontab import CronSchedule, ScheduleError, as_utc
-from shared.settings import PROJECT_ROOT
+from shared.config.settings import PROJECT_ROOT
 
 log = logging.getLogger("local.timer")
 

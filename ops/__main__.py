@@ -7,10 +7,11 @@ import os
 import sys
 from collections.abc import Sequence
 
+from ops.errors import CliError
 from ops.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ops.parser import build_parser
 from ops.target import resolve_target
-from shared.errors import CliError, ConfigurationError
+from shared.contract.errors import ConfigurationError
 
 
 def main(argv: Sequence[str] | None = None) -> int:

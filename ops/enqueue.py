@@ -7,14 +7,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ops.errors import CliError
 from ops.exit_codes import EXIT_OK, EXIT_STORAGE, EXIT_USAGE
 from ops.output import Progress, invalid_message_text, print_json, warn
 from ops.storage_errors import storage_failure
 from ops.target import ACCOUNTS_SETTING, Target, open_queue
-from shared.errors import CliError, EnqueueFailed, InvalidMessage
-from shared.message import TerminateRequest
-from shared.producer import TerminateQueue, build_request
-from shared.settings import DEFAULT_ACCOUNT, account_aliases
+from shared.config.settings import account_aliases
+from shared.contract.errors import EnqueueFailed, InvalidMessage
+from shared.contract.terminate_request import DEFAULT_ACCOUNT, TerminateRequest
+from shared.storage.terminate_queue import TerminateQueue, build_request
 
 PROGRESS_ALWAYS_ABOVE = 100
 MAX_LISTED_PROBLEMS = 20

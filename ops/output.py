@@ -9,7 +9,7 @@ import time
 from collections.abc import Mapping
 from typing import TextIO
 
-from shared.errors import InvalidMessage
+from shared.contract.errors import InvalidMessage
 
 CELL_WIDTH = 40
 _OPTION_OF_FIELD = {

@@ -7,15 +7,16 @@ import base64
 import json
 import sys
 
+from ops.errors import CliError
 from ops.exit_codes import EXIT_NOTHING, EXIT_OK, EXIT_STORAGE, EXIT_USAGE
 from ops.output import cell, print_json, warn
 from ops.poison_queue import PoisonEntry, PoisonQueue
 from ops.storage_errors import storage_errors
 from ops.target import Target, open_queue
-from shared.confirmation import ConfirmCheck
-from shared.errors import CliError, InvalidMessage
-from shared.message import TerminateRequest
-from shared.producer import build_request
+from shared.contract.confirm_check import ConfirmCheck
+from shared.contract.errors import InvalidMessage
+from shared.contract.terminate_request import TerminateRequest
+from shared.storage.terminate_queue import build_request
 
 DEFAULT_LIST_LIMIT = 50
 

@@ -17,9 +17,9 @@ from azure.storage.queue import QueueClient, QueueMessage
 
 from ops.output import warn
 from ops.storage_errors import storage_errors
-from shared.errors import InvalidMessage
-from shared.message import load_object
-from shared.poison import PoisonRecord
+from shared.contract.codec import load_object
+from shared.contract.errors import InvalidMessage
+from shared.contract.poison_record import PoisonRecord
 
 PEEK_MAX = 32
 HIDE_SECONDS = 300

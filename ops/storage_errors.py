@@ -16,9 +16,9 @@ from azure.core.exceptions import (
 )
 from azure.storage.queue import QueueClient
 
+from ops.errors import CliError
 from ops.exit_codes import EXIT_STORAGE
 from ops.target import STORAGE_SETTING
-from shared.errors import CliError
 
 
 def endpoint_of(client: QueueClient) -> str:

@@ -11,17 +11,11 @@ from typing import TypeVar
 from azure.core.credentials import TokenCredential
 from azure.storage.queue import LinearRetry, QueueClient
 
-from shared.errors import ConfigurationError
-from shared.producer import ENQUEUE_THREADS
-from shared.settings import (
-    PROJECT_ROOT,
-    StorageSettings,
-    local_settings_values,
-    queue_name_setting,
-    queue_options,
-    storage_from_env,
-)
-from shared.storage import queue_client
+from ops.local_settings import local_settings_values
+from shared.config.settings import PROJECT_ROOT, StorageSettings, queue_name_setting, queue_options, storage_from_env
+from shared.contract.errors import ConfigurationError
+from shared.storage.queues import queue_client
+from shared.storage.terminate_queue import ENQUEUE_THREADS
 
 T = TypeVar("T")
 

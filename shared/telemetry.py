@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence, Sized
+from typing import Any, Protocol
 
 from opentelemetry import metrics
 
-from shared.errors import (
+from shared.contract.errors import (
     BatchCallFailed,
     ConfigurationError,
     EnqueueFailed,
@@ -18,12 +16,26 @@ from shared.errors import (
     RetryLater,
     TerminatorError,
 )
-from shared.outcome import Outcome, Result
+from shared.contract.outcome import Outcome, Result
 
-if TYPE_CHECKING:
-    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
-    from shared.sweep import SweepReport
+class SweepSummary(Protocol):
+    """What a sweep run reports (the sweep service's report has these); telemetry imports no service."""
+
+    outcome: str
+    listed: int
+    kept: int
+    dry_run: bool
+    duration: float
+
+    @property
+    def matched(self) -> Sized: ...
+
+    @property
+    def enqueued(self) -> Sized: ...
+
+    def summary(self) -> str: ...
+
 
 LOGGER_NAME = "batch_terminator"
 METER_NAME = "batch_terminator"
@@ -188,7 +200,7 @@ class Telemetry:
         """A poison record reached the poison queue."""
         self._poison_writes.add(1, {"code": code})
 
-    def sweep_finished(self, report: SweepReport) -> None:
+    def sweep_finished(self, report: SweepSummary) -> None:
         """The one record of a sweep run, and its counts."""
         extra = {
             "run": "sweep",
@@ -247,35 +259,3 @@ def _clean(attributes: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---- the local run's view: a periodic one-line summary of the same metrics
-
-
-@dataclass
-class LocalTelemetry:
-    """The SDK provider ./dev run installed, printing a summary line every interval."""
-
-    provider: SdkMeterProvider
-
-    def shutdown(self) -> None:
-        """Print the last summary and stop the exporter thread."""
-        self.provider.shutdown()
-
-
-_local_lock = threading.Lock()
-_local: LocalTelemetry | None = None
-
-
-def start_local(say: Callable[[str], None], *, interval_seconds: float = 10.0) -> LocalTelemetry:
-    """Install an SDK MeterProvider (once per process) whose reader prints one metrics summary line per interval."""
-    global _local
-    from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
-    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-
-    from shared.metrics_summary import SummaryExporter
-
-    with _local_lock:
-        if _local is None:
-            reader = PeriodicExportingMetricReader(SummaryExporter(say), export_interval_millis=interval_seconds * 1000)
-            provider = SdkMeterProvider(metric_readers=[reader])
-            metrics.set_meter_provider(provider)
-            _local = LocalTelemetry(provider)
-        return _local

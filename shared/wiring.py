@@ -15,23 +15,27 @@ from azure.core.credentials import TokenCredential
 from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient
 
-from shared.batch import BatchClient, RetryPolicy, TokenProvider
-from shared.batch_job import JobGetter
-from shared.confirmation import Confirmer, ConfirmQueue
-from shared.guards import Guards
-from shared.poison import PoisonWriter
-from shared.sessions import pin_environment, pooled_session
-from shared.settings import MAX_SWEEP_CONCURRENCY, Settings, queue_name_setting
-from shared.storage import queue_client
+from shared.batch.client import BatchClient
+from shared.batch.jobs import JobGetter
+from shared.batch.retry import RetryPolicy
+from shared.batch.tokens import TokenProvider
+from shared.config.settings import MAX_SWEEP_CONCURRENCY, Settings, queue_name_setting
+from shared.rules.guards import Guards
+from shared.services.confirm_termination import Confirmer
+from shared.services.terminate_job import Terminator
+from shared.storage.confirm_queue import ConfirmQueue
+from shared.storage.poison_writer import PoisonWriter
+from shared.storage.queues import queue_client
 from shared.telemetry import Telemetry
-from shared.terminator import Terminator
+from shared.transport.sessions import pin_environment, pooled_session
 
 if TYPE_CHECKING:
-    from shared.alert_action import AlertAction
-    from shared.batch_read import BatchReader
-    from shared.keeper import PoisonKeeper
-    from shared.producer import TerminateQueue
-    from shared.sweep import Sweeper, SweepPolicy
+    from shared.batch.job_list import BatchReader
+    from shared.rules.sweep_policy import SweepPolicy
+    from shared.services.alert_terminate import AlertAction
+    from shared.services.keep_poison import PoisonKeeper
+    from shared.services.sweep_jobs import Sweeper
+    from shared.storage.terminate_queue import TerminateQueue
 
 # The alert, sweep and keeper services are imported where they are built: a terminate_job cold start (the one that
 # matters in an incident) does not pay for modules it never runs.
@@ -150,15 +154,15 @@ class Wiring:
 
     def batch_reader(self) -> BatchReader:
         """Job - List and task counts over the same client."""
-        from shared.batch_read import BatchReader
+        from shared.batch.job_list import BatchReader
 
         return self._once("batch_reader", lambda: BatchReader(self.batch_client(), self.settings()))
 
     def batch_readers(self) -> dict[str, BatchReader]:
         """A reader per configured account (alias → reader), all over the one token cache and pooled session."""
 
-        from shared.account_match import configured_accounts
-        from shared.batch_read import BatchReader
+        from shared.batch.job_list import BatchReader
+        from shared.rules.accounts import configured_accounts
 
         def build() -> dict[str, BatchReader]:
             settings = self.settings()
@@ -184,8 +188,8 @@ class Wiring:
 
     def alert_action(self) -> AlertAction:
         """The alert_terminate service; reads the Batch settings only when an alert needs an account."""
-        from shared.account_match import configured_accounts
-        from shared.alert_action import AlertAction
+        from shared.rules.accounts import configured_accounts
+        from shared.services.alert_terminate import AlertAction
 
         def build() -> AlertAction:
             return AlertAction(
@@ -262,7 +266,7 @@ class Wiring:
 
     def keeper(self) -> PoisonKeeper:
         """The keep_poison service: the host's poison queues (trigger, and confirm when set) into records."""
-        from shared.keeper import PoisonKeeper
+        from shared.services.keep_poison import PoisonKeeper
 
         def build() -> PoisonKeeper:
             settings = self.settings()
@@ -280,13 +284,13 @@ class Wiring:
 
     def terminate_queue(self) -> TerminateQueue:
         """The producer for the trigger queue; reads only the storage and queue settings (no Batch ones)."""
-        from shared.producer import TerminateQueue
+        from shared.storage.terminate_queue import TerminateQueue
 
         return self._once("terminate_queue", lambda: TerminateQueue.from_env(self._environ))
 
     def sweep_policy(self) -> SweepPolicy:
         """The SWEEP_* settings."""
-        from shared.sweep import SweepPolicy
+        from shared.rules.sweep_policy import SweepPolicy
 
         return self._once("sweep_policy", lambda: SweepPolicy.from_env(self._environ))
 
@@ -296,7 +300,7 @@ class Wiring:
         if not policy.enabled:
             return None
 
-        from shared.sweep import Sweeper
+        from shared.services.sweep_jobs import Sweeper
 
         def build() -> Sweeper:
             readers = policy.pick_accounts(self.batch_readers())

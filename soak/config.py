@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shared.batch import RetryPolicy
-from shared.settings import QueueOptions
+from shared.batch.retry import RetryPolicy
+from shared.config.settings import QueueOptions
 
 QUEUE_NAME = "soak-terminate"
 POISON_QUEUE_NAME = f"{QUEUE_NAME}-poison"

@@ -20,7 +20,7 @@ from azure.storage.queue import QueueClient
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, JobState
 from local.identity import IdentityEndpoint
-from shared.producer import TerminateQueue
+from shared.storage.terminate_queue import TerminateQueue
 from soak.config import (
     COMPLETED_SHARE,
     CONFIRM_HOST_POISON_QUEUE_NAME,

@@ -16,7 +16,7 @@ from local.functions import FunctionFolder
 from local.invocations import ThreadPool
 from local.queue_host import Invocation, QueueHost
 from shared import telemetry, wiring
-from shared.settings import PROJECT_ROOT, Settings
+from shared.config.settings import PROJECT_ROOT, Settings
 from soak.config import (
     SoakConfig,
 )

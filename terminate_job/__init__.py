@@ -5,8 +5,8 @@ from __future__ import annotations
 import azure.functions as func
 
 from shared import wiring
-from shared.errors import ConfigurationError, EnqueueFailed, PoisonWriteFailed, RetryLater
-from shared.terminator import Delivery
+from shared.contract.errors import ConfigurationError, EnqueueFailed, PoisonWriteFailed, RetryLater
+from shared.services.terminate_job import Delivery
 
 
 def main(msg: func.QueueMessage) -> None:

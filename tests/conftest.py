@@ -26,7 +26,7 @@ from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.message import TerminateRequest
+from shared.contract.terminate_request import TerminateRequest
 from shared.telemetry import Telemetry
 
 

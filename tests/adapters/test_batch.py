@@ -12,10 +12,13 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.core.exceptions import ClientAuthenticationError
 
-from shared.batch import BatchClient, RetryPolicy, TokenProvider, Verdict, classify, error_detail
-from shared.errors import BatchCallFailed
-from shared.message import TerminateRequest
-from shared.settings import Settings
+from shared.batch.answers import error_detail
+from shared.batch.client import BatchClient
+from shared.batch.retry import RetryPolicy, Verdict, classify
+from shared.batch.tokens import TokenProvider
+from shared.config.settings import Settings
+from shared.contract.errors import BatchCallFailed
+from shared.contract.terminate_request import TerminateRequest
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from azure.storage.queue import QueueClient
 
-from shared.errors import EnqueueFailed, InvalidMessage
-from shared.message import TerminateRequest
-from shared.producer import TerminateQueue, build_request
+from shared.contract.errors import EnqueueFailed, InvalidMessage
+from shared.contract.terminate_request import TerminateRequest
+from shared.storage.terminate_queue import TerminateQueue, build_request
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration

@@ -1,4 +1,4 @@
-"""shared.storage.queue_client: the app's queue clients read the environment once and keep their timeouts."""
+"""shared.storage.queues.queue_client: the app's queue clients read the environment once and keep their timeouts."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 from azure.core.exceptions import ServiceRequestError
 from azure.storage.queue import ExponentialRetry
 
-from shared.settings import StorageSettings
-from shared.storage import queue_client
+from shared.config.settings import StorageSettings
+from shared.storage.queues import queue_client
 from tests.conftest import Queues, closed_port
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ import terminate_job
 from local.batch_emulator import BatchEmulator, JobState
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.message import TerminateRequest
+from shared.contract.terminate_request import TerminateRequest
 from tests.conftest import MessageFactory, Queues
 
 pytestmark = pytest.mark.integration

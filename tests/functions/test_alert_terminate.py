@@ -12,7 +12,7 @@ import pytest
 
 import alert_terminate
 from shared import wiring
-from shared.alerts import MAX_BODY_BYTES
+from shared.rules.alerts import MAX_BODY_BYTES
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,9 @@ from local.functions import FunctionFolder
 from local.invocations import default_thread_count, function_timeout
 from local.queue_host import Invocation, QueueHost, Settlement
 from shared import wiring
-from shared.batch import RetryPolicy
-from shared.producer import TerminateQueue
-from shared.settings import PROJECT_ROOT, Settings
+from shared.batch.retry import RetryPolicy
+from shared.config.settings import PROJECT_ROOT, Settings
+from shared.storage.terminate_queue import TerminateQueue
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ from local.batch_emulator import BatchEmulator, Fault, JobState
 from local.identity import IdentityEndpoint
 from ops.__main__ import main as ops_main
 from shared import telemetry, wiring
-from shared.confirmation import ConfirmCheck
-from shared.errors import ConfigurationError, EnqueueFailed, RetryLater
+from shared.contract.confirm_check import ConfirmCheck
+from shared.contract.errors import ConfigurationError, EnqueueFailed, RetryLater
 from tests.conftest import Exported, MessageFactory, Queues, closed_port
 
 pytestmark = pytest.mark.integration

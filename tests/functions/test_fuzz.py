@@ -21,10 +21,11 @@ import terminate_job
 from local.batch_emulator import BatchEmulator, RecordedRequest
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.errors import ConfigurationError, InvalidMessage, PoisonWriteFailed
-from shared.message import MAX_REASON_LENGTH, TerminateRequest
-from shared.poison import MAX_RECORD_BYTES, PoisonRecord, PoisonWriter
-from shared.settings import QueueOptions, Settings, StorageSettings, validate_batch_url
+from shared.config.settings import QueueOptions, Settings, StorageSettings, validate_batch_url
+from shared.contract.errors import ConfigurationError, InvalidMessage, PoisonWriteFailed
+from shared.contract.poison_record import MAX_RECORD_BYTES, PoisonRecord
+from shared.contract.terminate_request import MAX_REASON_LENGTH, TerminateRequest
+from shared.storage.poison_writer import PoisonWriter
 
 JOB_ID_RULE = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 FUZZ = settings(

@@ -15,9 +15,10 @@ from azure.storage.queue import QueueClient
 
 import keep_poison
 from shared import telemetry, wiring
-from shared.errors import BatchError
-from shared.keeper import HOST_GAVE_UP
-from shared.poison import PoisonRecord, PoisonWriter
+from shared.contract.errors import BatchError
+from shared.contract.poison_record import PoisonRecord
+from shared.services.keep_poison import HOST_GAVE_UP
+from shared.storage.poison_writer import PoisonWriter
 from tests.conftest import Exported, Queues
 
 pytestmark = pytest.mark.integration

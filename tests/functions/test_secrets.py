@@ -22,8 +22,8 @@ from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, Fault, JobState
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.errors import RetryLater
-from shared.producer import TerminateQueue
+from shared.contract.errors import RetryLater
+from shared.storage.terminate_queue import TerminateQueue
 
 pytestmark = pytest.mark.integration
 

@@ -19,12 +19,13 @@ import sweep_jobs
 from local.batch_emulator import ODATA_JSON, BatchEmulator, HttpRequest, HttpResponse, JobState
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.batch import BatchClient, TokenProvider
-from shared.batch_read import BatchReader
-from shared.errors import BatchCallFailed, ConfigurationError
-from shared.selection import LIST_PAGE_SIZE
-from shared.settings import Settings
-from shared.sweep import SweepPolicy
+from shared.batch.client import BatchClient
+from shared.batch.job_list import BatchReader
+from shared.batch.tokens import TokenProvider
+from shared.config.settings import Settings
+from shared.contract.errors import BatchCallFailed, ConfigurationError
+from shared.rules.selection import LIST_PAGE_SIZE
+from shared.rules.sweep_policy import SweepPolicy
 from shared.wiring import batch_credential, http_session
 from tests.conftest import Queues
 

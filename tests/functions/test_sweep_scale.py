@@ -17,8 +17,9 @@ from azure.storage.queue import QueueClient
 from local.batch_emulator import BatchEmulator, HttpRequest, HttpResponse
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.errors import ConfigurationError
-from shared.sweep import Sweeper, SweepPolicy
+from shared.contract.errors import ConfigurationError
+from shared.rules.sweep_policy import SweepPolicy
+from shared.services.sweep_jobs import Sweeper
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -221,7 +222,7 @@ def test_sweep_accounts_must_name_configured_accounts() -> None:
 
 
 def test_the_batch_session_keeps_a_connection_for_every_sweep_read_allowed(function_env: dict[str, str]) -> None:
-    from shared.sweep import MAX_CONCURRENCY
+    from shared.rules.sweep_policy import MAX_CONCURRENCY
 
     session = wiring.Wiring().session()
 

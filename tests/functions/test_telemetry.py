@@ -19,10 +19,10 @@ import sweep_jobs
 import terminate_job
 from local.batch_emulator import BatchEmulator, Fault
 from local.identity import IdentityEndpoint
+from local.metrics_summary import summarize
 from shared import telemetry
-from shared.errors import ConfigurationError, RetryLater
-from shared.metrics_summary import summarize
-from shared.outcome import Outcome, Result
+from shared.contract.errors import ConfigurationError, RetryLater
+from shared.contract.outcome import Outcome, Result
 from tests.conftest import Exported, MessageFactory, Queues
 
 pytestmark = pytest.mark.integration

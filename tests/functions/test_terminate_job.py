@@ -23,8 +23,8 @@ import terminate_job
 from local.batch_emulator import BatchEmulator, Fault, JobState
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.errors import ConfigurationError, PoisonWriteFailed, RetryLater
-from shared.poison import PoisonWriter
+from shared.contract.errors import ConfigurationError, PoisonWriteFailed, RetryLater
+from shared.storage.poison_writer import PoisonWriter
 from tests.conftest import Exported, MessageFactory, Queues, closed_port
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from local.invocations import (
     function_timeout,
     thread_pool_size,
 )
-from shared.errors import ConfigurationError
-from shared.settings import HOST_JSON
+from shared.config.settings import HOST_JSON
+from shared.contract.errors import ConfigurationError
 
 
 @pytest.mark.parametrize(("cpus", "expected"), [(1, 5), (2, 6), (8, 12), (28, 32), (64, 32), (None, 5)])

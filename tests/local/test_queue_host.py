@@ -31,8 +31,8 @@ from local.queue_host import (
     is_valid_queue_name,
 )
 from shared import wiring
-from shared.producer import TerminateQueue
-from shared.settings import MAX_DEQUEUE_ENV, PROJECT_ROOT, QueueOptions
+from shared.config.settings import MAX_DEQUEUE_ENV, PROJECT_ROOT, QueueOptions
+from shared.storage.terminate_queue import TerminateQueue
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from shared.producer import TerminateQueue
-from shared.settings import PROJECT_ROOT
+from shared.config.settings import PROJECT_ROOT
+from shared.storage.terminate_queue import TerminateQueue
 
 pytestmark = pytest.mark.integration
 

@@ -14,7 +14,7 @@ from azure.functions.timer import TimerRequest
 from local.invocations import ThreadPool
 from local.ncrontab import CronSchedule
 from local.timer_host import TimerHost, TimerNotLoaded, format_moment, timer_functions
-from shared.settings import PROJECT_ROOT
+from shared.config.settings import PROJECT_ROOT
 
 
 def at(text: str) -> datetime:

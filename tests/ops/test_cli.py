@@ -28,12 +28,13 @@ from ops.__main__ import entry, main
 from ops.output import Progress
 from ops.storage_errors import endpoint_of
 from ops.target import Target, open_queue, resolve_target
-from shared.confirmation import ConfirmCheck
-from shared.errors import BatchError, BatchErrorDetail, ConfigurationError
-from shared.keeper import PoisonKeeper
-from shared.poison import PoisonRecord, PoisonWriter
-from shared.settings import PROJECT_ROOT, StorageSettings
-from shared.storage import queue_client
+from shared.config.settings import PROJECT_ROOT, StorageSettings
+from shared.contract.confirm_check import ConfirmCheck
+from shared.contract.errors import BatchError, BatchErrorDetail, ConfigurationError
+from shared.contract.poison_record import PoisonRecord
+from shared.services.keep_poison import PoisonKeeper
+from shared.storage.poison_writer import PoisonWriter
+from shared.storage.queues import queue_client
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration

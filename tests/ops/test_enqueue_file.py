@@ -6,7 +6,7 @@ import pytest
 
 from bench import enqueue_file
 from local.azurite import Azurite
-from shared.producer import ENQUEUE_THREADS
+from shared.storage.terminate_queue import ENQUEUE_THREADS
 
 pytestmark = pytest.mark.integration
 

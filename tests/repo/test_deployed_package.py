@@ -12,7 +12,7 @@ import subprocess
 import pathspec
 import pytest
 
-from shared.settings import PROJECT_ROOT
+from shared.config.settings import PROJECT_ROOT
 
 ONLY_TOP_LEVEL = {"host.json", "requirements.txt", "shared"}  # beside these: the function folders
 NEVER = ("ops", "local", "soak", "bench", "tests")

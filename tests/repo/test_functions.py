@@ -12,7 +12,7 @@ import alert_terminate
 import sweep_jobs
 import terminate_job
 from local.functions import FunctionFolder, FunctionLoadError, function_folders, resolve_settings, setting_name
-from shared.settings import PROJECT_ROOT
+from shared.config.settings import PROJECT_ROOT
 
 
 def make_function(root: Path, name: str, document: object, files: dict[str, str] | None = None) -> Path:

@@ -18,7 +18,7 @@ import terminate_job
 from local.azurite import Azurite
 from local.batch_emulator import BatchEmulator, Fault, HttpRequest, JobState
 from shared import wiring
-from shared.settings import PROJECT_ROOT
+from shared.config.settings import PROJECT_ROOT
 from soak.config import POISON_QUEUE_NAME, SoakConfig
 from soak.reconcile import HOST_MOVED, AppRecord, Report, SentMessage, read_poison, reconcile
 from soak.run import plan_jobs

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.account_match import account_for, alias_for, batch_account_names, terminate_request
-from shared.errors import AlertRejected
+from shared.contract.errors import AlertRejected
+from shared.rules.accounts import account_for, alias_for, batch_account_names, terminate_request
 
 EU = "https://contosoeu.westeurope.batch.azure.com"
 US = "https://contosous.eastus.batch.azure.com"

@@ -9,8 +9,8 @@ import pytest
 from local.batch_emulator import BatchEmulator, JobState
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.batch_job import JobSnapshot
-from shared.errors import BatchCallFailed
+from shared.batch.jobs import JobSnapshot
+from shared.contract.errors import BatchCallFailed
 
 pytestmark = pytest.mark.integration
 

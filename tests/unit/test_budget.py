@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from shared.budget import BudgetNotification, is_cost_alert, read_budget_notification, read_cost_alert
-from shared.errors import AlertRejected
+from shared.contract.errors import AlertRejected
+from shared.rules.budget import BudgetNotification, is_cost_alert, read_budget_notification, read_cost_alert
 
 PAYLOADS = Path(__file__).resolve().parents[1] / "payloads"
 

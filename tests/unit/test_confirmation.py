@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from shared.confirmation import ConfirmCheck
-from shared.errors import InvalidMessage
+from shared.contract.confirm_check import ConfirmCheck
+from shared.contract.errors import InvalidMessage
 
 
 def test_a_check_round_trips_as_the_contracts_object() -> None:

@@ -6,12 +6,12 @@ import pickle
 
 import pytest
 
-from shared.errors import (
+from ops.errors import CliError
+from shared.contract.errors import (
     AlertRejected,
     BatchCallFailed,
     BatchError,
     BatchErrorDetail,
-    CliError,
     ConfigurationError,
     EnqueueFailed,
     InvalidMessage,

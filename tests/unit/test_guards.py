@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from shared.batch_job import JobSnapshot
-from shared.errors import BatchCallFailed, BatchError, BatchErrorDetail, JobRefused
-from shared.guards import Clearance, Cleared, Guards, is_kept, refusal
-from shared.message import TerminateRequest
-from shared.settings import Settings
+from shared.batch.jobs import JobSnapshot
+from shared.config.settings import Settings
+from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail, JobRefused
+from shared.contract.terminate_request import TerminateRequest
+from shared.rules.guards import Clearance, Cleared, Guards, is_kept, refusal
 
 BASE = {
     "BATCH_ACCOUNT_URL": "https://acct.westeurope.batch.azure.com",

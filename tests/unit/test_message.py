@@ -8,8 +8,9 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.errors import InvalidMessage
-from shared.message import DEFAULT_REASON, TerminateRequest, format_http_date, parse_http_date
+from shared.contract.codec import format_http_date, parse_http_date
+from shared.contract.errors import InvalidMessage
+from shared.contract.terminate_request import DEFAULT_REASON, TerminateRequest
 
 
 def parse(document: object) -> TerminateRequest:

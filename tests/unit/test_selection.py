@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.batch_read import JobInfo
-from shared.errors import ConfigurationError
-from shared.selection import JobSelector, is_kept, max_jobs
+from shared.batch.job_list import JobInfo
+from shared.contract.errors import ConfigurationError
+from shared.rules.guards import is_kept
+from shared.rules.selection import JobSelector, max_jobs
 
 
 def job(

@@ -7,18 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from shared.errors import ConfigurationError
-from shared.settings import (
+from ops.local_settings import local_settings_values
+from shared.config.settings import (
     HOST_JSON,
     ConfirmSettings,
     GuardSettings,
     Settings,
     account_aliases,
     api_version_supports_force,
-    local_settings_values,
     parse_timespan,
     validate_batch_url,
 )
+from shared.contract.errors import ConfigurationError
 
 BASE = {
     "BATCH_ACCOUNT_URL": "https://acct.westeurope.batch.azure.com",

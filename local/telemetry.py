@@ -1,0 +1,41 @@
+"""The local run's telemetry: an OpenTelemetry SDK provider whose metrics are summarised on the console."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from opentelemetry import metrics
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+
+
+@dataclass
+class LocalTelemetry:
+    """The SDK provider ./dev run installed, printing a summary line every interval."""
+
+    provider: SdkMeterProvider
+
+    def shutdown(self) -> None:
+        """Print the last summary and stop the exporter thread."""
+        self.provider.shutdown()
+
+
+_local: LocalTelemetry | None = None
+_local_lock = threading.Lock()
+
+
+def start_local(say: Callable[[str], None], *, interval_seconds: float = 10.0) -> LocalTelemetry:
+    """Install an SDK MeterProvider (once per process) whose reader prints one metrics summary line per interval."""
+    global _local
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    from local.metrics_summary import SummaryExporter
+
+    with _local_lock:
+        if _local is None:
+            reader = PeriodicExportingMetricReader(SummaryExporter(say), export_interval_millis=interval_seconds * 1000)
+            provider = SdkMeterProvider(metric_readers=[reader])
+            metrics.set_meter_provider(provider)
+            _local = LocalTelemetry(provider)
+        return _local

@@ -1,0 +1,145 @@
+"""Which active jobs an alert or the sweep may stop: one Job - List, Batch's filters server-side, the rest here."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from shared.batch.job_list import JobInfo
+from shared.contract.errors import ConfigurationError
+from shared.contract.terminate_request import JOB_ID_PATTERN
+from shared.rules.guards import is_kept
+
+log = logging.getLogger("batch_terminator.selection")
+
+# Job - List's own maximum; the service may still answer with shorter pages and an odata.nextLink.
+LIST_PAGE_SIZE = 1000
+PREFIX_SETTING = "ALERT_SELECT_JOB_ID_PREFIX"
+POOL_SETTING = "ALERT_SELECT_POOL_ID"
+METADATA_SETTING = "ALERT_SELECT_METADATA"
+MAX_JOBS_SETTING = "ALERT_MAX_JOBS"
+DEFAULT_MAX_JOBS = 100
+
+
+class JobLister(Protocol):
+    """What selection needs from a Batch reader (shared.batch_read.BatchReader)."""
+
+    def list_jobs(self, *, odata_filter: str | None, select: str, page_size: int) -> Iterator[JobInfo]: ...
+
+
+@dataclass(frozen=True)
+class JobSelector:
+    """Conditions an active job must all meet: id prefix, pool, one metadata pair (each optional)."""
+
+    job_id_prefix: str = ""
+    pool_id: str | None = None
+    metadata: tuple[str, str] | None = None
+
+    @property
+    def configured(self) -> bool:
+        """Whether any condition is set (an alert without one selects nothing: 400 NoJobId)."""
+        return bool(self.job_id_prefix) or self.pool_id is not None or self.metadata is not None
+
+    def odata_filter(self) -> str:
+        """The server-side part: Batch filters Job - List on state and on id with startswith."""
+        # The prefix holds only Batch id characters (checked when read), so it needs no OData quoting.
+        terms = ["state eq 'active'"]
+        if self.job_id_prefix:
+            terms.append(f"startswith(id,'{self.job_id_prefix}')")
+        # The pool stays client-side: executionInfo/poolId is filterable, but a server filter on it would drop a
+        # job whose executionInfo has no poolId while its poolInfo.poolId matches (docs/CONTRACT.md §9's "else").
+        return " and ".join(terms)
+
+    def matches(self, job: JobInfo) -> bool:
+        """Every condition, checked on the listed job (the server's filter is never taken on trust)."""
+        if job.state not in (None, "active") or not JOB_ID_PATTERN.fullmatch(job.id):
+            return False
+        # Batch ids (jobs and pools) are case-insensitive.
+        if self.job_id_prefix and not job.id.casefold().startswith(self.job_id_prefix.casefold()):
+            return False
+        if self.pool_id is not None and (job.pool_id or "").casefold() != self.pool_id.casefold():
+            return False
+        if self.metadata is not None:
+            name, value = self.metadata
+            # As Azure tags: names compare case-insensitively, values exactly.
+            if not any(k.casefold() == name.casefold() and v == value for k, v in job.metadata.items()):
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The selector as one log fragment."""
+        pair = f"{self.metadata[0]}={self.metadata[1]}" if self.metadata else None
+        return f"prefix={self.job_id_prefix!r} pool={self.pool_id!r} metadata={pair!r}"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> JobSelector:
+        """Read ALERT_SELECT_*; a ConfigurationError names the first bad one."""
+        env = os.environ if environ is None else environ
+        prefix = job_id_prefix_setting(env, PREFIX_SETTING)
+        pool = env.get(POOL_SETTING, "").strip() or None
+        if pool is not None and not JOB_ID_PATTERN.fullmatch(pool):
+            raise ConfigurationError(POOL_SETTING, "must be a Batch pool id (letters, digits, - and _, at most 64)")
+        raw_pair = env.get(METADATA_SETTING, "").strip()
+        pair: tuple[str, str] | None = None
+        if raw_pair:
+            name, equals, value = raw_pair.partition("=")
+            if not equals or not name.strip():
+                raise ConfigurationError(METADATA_SETTING, "must be key=value, e.g. team=render")
+            pair = (name.strip(), value.strip())
+        return cls(job_id_prefix=prefix, pool_id=pool, metadata=pair)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The jobs a selector picked from one account's listing; kept jobs are neither picked nor counted."""
+
+    jobs: tuple[JobInfo, ...]
+    listed: int
+    kept: int
+
+    @property
+    def job_ids(self) -> list[str]:
+        """The picked ids in listing order."""
+        return [job.id for job in self.jobs]
+
+
+def select_jobs(lister: JobLister, selector: JobSelector, *, select: str = "") -> Selection:
+    """List the account's active jobs once (paged) and keep those `selector` matches and no one protected."""
+    picked: list[JobInfo] = []
+    listed = kept = 0
+    needed = ("id", "state", "metadata", *(("executionInfo", "poolInfo") if selector.pool_id is not None else ()))
+    fields = ",".join(dict.fromkeys(name for name in (*select.split(","), *needed) if name))
+    for job in lister.list_jobs(odata_filter=selector.odata_filter(), select=fields, page_size=LIST_PAGE_SIZE):
+        listed += 1
+        if not selector.matches(job):
+            continue
+        if is_kept(job.metadata):
+            kept += 1
+            continue
+        picked.append(job)
+    return Selection(tuple(picked), listed, kept)
+
+
+def job_id_prefix_setting(env: Mapping[str, str], name: str) -> str:
+    """A job-id prefix setting ("" when unset); a ConfigurationError names it when it could not start a job id."""
+    prefix = env.get(name, "").strip()
+    if prefix and not JOB_ID_PATTERN.fullmatch(prefix):
+        raise ConfigurationError(name, "may contain only letters, digits, hyphens and underscores")
+    return prefix
+
+
+def max_jobs(env: Mapping[str, str], setting: str) -> int:
+    """A blast-radius limit setting (ALERT_MAX_JOBS, SWEEP_MAX_JOBS): a whole number ≥ 1, default 100."""
+    raw = env.get(setting, "").strip()
+    if not raw:
+        return DEFAULT_MAX_JOBS
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ConfigurationError(setting, f"must be a whole number, got {raw!r}") from exc
+    if value < 1:
+        raise ConfigurationError(setting, f"must be at least 1, got {value}")
+    return value
