@@ -31,6 +31,7 @@ from azure.storage.queue import QueueMessage as StorageQueueMessage
 
 from local.functions import FunctionFolder, FunctionLoadError, resolve_settings
 from local.invocations import ThreadPool, format_timeout, function_timeout, thread_pool_size
+from shared.config.readers import POISON_SUFFIX, is_queue_name
 from shared.config.settings import HOST_JSON, QueueOptions, StorageSettings
 from shared.storage.queues import queue_client
 
@@ -43,7 +44,6 @@ HIDE_SECONDS = 600.0
 # QueuePollingIntervals.Minimum: the backoff between empty polls starts here and grows to maxPollingInterval.
 MIN_POLLING_SECONDS = 0.1
 RANDOMIZATION_FACTOR = 0.2
-POISON_SUFFIX = "-poison"
 # A faulted listener takes the host down; the platform starts it again after a pause about this long.
 RESTART_SECONDS = 2.0
 # How often hides are renewed and function timeouts checked.
@@ -116,13 +116,6 @@ class PollingDelay:
         return self._current
 
 
-def is_valid_queue_name(name: str) -> bool:
-    """Storage's queue name rule as the extension checks it: 3-63 lower-case letters, digits, single inner dashes."""
-    if not 3 <= len(name) <= 63 or name[0] == "-" or name[-1] == "-" or "--" in name:
-        return False
-    return all((ch.isalnum() and not ch.isupper()) or ch == "-" for ch in name)
-
-
 def host_poison_queue_name(queue_name: str) -> str | None:
     """`{queue}-poison`, or None when the host keeps no poison queue for this queue."""
     # QueueListenerFactory.CreatePoisonQueueReference: none for a queue that is already a poison queue, or when the
@@ -130,7 +123,7 @@ def host_poison_queue_name(queue_name: str) -> str | None:
     if queue_name.endswith(POISON_SUFFIX):
         return None
     candidate = queue_name + POISON_SUFFIX
-    return candidate if is_valid_queue_name(candidate) else None
+    return candidate if is_queue_name(candidate) else None
 
 
 def _backs_off(error: HttpResponseError) -> bool:
@@ -722,5 +715,4 @@ __all__ = [
     "QueueHost",
     "Settlement",
     "host_poison_queue_name",
-    "is_valid_queue_name",
 ]

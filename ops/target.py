@@ -12,6 +12,7 @@ from azure.core.credentials import TokenCredential
 from azure.storage.queue import LinearRetry, QueueClient
 
 from ops.local_settings import local_settings_values
+from shared.config import catalog, readers
 from shared.config.settings import PROJECT_ROOT, StorageSettings, queue_name_setting, queue_options, storage_from_env
 from shared.contract.errors import ConfigurationError
 from shared.storage.queues import queue_client
@@ -54,6 +55,13 @@ def merged_settings(environ: Mapping[str, str], root: Path) -> dict[str, str]:
     return merged
 
 
+def _queue_option(value: str, option: str) -> str:
+    """A queue name given on the command line (or derived), checked by the app's one queue-name rule."""
+    if not readers.is_queue_name(value.strip()):
+        raise ConfigurationError(option, readers.QUEUE_NAME_RULE)
+    return value.strip()
+
+
 def _is_storage_setting(name: str) -> bool:
     return name == STORAGE_SETTING or name.startswith(f"{STORAGE_SETTING}__")
 
@@ -83,15 +91,15 @@ def resolve_target(
     if storage.connection_string and storage.connection_string.replace(" ", "").lower() == DEV_STORAGE.lower():
         storage = StorageSettings(connection_string=DEV_STORAGE)  # azure-storage-queue: 127.0.0.1:10001
     if queue is not None:
-        name = _renamed(lambda: queue_name_setting({"Q": queue}, "Q"), "--queue")
-        default_poison = f"{name}-poison"
+        name = _queue_option(queue, "--queue")
+        default_poison = readers.poison_queue_of(name)
     else:
-        name = queue_name_setting(settings, "TERMINATE_QUEUE_NAME")
-        default_poison = settings.get("POISON_QUEUE_NAME", "").strip() or f"{name}-poison"
+        name = queue_name_setting(settings, catalog.TERMINATE_QUEUE_NAME)
+        default_poison = readers.raw(settings, catalog.POISON_QUEUE_NAME) or readers.poison_queue_of(name)
     if poison_queue is not None:
-        poison = _renamed(lambda: queue_name_setting({"Q": poison_queue}, "Q"), "--poison-queue")
+        poison = _queue_option(poison_queue, "--poison-queue")
     else:
-        poison = _renamed(lambda: queue_name_setting({"Q": default_poison}, "Q"), "POISON_QUEUE_NAME")
+        poison = _queue_option(default_poison, catalog.POISON_QUEUE_NAME.name)
     if poison == name:
         raise ConfigurationError("--poison-queue", "must differ from the trigger queue")
     encoding = queue_options(settings, root / "host.json").message_encoding

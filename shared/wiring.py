@@ -19,6 +19,7 @@ from shared.batch.client import BatchClient
 from shared.batch.jobs import JobGetter
 from shared.batch.retry import RetryPolicy
 from shared.batch.tokens import TokenProvider
+from shared.config import catalog, readers
 from shared.config.settings import MAX_SWEEP_CONCURRENCY, Settings, queue_name_setting
 from shared.rules.guards import Guards
 from shared.services.confirm_termination import Confirmer
@@ -273,9 +274,9 @@ class Wiring:
             env = os.environ if self._environ is None else self._environ
             triggers = [settings.terminate_queue_name]
             if env.get("CONFIRM_QUEUE_NAME", "").strip():
-                triggers.append(queue_name_setting(env, "CONFIRM_QUEUE_NAME"))
+                triggers.append(queue_name_setting(env, catalog.CONFIRM_QUEUE_NAME))
             # The host names its poison queue {queue}-poison; read raw ("none"): a record keeps the text exactly.
-            sources = [queue_client(settings.storage, f"{name}-poison", "none") for name in triggers]
+            sources = [queue_client(settings.storage, readers.poison_queue_of(name), "none") for name in triggers]
             return PoisonKeeper(
                 sources, self.poison_writer(), max_dequeue_count=settings.max_dequeue_count, telemetry=self.telemetry()
             )

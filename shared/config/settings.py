@@ -11,38 +11,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from shared.config import catalog, readers
 from shared.contract.errors import ConfigurationError
 from shared.contract.terminate_request import ALIAS_PATTERN, DEFAULT_ACCOUNT
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST_JSON = PROJECT_ROOT / "host.json"
 
-DEFAULT_API_VERSION = "2023-11-01.18.0"
+DEFAULT_API_VERSION = catalog.BATCH_API_VERSION.default or ""
 DEFAULT_TIMEOUT_SECONDS = 30
 DEFAULT_MAX_DEQUEUE_COUNT = 5
-# Job - Terminate takes `force` from this api-version on (docs/CONTRACT.md §3).
+# Job - Terminate takes `force`, and the query spells timeOut, from this api-version on (docs/CONTRACT.md §3, §4).
 FORCE_API_VERSION = "2024-07-01.20.0"
-# SWEEP_CONCURRENCY's ceiling; the Batch session pools this many connections (shared.wiring), so it lives here.
-MAX_SWEEP_CONCURRENCY = 64
-DEFAULT_CONFIRM_MAX_CHECKS = 3
-# A queue message can stay invisible for at most 7 days.
-MAX_VISIBILITY_SECONDS = 7 * 24 * 3600
-MAX_DEQUEUE_ENV = "AzureFunctionsJobHost__extensions__queues__maxDequeueCount"
-ENCODING_ENV = "AzureFunctionsJobHost__extensions__queues__messageEncoding"
+# Batch has announced the retirement of every api-version before this one (docs/CONTRACT.md §2).
+CURRENT_API_VERSION = "2025-06-01"
+# SWEEP_CONCURRENCY's ceiling; the Batch session pools this many connections (shared.wiring).
+MAX_SWEEP_CONCURRENCY = catalog.SWEEP_CONCURRENCY.high or 64
+MAX_DEQUEUE_ENV = catalog.MAX_DEQUEUE_COUNT.name
+ENCODING_ENV = catalog.MESSAGE_ENCODING.name
 # docs/CONTRACT.md §2 names these three; other 127.x addresses are not taken as loopback (to the letter, and unusual).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
 _DNS_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}", re.ASCII | re.IGNORECASE)
-_API_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.\d+\.\d+)?(?:-preview)?", re.ASCII)
-_QUEUE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9]|-(?!-)){1,61}[a-z0-9]", re.ASCII)
+_API_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.\d+\.\d+)?", re.ASCII)
 
 
 @dataclass(frozen=True)
 class StorageSettings:
-    """Where the queues live: a connection string, or a queue service URI used with an identity."""
+    """Where the queues and the incident table live: a connection string, or service URIs used with an identity."""
 
     connection_string: str | None = None
     queue_service_uri: str | None = None
+    table_service_uri: str | None = None
     client_id: str | None = None
     credential: str | None = None
 
@@ -79,7 +79,7 @@ class ConfirmSettings:
 
     after_seconds: int = 0  # 0: off
     queue_name: str | None = None
-    max_checks: int = DEFAULT_CONFIRM_MAX_CHECKS
+    max_checks: int = 3
     force: bool = False
 
     @property
@@ -139,19 +139,19 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, host_json: Path = HOST_JSON) -> Settings:
         """Read and validate settings; a ConfigurationError names the first bad setting."""
         env = os.environ if environ is None else environ
-        queue_name = queue_name_setting(env, "TERMINATE_QUEUE_NAME")
+        queue_name = queue_name_setting(env, catalog.TERMINATE_QUEUE_NAME)
         poison = poison_queue_name(env, queue_name)
-        default_url = validate_batch_url(_required(env, "BATCH_ACCOUNT_URL"))
+        default_url = validate_batch_url(readers.required(env, catalog.BATCH_ACCOUNT_URL))
         return cls(
             batch_account_url=default_url,
             terminate_queue_name=queue_name,
             poison_queue_name=poison,
             storage=storage_from_env(env),
             batch_api_version=_api_version(env),
-            batch_timeout_seconds=int_setting(env, "BATCH_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS, 1, 30),
-            azure_client_id=env.get("AZURE_CLIENT_ID") or None,
+            batch_timeout_seconds=readers.whole(env, catalog.BATCH_TIMEOUT_SECONDS),
+            azure_client_id=readers.text(env, catalog.AZURE_CLIENT_ID),
             queues=queue_options(env, host_json),
-            batch_accounts=batch_accounts(env.get("BATCH_ACCOUNTS", ""), default_url),
+            batch_accounts=batch_accounts(readers.raw(env, catalog.BATCH_ACCOUNTS), default_url),
             guards=guard_settings(env),
             confirm=confirm_settings(env, queue_name, poison),
         )
@@ -159,12 +159,12 @@ class Settings:
 
 def poison_queue_name(env: Mapping[str, str], queue_name: str) -> str:
     """POISON_QUEUE_NAME, else `{TERMINATE_QUEUE_NAME}-poison`; either must be a valid queue name."""
-    setting = "POISON_QUEUE_NAME"
-    given = env.get(setting, "").strip()
-    name = given or f"{queue_name}-poison"
-    if not is_queue_name(name):
+    setting = catalog.POISON_QUEUE_NAME.name
+    given = readers.raw(env, catalog.POISON_QUEUE_NAME)
+    name = given or readers.poison_queue_of(queue_name)
+    if not readers.is_queue_name(name):
         where = "" if given else f" (the default {name!r}, derived from TERMINATE_QUEUE_NAME, is {len(name)} long)"
-        raise ConfigurationError(setting, f"must be 3-63 lowercase letters, digits and single hyphens{where}")
+        raise ConfigurationError(setting, f"{readers.QUEUE_NAME_RULE}{where}")
     if name == queue_name:
         raise ConfigurationError(setting, "must differ from TERMINATE_QUEUE_NAME")
     return name
@@ -172,12 +172,12 @@ def poison_queue_name(env: Mapping[str, str], queue_name: str) -> str:
 
 def account_aliases(env: Mapping[str, str]) -> tuple[str, ...]:
     """The configured aliases (`default` first) from BATCH_ACCOUNTS alone, for tools that need no Batch URL."""
-    return (DEFAULT_ACCOUNT, *(alias for alias, _ in batch_accounts(env.get("BATCH_ACCOUNTS", ""), None)))
+    return (DEFAULT_ACCOUNT, *(alias for alias, _ in batch_accounts(readers.raw(env, catalog.BATCH_ACCOUNTS), None)))
 
 
 def batch_accounts(raw: str, default_url: str | None) -> tuple[tuple[str, str], ...]:
     """Parse BATCH_ACCOUNTS (`alias=url,...`) into (alias, url) pairs, each URL validated as BATCH_ACCOUNT_URL."""
-    setting = "BATCH_ACCOUNTS"
+    setting = catalog.BATCH_ACCOUNTS.name
     pairs: list[tuple[str, str]] = []
     for entry in raw.split(","):
         if not entry.strip():  # a trailing comma, or the setting left empty
@@ -205,51 +205,45 @@ def batch_accounts(raw: str, default_url: str | None) -> tuple[tuple[str, str], 
 
 def guard_settings(env: Mapping[str, str]) -> GuardSettings:
     """TERMINATE_ALLOWED_JOB_ID_PREFIXES, TERMINATE_HONOR_KEEP and TERMINATE_DRY_RUN."""
-    raw = env.get("TERMINATE_ALLOWED_JOB_ID_PREFIXES", "")
-    prefixes = tuple(dict.fromkeys(p.strip().lower() for p in raw.split(",") if p.strip()))
+    prefixes = tuple(dict.fromkeys(p.lower() for p in readers.items(env, catalog.TERMINATE_ALLOWED_JOB_ID_PREFIXES)))
     return GuardSettings(
         allowed_job_id_prefixes=prefixes,
-        honor_keep=bool_setting(env, "TERMINATE_HONOR_KEEP"),
-        dry_run=bool_setting(env, "TERMINATE_DRY_RUN"),
+        honor_keep=readers.boolean(env, catalog.TERMINATE_HONOR_KEEP),
+        dry_run=readers.boolean(env, catalog.TERMINATE_DRY_RUN),
     )
 
 
 def confirm_settings(env: Mapping[str, str], queue_name: str, poison: str) -> ConfirmSettings:
     """CONFIRM_AFTER_SECONDS, CONFIRM_QUEUE_NAME, CONFIRM_MAX_CHECKS and CONFIRM_FORCE."""
-    after = int_setting(env, "CONFIRM_AFTER_SECONDS", 0, 0, MAX_VISIBILITY_SECONDS)
+    after = readers.whole(env, catalog.CONFIRM_AFTER_SECONDS)
     # terminate_job needs the queue only when checks are on; confirm_termination asks for it itself.
-    confirm_queue = _queue_name(env, "CONFIRM_QUEUE_NAME", required=after > 0)
+    confirm_queue = readers.queue_name(env, catalog.CONFIRM_QUEUE_NAME, needed=after > 0)
     if confirm_queue is not None and confirm_queue in (queue_name, poison):
         raise ConfigurationError("CONFIRM_QUEUE_NAME", "must differ from TERMINATE_QUEUE_NAME and POISON_QUEUE_NAME")
     return ConfirmSettings(
         after_seconds=after,
         queue_name=confirm_queue,
-        max_checks=int_setting(env, "CONFIRM_MAX_CHECKS", DEFAULT_CONFIRM_MAX_CHECKS, 1, 100),
-        force=bool_setting(env, "CONFIRM_FORCE"),
+        max_checks=readers.whole(env, catalog.CONFIRM_MAX_CHECKS),
+        force=readers.boolean(env, catalog.CONFIRM_FORCE),
     )
 
 
-def bool_setting(env: Mapping[str, str], name: str, default: bool = False) -> bool:
-    """A `true`/`false` app setting (any case); empty means the default."""
-    raw = env.get(name, "").strip().lower()
-    if not raw:
-        return default
-    if raw not in ("true", "false"):
-        raise ConfigurationError(name, f"must be true or false, got {raw[:20]!r}")
-    return raw == "true"
+def api_version_at_least(version: str, floor: str) -> bool:
+    """Whether a Batch api-version is `floor` or later (versions order by their date)."""
+    matched = _API_VERSION.fullmatch(version)
+    lowest = _API_VERSION.fullmatch(floor)
+    assert lowest is not None
+    return matched is not None and matched.group(1) >= lowest.group(1)
 
 
 def api_version_supports_force(version: str) -> bool:
-    """Whether a Batch api-version is FORCE_API_VERSION or later (versions order by their date)."""
-    matched = _API_VERSION.fullmatch(version)
-    floor = _API_VERSION.fullmatch(FORCE_API_VERSION)
-    assert floor is not None
-    return matched is not None and matched.group(1) >= floor.group(1)
+    """Whether Job - Terminate takes `force` in this api-version."""
+    return api_version_at_least(version, FORCE_API_VERSION)
 
 
-def is_queue_name(name: str) -> bool:
-    """Azure's queue naming rule: 3-63 of lowercase letters, digits and single hyphens, alphanumeric at both ends."""
-    return _QUEUE_NAME.fullmatch(name) is not None
+def api_version_retiring(version: str) -> bool:
+    """Whether Batch has announced the retirement of this api-version (every one before CURRENT_API_VERSION)."""
+    return not api_version_at_least(version, CURRENT_API_VERSION)
 
 
 def validate_batch_url(raw: str) -> str:
@@ -281,26 +275,34 @@ def validate_batch_url(raw: str) -> str:
 
 def storage_from_env(env: Mapping[str, str]) -> StorageSettings:
     """Read AzureWebJobsStorage as a connection string or in its identity-based form."""
-    connection = env.get("AzureWebJobsStorage", "").strip()
+    connection = readers.raw(env, catalog.STORAGE)
     if connection:
         if connection == "UseDevelopmentStorage=true" or "=" in connection:
             return StorageSettings(connection_string=connection)
-        raise ConfigurationError("AzureWebJobsStorage", "is not a storage connection string")
-    service_uri = env.get("AzureWebJobsStorage__queueServiceUri", "").strip()
-    if not service_uri:
-        account = env.get("AzureWebJobsStorage__accountName", "").strip()
-        service_uri = f"https://{account}.queue.core.windows.net" if account else ""
+        raise ConfigurationError(catalog.STORAGE.name, "is not a storage connection string")
+    account = readers.raw(env, catalog.STORAGE_ACCOUNT_NAME)
+    service_uri = _service_uri(env, catalog.STORAGE_QUEUE_URI, account, "queue")
     if not service_uri:
         raise ConfigurationError(
-            "AzureWebJobsStorage", "is required (a connection string, or AzureWebJobsStorage__queueServiceUri)"
+            catalog.STORAGE.name, "is required (a connection string, or AzureWebJobsStorage__queueServiceUri)"
         )
-    if urlsplit(service_uri).scheme != "https" and not _is_loopback(urlsplit(service_uri).hostname or ""):
-        raise ConfigurationError("AzureWebJobsStorage__queueServiceUri", "must be an https URL")
     return StorageSettings(
-        queue_service_uri=service_uri.rstrip("/"),
-        client_id=env.get("AzureWebJobsStorage__clientId") or None,
-        credential=env.get("AzureWebJobsStorage__credential") or None,
+        queue_service_uri=service_uri,
+        # The table service is needed only for incidents: a missing one is an error where incidents are used.
+        table_service_uri=_service_uri(env, catalog.STORAGE_TABLE_URI, account, "table"),
+        client_id=readers.text(env, catalog.STORAGE_CLIENT_ID),
+        credential=readers.text(env, catalog.STORAGE_CREDENTIAL),
     )
+
+
+def _service_uri(env: Mapping[str, str], setting: catalog.Setting, account: str, service: str) -> str | None:
+    """An identity-based service URI: given, else derived from the account name as the Functions host does."""
+    uri = readers.raw(env, setting) or (f"https://{account}.{service}.core.windows.net" if account else "")
+    if not uri:
+        return None
+    if urlsplit(uri).scheme != "https" and not _is_loopback(urlsplit(uri).hostname or ""):
+        raise ConfigurationError(setting.name, "must be an https URL")
+    return uri.rstrip("/")
 
 
 def queue_options(env: Mapping[str, str], host_json: Path = HOST_JSON) -> QueueOptions:
@@ -324,13 +326,22 @@ def queue_options(env: Mapping[str, str], host_json: Path = HOST_JSON) -> QueueO
     if encoding not in ("base64", "none"):
         raise ConfigurationError(ENCODING_ENV, "must be base64 or none")
     return QueueOptions(
-        max_dequeue_count=_bounded(MAX_DEQUEUE_ENV, queues.get("maxdequeuecount", DEFAULT_MAX_DEQUEUE_COUNT), 1, 1000),
+        max_dequeue_count=readers.bounded(
+            catalog.MAX_DEQUEUE_COUNT, queues.get("maxdequeuecount", DEFAULT_MAX_DEQUEUE_COUNT)
+        ),
         message_encoding=encoding,
-        batch_size=_bounded("batchSize", queues.get("batchsize", 16), 1, 32),
-        new_batch_threshold=_bounded("newBatchThreshold", queues.get("newbatchthreshold", 8), 0, 1000),
+        batch_size=readers.bounded(_BATCH_SIZE, queues.get("batchsize", 16)),
+        new_batch_threshold=readers.bounded(_NEW_BATCH_THRESHOLD, queues.get("newbatchthreshold", 8)),
         visibility_timeout_seconds=parse_timespan(queues.get("visibilitytimeout", "00:00:00")),
         max_polling_interval_seconds=parse_timespan(queues.get("maxpollinginterval", "00:01:00")),
     )
+
+
+# host.json options the app reads too (not app settings, so not in the catalog): their names and bounds.
+_BATCH_SIZE = catalog.Setting("batchSize", catalog.Kind.WHOLE, "host.json queues.batchSize", ("host",), low=1, high=32)
+_NEW_BATCH_THRESHOLD = catalog.Setting(
+    "newBatchThreshold", catalog.Kind.WHOLE, "host.json queues.newBatchThreshold", ("host",), low=0, high=1000
+)
 
 
 def parse_timespan(value: object) -> float:
@@ -350,51 +361,17 @@ def parse_timespan(value: object) -> float:
     return seconds
 
 
-def _required(env: Mapping[str, str], name: str) -> str:
-    value = env.get(name, "").strip()
-    if not value:
-        raise ConfigurationError(name, "is required")
-    return value
-
-
-def queue_name_setting(env: Mapping[str, str], name: str) -> str:
-    """A required queue-name setting, validated by Azure's naming rule."""
-    value = _queue_name(env, name, required=True)
+def queue_name_setting(env: Mapping[str, str], setting: catalog.Setting) -> str:
+    """A queue-name setting that must be given, validated by Azure's naming rule."""
+    value = readers.queue_name(env, setting, needed=True)
     assert value is not None
     return value
 
 
-def _queue_name(env: Mapping[str, str], name: str, *, required: bool) -> str | None:
-    value = env.get(name, "").strip()
-    if not value:
-        if required:
-            raise ConfigurationError(name, "is required")
-        return None
-    if not is_queue_name(value):
-        raise ConfigurationError(name, "must be 3-63 lowercase letters, digits and single hyphens")
-    return value
-
-
 def _api_version(env: Mapping[str, str]) -> str:
-    value = env.get("BATCH_API_VERSION", "").strip() or DEFAULT_API_VERSION
+    value = readers.text(env, catalog.BATCH_API_VERSION) or DEFAULT_API_VERSION
     if not _API_VERSION.fullmatch(value):
-        raise ConfigurationError("BATCH_API_VERSION", "must look like 2023-11-01.18.0 or 2025-06-01")
-    return value
-
-
-def int_setting(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    """A whole-number setting within low..high (default when unset); a ConfigurationError names it."""
-    raw = env.get(name, "").strip()
-    return default if not raw else _bounded(name, raw, low, high)
-
-
-def _bounded(name: str, raw: object, low: int, high: int) -> int:
-    try:
-        value = int(str(raw).strip())
-    except ValueError as exc:
-        raise ConfigurationError(name, f"must be a whole number, got {raw!r}") from exc
-    if not low <= value <= high:
-        raise ConfigurationError(name, f"must be between {low} and {high}, got {value}")
+        raise ConfigurationError(catalog.BATCH_API_VERSION.name, "must look like 2025-06-01 or 2023-11-01.18.0")
     return value
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.config import catalog, readers
 from shared.contract.codec import json_type
 from shared.contract.errors import AlertRejected, BatchErrorDetail, ConfigurationError, InvalidMessage
 from shared.contract.terminate_request import MAX_REASON_LENGTH
@@ -19,13 +20,13 @@ from shared.rules.budget import (
     read_budget_notification,
     read_cost_alert,
 )
-from shared.rules.selection import MAX_JOBS_SETTING, JobSelector, max_jobs
+from shared.rules.selection import MAX_JOBS_SETTING, JobSelector
 from shared.storage.terminate_queue import build_request
 
 COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
-DIMENSION_SETTING = "ALERT_JOB_ID_DIMENSION"
-RULES_SETTING = "ALERT_RULES_ALLOWED"
-DEFAULT_DIMENSION = "jobId"
+DIMENSION_SETTING = catalog.ALERT_JOB_ID_DIMENSION.name
+RULES_SETTING = catalog.ALERT_RULES_ALLOWED.name
+DEFAULT_DIMENSION = catalog.ALERT_JOB_ID_DIMENSION.default or "jobId"
 MAX_BODY_BYTES = 64 * 1024
 FIRED = "Fired"
 RESOLVED = "Resolved"
@@ -45,15 +46,15 @@ class AlertSettings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AlertSettings:
         """Read the ALERT_* settings; a ConfigurationError names the first bad one."""
         env = os.environ if environ is None else environ
-        dimension = env.get(DIMENSION_SETTING, "").strip() or DEFAULT_DIMENSION
+        dimension = readers.text(env, catalog.ALERT_JOB_ID_DIMENSION) or DEFAULT_DIMENSION
         if len(dimension) > 256:
             raise ConfigurationError(DIMENSION_SETTING, "must be a dimension name (at most 256 characters)")
-        rules = frozenset(r.strip().casefold() for r in env.get(RULES_SETTING, "").split(",") if r.strip())
+        rules = frozenset(rule.casefold() for rule in readers.items(env, catalog.ALERT_RULES_ALLOWED))
         return cls(
             job_id_dimension=dimension,
             rules_allowed=rules,
             selector=JobSelector.from_env(env),
-            max_jobs=max_jobs(env, MAX_JOBS_SETTING),
+            max_jobs=readers.whole(env, catalog.ALERT_MAX_JOBS),
         )
 
     def allows(self, rule: str | None) -> bool:

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shared.batch.job_list import JobInfo
+from shared.config import catalog, readers
 from shared.contract.errors import ConfigurationError
 from shared.contract.terminate_request import JOB_ID_PATTERN
 from shared.rules.guards import is_kept
@@ -17,11 +18,11 @@ log = logging.getLogger("batch_terminator.selection")
 
 # Job - List's own maximum; the service may still answer with shorter pages and an odata.nextLink.
 LIST_PAGE_SIZE = 1000
-PREFIX_SETTING = "ALERT_SELECT_JOB_ID_PREFIX"
-POOL_SETTING = "ALERT_SELECT_POOL_ID"
-METADATA_SETTING = "ALERT_SELECT_METADATA"
-MAX_JOBS_SETTING = "ALERT_MAX_JOBS"
-DEFAULT_MAX_JOBS = 100
+PREFIX_SETTING = catalog.ALERT_SELECT_JOB_ID_PREFIX.name
+POOL_SETTING = catalog.ALERT_SELECT_POOL_ID.name
+METADATA_SETTING = catalog.ALERT_SELECT_METADATA.name
+MAX_JOBS_SETTING = catalog.ALERT_MAX_JOBS.name
+DEFAULT_MAX_JOBS = int(catalog.ALERT_MAX_JOBS.default or 100)
 
 
 class JobLister(Protocol):
@@ -78,11 +79,11 @@ class JobSelector:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> JobSelector:
         """Read ALERT_SELECT_*; a ConfigurationError names the first bad one."""
         env = os.environ if environ is None else environ
-        prefix = job_id_prefix_setting(env, PREFIX_SETTING)
-        pool = env.get(POOL_SETTING, "").strip() or None
+        prefix = readers.job_id_prefix(env, catalog.ALERT_SELECT_JOB_ID_PREFIX)
+        pool = readers.text(env, catalog.ALERT_SELECT_POOL_ID)
         if pool is not None and not JOB_ID_PATTERN.fullmatch(pool):
             raise ConfigurationError(POOL_SETTING, "must be a Batch pool id (letters, digits, - and _, at most 64)")
-        raw_pair = env.get(METADATA_SETTING, "").strip()
+        raw_pair = readers.raw(env, catalog.ALERT_SELECT_METADATA)
         pair: tuple[str, str] | None = None
         if raw_pair:
             name, equals, value = raw_pair.partition("=")
@@ -121,25 +122,3 @@ def select_jobs(lister: JobLister, selector: JobSelector, *, select: str = "") -
             continue
         picked.append(job)
     return Selection(tuple(picked), listed, kept)
-
-
-def job_id_prefix_setting(env: Mapping[str, str], name: str) -> str:
-    """A job-id prefix setting ("" when unset); a ConfigurationError names it when it could not start a job id."""
-    prefix = env.get(name, "").strip()
-    if prefix and not JOB_ID_PATTERN.fullmatch(prefix):
-        raise ConfigurationError(name, "may contain only letters, digits, hyphens and underscores")
-    return prefix
-
-
-def max_jobs(env: Mapping[str, str], setting: str) -> int:
-    """A blast-radius limit setting (ALERT_MAX_JOBS, SWEEP_MAX_JOBS): a whole number ≥ 1, default 100."""
-    raw = env.get(setting, "").strip()
-    if not raw:
-        return DEFAULT_MAX_JOBS
-    try:
-        value = int(raw)
-    except ValueError as exc:
-        raise ConfigurationError(setting, f"must be a whole number, got {raw!r}") from exc
-    if value < 1:
-        raise ConfigurationError(setting, f"must be at least 1, got {value}")
-    return value

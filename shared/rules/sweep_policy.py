@@ -2,55 +2,26 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TypeVar
 
-from shared.config.settings import MAX_SWEEP_CONCURRENCY, int_setting
+from shared.config import catalog, readers
 from shared.contract.errors import ConfigurationError
-from shared.rules.selection import job_id_prefix_setting, max_jobs
 
-MAX_AGE_SETTING = "SWEEP_MAX_AGE_HOURS"
-
-
-IDLE_SETTING = "SWEEP_IDLE_MINUTES"
-
-
-PREFIX_SETTING = "SWEEP_JOB_ID_PREFIX"
-
-
-DRY_RUN_SETTING = "SWEEP_DRY_RUN"
-
-
-MAX_JOBS_SETTING = "SWEEP_MAX_JOBS"
-
-
-ACCOUNTS_SETTING = "SWEEP_ACCOUNTS"
-
-
-CONCURRENCY_SETTING = "SWEEP_CONCURRENCY"
-
-
-BUDGET_SETTING = "SWEEP_RUN_BUDGET_SECONDS"
-
-
-DEFAULT_CONCURRENCY = 16
-
-
+MAX_AGE_SETTING = catalog.SWEEP_MAX_AGE_HOURS.name
+IDLE_SETTING = catalog.SWEEP_IDLE_MINUTES.name
+PREFIX_SETTING = catalog.SWEEP_JOB_ID_PREFIX.name
+DRY_RUN_SETTING = catalog.SWEEP_DRY_RUN.name
+MAX_JOBS_SETTING = catalog.SWEEP_MAX_JOBS.name
+ACCOUNTS_SETTING = catalog.SWEEP_ACCOUNTS.name
+CONCURRENCY_SETTING = catalog.SWEEP_CONCURRENCY.name
+BUDGET_SETTING = catalog.SWEEP_RUN_BUDGET_SECONDS.name
+DEFAULT_CONCURRENCY = int(catalog.SWEEP_CONCURRENCY.default or 16)
 # host.json's functionTimeout is 5 minutes: a run stops reading at 2 and still has time to enqueue what it decided.
-DEFAULT_RUN_BUDGET_SECONDS = 120.0
-
-
-MAX_CONCURRENCY = MAX_SWEEP_CONCURRENCY
-
-
-_TRUE = frozenset({"true", "1", "yes", "on"})
-
-
-_FALSE = frozenset({"false", "0", "no", "off", ""})
-
+DEFAULT_RUN_BUDGET_SECONDS = float(catalog.SWEEP_RUN_BUDGET_SECONDS.default or 120)
+MAX_CONCURRENCY = catalog.SWEEP_CONCURRENCY.high or 64
 T = TypeVar("T")
 
 
@@ -96,21 +67,17 @@ class SweepPolicy:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SweepPolicy:
         """Read the SWEEP_* settings; a ConfigurationError names the first bad one."""
         env = os.environ if environ is None else environ
-        prefix = job_id_prefix_setting(env, PREFIX_SETTING)
-        raw_dry_run = env.get(DRY_RUN_SETTING, "").strip().lower()
-        if raw_dry_run not in _TRUE | _FALSE:
-            raise ConfigurationError(DRY_RUN_SETTING, f"must be true or false, got {raw_dry_run!r}")
-        accounts = tuple(dict.fromkeys(a.strip().casefold() for a in env.get(ACCOUNTS_SETTING, "").split(",")))
-        budget = _positive(env, BUDGET_SETTING, "seconds")
+        accounts = tuple(dict.fromkeys(a.casefold() for a in readers.items(env, catalog.SWEEP_ACCOUNTS)))
         return cls(
-            max_age_hours=_positive(env, MAX_AGE_SETTING, "hours"),
-            idle_minutes=_positive(env, IDLE_SETTING, "minutes"),
-            job_id_prefix=prefix,
-            dry_run=raw_dry_run in _TRUE,
-            max_jobs=max_jobs(env, MAX_JOBS_SETTING),
-            accounts=tuple(a for a in accounts if a),
-            concurrency=int_setting(env, CONCURRENCY_SETTING, DEFAULT_CONCURRENCY, 1, MAX_CONCURRENCY),
-            run_budget_seconds=DEFAULT_RUN_BUDGET_SECONDS if budget is None else budget,
+            max_age_hours=readers.positive(env, catalog.SWEEP_MAX_AGE_HOURS, "hours"),
+            idle_minutes=readers.positive(env, catalog.SWEEP_IDLE_MINUTES, "minutes"),
+            job_id_prefix=readers.job_id_prefix(env, catalog.SWEEP_JOB_ID_PREFIX),
+            dry_run=readers.boolean(env, catalog.SWEEP_DRY_RUN),
+            max_jobs=readers.whole(env, catalog.SWEEP_MAX_JOBS),
+            accounts=accounts,
+            concurrency=readers.whole(env, catalog.SWEEP_CONCURRENCY),
+            run_budget_seconds=readers.positive(env, catalog.SWEEP_RUN_BUDGET_SECONDS, "seconds")
+            or DEFAULT_RUN_BUDGET_SECONDS,
         )
 
 
@@ -121,16 +88,3 @@ class Match:
     job_id: str
     reason: str
     account: str = "default"
-
-
-def _positive(env: Mapping[str, str], name: str, unit: str) -> float | None:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return None
-    try:
-        value = float(raw)
-    except ValueError as exc:
-        raise ConfigurationError(name, f"must be a number of {unit}, got {raw!r}") from exc
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigurationError(name, f"must be a positive number of {unit}, got {raw!r}")
-    return value

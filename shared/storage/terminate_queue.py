@@ -15,6 +15,7 @@ from azure.core.credentials import TokenCredential
 from azure.core.exceptions import AzureError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
+from shared.config import catalog
 from shared.config.settings import StorageSettings, queue_name_setting, queue_options, storage_from_env
 from shared.contract.codec import format_http_date
 from shared.contract.errors import EnqueueFailed, InvalidMessage
@@ -107,7 +108,7 @@ class TerminateQueue:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> TerminateQueue:
         """Open the app's trigger queue from the same settings the function reads."""
         env = os.environ if environ is None else environ
-        name = queue_name_setting(env, "TERMINATE_QUEUE_NAME")
+        name = queue_name_setting(env, catalog.TERMINATE_QUEUE_NAME)
         encoding = queue_options(env).message_encoding
         return cls(queue_client(storage_from_env(env), name, encoding, pool_size=ENQUEUE_THREADS))
 

@@ -28,7 +28,6 @@ from local.queue_host import (
     QueueHost,
     Settlement,
     host_poison_queue_name,
-    is_valid_queue_name,
 )
 from shared import wiring
 from shared.config.settings import MAX_DEQUEUE_ENV, PROJECT_ROOT, QueueOptions
@@ -484,15 +483,6 @@ def test_no_poison_queue_for_a_queue_that_already_ends_in_poison(queues: Queues)
 def test_poison_queue_name_as_the_real_host_derives_it(queue_name: str, poison: str | None) -> None:
     assert host_poison_queue_name(queue_name) == poison
 
-
-def test_queue_name_rule() -> None:
-    assert is_valid_queue_name("a-b-c")
-    assert not is_valid_queue_name("ab")
-    assert not is_valid_queue_name("-ab")
-    assert not is_valid_queue_name("ab-")
-    assert not is_valid_queue_name("a--b")
-    assert not is_valid_queue_name("Abc")
-    assert not is_valid_queue_name("a_bc")
 
 
 def test_a_receive_error_other_than_404_409_5xx_faults_the_listener(

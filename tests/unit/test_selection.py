@@ -7,7 +7,7 @@ import pytest
 from shared.batch.job_list import JobInfo
 from shared.contract.errors import ConfigurationError
 from shared.rules.guards import is_kept
-from shared.rules.selection import JobSelector, max_jobs
+from shared.rules.selection import JobSelector
 
 
 def job(
@@ -107,12 +107,3 @@ def test_only_active_jobs_with_valid_ids_are_ever_selected() -> None:
 )
 def test_keep_metadata(metadata: dict[str, str], kept: bool) -> None:
     assert is_kept(metadata) is kept
-
-
-def test_limits_default_to_100_and_must_be_positive() -> None:
-    assert max_jobs({}, "ALERT_MAX_JOBS") == 100
-    assert max_jobs({"ALERT_MAX_JOBS": " 1000 "}, "ALERT_MAX_JOBS") == 1000
-    for bad in ("0", "-1", "ten", "1.5"):
-        with pytest.raises(ConfigurationError) as caught:
-            max_jobs({"ALERT_MAX_JOBS": bad}, "ALERT_MAX_JOBS")
-        assert caught.value.setting == "ALERT_MAX_JOBS"

@@ -280,9 +280,9 @@ def test_confirm_queue_is_needed_only_when_checks_are_on() -> None:
 @pytest.mark.parametrize(
     ("name", "value"),
     [
-        ("TERMINATE_HONOR_KEEP", "yes"),
-        ("TERMINATE_DRY_RUN", "1"),
-        ("CONFIRM_FORCE", "on"),
+        ("TERMINATE_HONOR_KEEP", "sure"),
+        ("TERMINATE_DRY_RUN", "2"),
+        ("CONFIRM_FORCE", "enabled"),
         ("CONFIRM_AFTER_SECONDS", "-1"),
         ("CONFIRM_AFTER_SECONDS", "604801"),
         ("CONFIRM_AFTER_SECONDS", "soon"),
