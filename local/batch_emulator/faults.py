@@ -1,4 +1,16 @@
-"""Fault injection for terminate requests: queued faults and seeded random fault rates."""
+"""Fault injection: queued faults for any operation, and seeded random fault rates for Job - Terminate.
+
+Operation names are `{resource}.{verb}`, lower case, the verb being the path's last segment where it has one:
+
+    job.list  job.get  job.taskcounts  job.terminate  job.preparationandreleasestatus
+    jobschedule.list  jobschedule.get  jobschedule.disable  jobschedule.enable  jobschedule.terminate
+    pool.get  pool.resize  pool.stopresize  pool.disableautoscale  pool.enableautoscale
+    node.list
+
+`{resource}.*` aims at every operation of a resource, `any` at every operation. The first names the emulator had
+stay as aliases: terminate, get, list and taskcounts are job.terminate, job.get, job.list and job.taskcounts.
+A fault's id (inject's job_id) is the id in the request's path: a job id, job schedule id or pool id.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +20,40 @@ from dataclasses import dataclass
 from typing import Literal
 
 RATE_KINDS = ("server_busy", "throttle", "internal", "drop", "drop_applied", "slow")
-# The operations a fault can be aimed at ("any": every one of them). Fault rates only ever hit terminate.
-OPERATIONS = ("terminate", "get", "list", "taskcounts", "any")
+# The operations a fault can be aimed at. Fault rates only ever hit job.terminate.
+OPERATIONS = (
+    "job.list",
+    "job.get",
+    "job.taskcounts",
+    "job.terminate",
+    "job.preparationandreleasestatus",
+    "jobschedule.list",
+    "jobschedule.get",
+    "jobschedule.disable",
+    "jobschedule.enable",
+    "jobschedule.terminate",
+    "pool.get",
+    "pool.resize",
+    "pool.stopresize",
+    "pool.disableautoscale",
+    "pool.enableautoscale",
+    "node.list",
+)
+ALIASES = {"terminate": "job.terminate", "get": "job.get", "list": "job.list", "taskcounts": "job.taskcounts"}
+WILDCARDS = ("any", *sorted({f"{name.split('.')[0]}.*" for name in OPERATIONS}))
+
+
+def operation_name(operation: str) -> str:
+    """The canonical name of an operation, alias or wildcard; ValueError for anything else."""
+    name = ALIASES.get(operation, operation)
+    if name not in OPERATIONS and name not in WILDCARDS:
+        raise ValueError(f"unknown operation {operation!r}; expected one of {(*OPERATIONS, *WILDCARDS, *ALIASES)}")
+    return name
+
+
+def _matches(aimed: str, operation: str) -> bool:
+    """Whether a fault aimed at `aimed` (a name or wildcard) hits `operation`."""
+    return aimed in (operation, "any") or (aimed.endswith(".*") and operation.startswith(aimed[:-1]))
 
 
 @dataclass(frozen=True)
@@ -85,12 +129,14 @@ class FaultPlan:
         self._rng = random.Random(seed)
 
     def inject(self, fault: Fault, times: int = 1, job_id: str | None = None, operation: str = "terminate") -> None:
-        """Give the next `times` requests of `operation` (for `job_id`, or any) this fault; queued FIFO."""
+        """Give the next `times` requests of `operation` (for the id `job_id` in their path, or any) this fault.
+
+        Queued FIFO; operation: a name of OPERATIONS, an alias, `{resource}.*` or `any` (see the module doc).
+        """
         if times < 1:
             raise ValueError("times must be at least 1")
-        if operation not in OPERATIONS:
-            raise ValueError(f"unknown operation {operation!r}; expected one of {OPERATIONS}")
-        self._injections.append(_Injection(fault, times, job_id.lower() if job_id else None, operation))
+        name = operation_name(operation)
+        self._injections.append(_Injection(fault, times, job_id.lower() if job_id else None, name))
 
     def set_rates(self, rates: Mapping[str, float], seed: int | None = None) -> None:
         """Give each terminate request a random fault with these probabilities (keys: RATE_KINDS)."""
@@ -110,15 +156,16 @@ class FaultPlan:
         self._rates = {}
 
     def take(self, operation: str, job_id: str | None) -> Fault | None:
-        """Pop the first matching injected fault, else (for terminate) draw one from the rates."""
+        """Pop the first matching injected fault, else (for job.terminate) draw one from the rates."""
+        operation = ALIASES.get(operation, operation)
         key = job_id.lower() if job_id else None
         for injection in self._injections:
-            if injection.operation in (operation, "any") and injection.job_key in (None, key):
+            if _matches(injection.operation, operation) and injection.job_key in (None, key):
                 injection.remaining -= 1
                 if injection.remaining == 0:
                     self._injections.remove(injection)
                 return injection.fault
-        if not self._rates or operation != "terminate":
+        if not self._rates or operation != "job.terminate":
             return None
         draw = self._rng.random()
         for kind, rate in self._rates.items():

@@ -1,29 +1,39 @@
-"""The OData $filter subset Batch takes for Job - List, parsed into a predicate, and $select."""
+"""The OData $filter subset Batch takes for its lists (jobs, job schedules, compute nodes), parsed into predicates."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from local.batch_emulator.model import Job, JobState
+from local.batch_emulator.model import Job, JobScheduleState, JobState, NodeState
 
-# learn.microsoft.com/rest/api/batchservice/odata-filters-in-batch#list-jobs: id (startswith, eq, ne, ge, gt, le,
-# lt), state (eq, ne), executionInfo/poolId (startswith, eq, ne, ge, gt, le, lt), combined with and / or. The
-# time properties it also lists are not modelled here; metadata and poolInfo/poolId cannot be filtered on at all.
 _COMPARISONS = ("eq", "ne", "ge", "gt", "le", "lt")
-_OPERATORS: dict[str, tuple[str, ...]] = {
-    "id": (*_COMPARISONS, "startswith"),
-    "state": ("eq", "ne"),
-    "executionInfo/poolId": (*_COMPARISONS, "startswith"),
-}
 _TOKEN = re.compile(r"\s*(?:(?P<string>'(?:[^']|'')*')|(?P<punct>[(),])|(?P<word>[A-Za-z_][A-Za-z0-9_/]*))")
 
-Predicate = Callable[[Job], bool]
+Predicate = Callable[[Any], bool]
 
 
 class FilterError(ValueError):
-    """The $filter text is not one Batch would take for Job - List; the message says why."""
+    """The $filter text is not one Batch would take for the list; the message says why."""
+
+
+@dataclass(frozen=True)
+class Property:
+    """A filterable property: its operators, how to read it, and (for states) the literals it takes."""
+
+    operators: tuple[str, ...]
+    read: Callable[[Any], str | None]
+    literals: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class Schema:
+    """What one list operation can filter on; `name` is the operation, for messages."""
+
+    name: str
+    properties: Mapping[str, Property]
 
 
 @dataclass(frozen=True)
@@ -48,21 +58,12 @@ def _tokens(text: str) -> list[_Token]:
     return tokens
 
 
-def _value(job: Job, name: str) -> str | None:
-    """The job's value for a filterable property (ids compare case-insensitively, as Batch treats them)."""
-    if name == "id":
-        return job.id.lower()
-    if name == "state":
-        return job.state.value
-    return job.execution_pool_id.lower() if job.execution_pool_id is not None else None
+def _compare(prop: Property, operator: str, literal: str) -> Predicate:
+    """One comparison as a predicate (values other than states compare case-insensitively, as Batch's ids do)."""
+    wanted = literal if prop.literals is not None else literal.lower()
 
-
-def _compare(name: str, operator: str, literal: str) -> Predicate:
-    """One comparison as a predicate."""
-    wanted = literal if name == "state" else literal.lower()
-
-    def check(job: Job) -> bool:
-        value = _value(job, name)
+    def check(item: Any) -> bool:
+        value = prop.read(item)
         if value is None:
             return operator == "ne"
         match operator:
@@ -87,8 +88,9 @@ def _compare(name: str, operator: str, literal: str) -> Predicate:
 class _Parser:
     """Recursive descent over: or-expr := and-expr ('or' and-expr)*; and-expr := term ('and' term)*."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, schema: Schema) -> None:
         self.tokens = _tokens(text)
+        self.schema = schema
         self.index = 0
 
     def parse(self) -> Predicate:
@@ -134,35 +136,79 @@ class _Parser:
         if token is not None and token.text == "startswith":
             self.index += 1
             self._take("punct", "(")
-            name = self._property("startswith")
+            _, prop = self._property("startswith")
             self._take("punct", ",")
             literal = self._literal()
             self._take("punct", ")")
-            return _compare(name, "startswith", literal)
-        name = self._property(None)
+            return _compare(prop, "startswith", literal)
+        name, prop = self._property(None)
         operator = self._take("word")
-        if operator not in _OPERATORS[name]:
-            raise FilterError(f"{name} does not take {operator!r}; it takes {', '.join(_OPERATORS[name])}.")
+        if operator not in prop.operators:
+            raise FilterError(f"{name} does not take {operator!r}; it takes {', '.join(prop.operators)}.")
         literal = self._literal()
-        if name == "state" and literal not in _STATES:
-            raise FilterError(f"{literal!r} is not a job state.")
-        return _compare(name, operator, literal)
+        if prop.literals is not None and literal not in prop.literals:
+            raise FilterError(f"{literal!r} is not a {name} value.")
+        return _compare(prop, operator, literal)
 
-    def _property(self, operator: str | None) -> str:
+    def _property(self, operator: str | None) -> tuple[str, Property]:
         name = self._take("word")
-        if name not in _OPERATORS:
-            raise FilterError(f"Job - List cannot filter on {name!r}.")
-        if operator is not None and operator not in _OPERATORS[name]:
+        prop = self.schema.properties.get(name)
+        if prop is None:
+            raise FilterError(f"{self.schema.name} cannot filter on {name!r}.")
+        if operator is not None and operator not in prop.operators:
             raise FilterError(f"{name} does not take {operator!r}.")
-        return name
+        return name, prop
 
     def _literal(self) -> str:
         return self._take("string")[1:-1].replace("''", "'")
 
 
-_STATES = frozenset(state.value for state in JobState)
+def _lower(value: str | None) -> str | None:
+    return value.lower() if value is not None else None
 
 
-def parse_filter(text: str) -> Predicate:
-    """The predicate for a Job - List $filter, or FilterError."""
-    return _Parser(text).parse()
+def _job_pool(job: Job) -> str | None:
+    return _lower(job.execution_pool_id)
+
+
+# learn.microsoft.com/rest/api/batchservice/odata-filters-in-batch#list-jobs: id (startswith, eq, ne, ge, gt, le,
+# lt), state (eq, ne), executionInfo/poolId (startswith, eq, ne, ge, gt, le, lt), combined with and / or. The
+# time properties it also lists are not modelled here; metadata and poolInfo/poolId cannot be filtered on at all.
+JOBS = Schema(
+    "Job - List",
+    {
+        "id": Property((*_COMPARISONS, "startswith"), lambda job: job.id.lower()),
+        "state": Property(("eq", "ne"), lambda job: job.state.value, frozenset(s.value for s in JobState)),
+        "executionInfo/poolId": Property((*_COMPARISONS, "startswith"), _job_pool),
+    },
+)
+# The same page's list-job-schedules section: id and state as for jobs (its time properties not modelled).
+JOB_SCHEDULES = Schema(
+    "Job Schedule - List",
+    {
+        "id": Property((*_COMPARISONS, "startswith"), lambda item: item.id.lower()),
+        "state": Property(("eq", "ne"), lambda item: item.state.value, frozenset(s.value for s in JobScheduleState)),
+    },
+)
+# Its list-compute-nodes section: id and state (the emulator models no more of a node).
+NODES = Schema(
+    "Compute Node - List",
+    {
+        "id": Property((*_COMPARISONS, "startswith"), lambda item: item.id.lower()),
+        "state": Property(("eq", "ne"), lambda item: item.state.value, frozenset(s.value for s in NodeState)),
+    },
+)
+# Job - List Preparation and Release Task Status: its $filter is documented as "nodeId eq 'x'" (the spec's
+# description of the operation); the emulator takes nodeId with eq/ne.
+PREP_RELEASE = Schema(
+    "Job - List Preparation and Release Task Status",
+    {"nodeId": Property(("eq", "ne"), lambda item: item["nodeId"].lower())},
+)
+
+
+def parse_filter(text: str, schema: Schema = JOBS) -> Predicate:
+    """The predicate for a list's $filter (Job - List unless another schema is given), or FilterError."""
+    return _Parser(text, schema).parse()
+
+
+__all__ = ["JOBS", "JOB_SCHEDULES", "NODES", "PREP_RELEASE", "FilterError", "Predicate", "Schema", "parse_filter"]

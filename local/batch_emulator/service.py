@@ -1,52 +1,79 @@
-"""The emulator's HTTP service: routes, query/auth/header checks and Batch's answers for each job operation."""
+"""The emulator's HTTP service: routing, query/auth/header checks, faults, and the account's state for tests."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
 import uuid
-from collections.abc import Callable, Mapping
-from typing import Any, Unpack
-from urllib.parse import quote, unquote, urlencode
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Unpack
+from urllib.parse import unquote
 
 from local.batch_emulator.faults import Fault, FaultPlan
+from local.batch_emulator.fleet import (
+    NODE_ID,
+    RESOURCE_ID,
+    JobScheduleState,
+    Node,
+    NodeState,
+    Pool,
+    PoolOptions,
+    Schedule,
+    ScheduleOptions,
+)
 from local.batch_emulator.model import (
-    DEFAULT_TERMINATE_REASON,
     JOB_ID,
     Account,
     Job,
     JobOptions,
     JobState,
     RecordedRequest,
-    Refusal,
     Termination,
 )
-from local.batch_emulator.odata import FilterError, Predicate, parse_filter
-from local.batch_emulator.versions import API_VERSIONS, FORCE_SINCE, supports_force
-from local.batch_emulator.wire import (
-    JOB_FIELDS,
-    WWW_AUTHENTICATE,
-    Reply,
-    http_date,
-    job_document,
-    parse_http_date,
-    seconds_text,
-)
+from local.batch_emulator.routes import MAX_RESULTS, Routes
+from local.batch_emulator.versions import API_VERSIONS, FORCE_SINCE, supports_force, timeout_name
+from local.batch_emulator.wire import WWW_AUTHENTICATE, Reply, parse_http_date, seconds_text
 from local.loopback import HttpRequest, HttpResponse, LoopbackService
 
 logger = logging.getLogger(__name__)
 
 MAX_SERVER_TIMEOUT = 30
-MAX_RESULTS = 1000
+__all__ = ["MAX_RESULTS", "MAX_SERVER_TIMEOUT", "BatchEmulator"]
 
 _DIGITS = re.compile(r"\d{1,9}")
 _CONDITIONS = ("if-match", "if-none-match", "if-modified-since", "if-unmodified-since")
+# (method, path shape) -> operation; "{}" is the percent-decoded id segment. See routes.py for the statuses.
+_ROUTES: dict[tuple[str, tuple[str, ...]], str] = {
+    ("GET", ("jobs",)): "job.list",
+    ("GET", ("jobs", "{}")): "job.get",
+    ("GET", ("jobs", "{}", "taskcounts")): "job.taskcounts",
+    ("POST", ("jobs", "{}", "terminate")): "job.terminate",
+    ("GET", ("jobs", "{}", "jobpreparationandreleasetaskstatus")): "job.preparationandreleasestatus",
+    ("GET", ("jobschedules",)): "jobschedule.list",
+    ("GET", ("jobschedules", "{}")): "jobschedule.get",
+    ("POST", ("jobschedules", "{}", "disable")): "jobschedule.disable",
+    ("POST", ("jobschedules", "{}", "enable")): "jobschedule.enable",
+    ("POST", ("jobschedules", "{}", "terminate")): "jobschedule.terminate",
+    ("GET", ("pools", "{}")): "pool.get",
+    ("POST", ("pools", "{}", "resize")): "pool.resize",
+    ("POST", ("pools", "{}", "stopresize")): "pool.stopresize",
+    ("POST", ("pools", "{}", "disableautoscale")): "pool.disableautoscale",
+    ("POST", ("pools", "{}", "enableautoscale")): "pool.enableautoscale",
+    ("GET", ("pools", "{}", "nodes")): "node.list",
+}
+# The id rule each resource's path segment must meet (else 400 InvalidUri, as for a malformed job id).
+_ID_RULES = {
+    "jobs": (JOB_ID, "JobId"),
+    "jobschedules": (RESOURCE_ID, "JobScheduleId"),
+    "pools": (RESOURCE_ID, "PoolId"),
+}
+_FORCE_OPERATIONS = ("job.terminate", "jobschedule.terminate")
 
 
 class BatchEmulator(LoopbackService):
-    """Loopback Azure Batch account: terminate, get, list and taskcounts for jobs, with faults and a ledger."""
+    """Loopback Azure Batch account: jobs, job schedules, pools and nodes (routes.py), with faults and a ledger."""
 
     def __init__(
         self,
@@ -72,6 +99,21 @@ class BatchEmulator(LoopbackService):
         # Guards the recorded requests and the fault plan together, so `requests` is in the order faults were drawn.
         self._lock = threading.Lock()
         self._requests: list[RecordedRequest] = []
+        self._routes = Routes(self.account, lambda: self.url)
+        # What the emulator does with the server timeout spelled the other way than the request's api-version
+        # spells it (`timeOut` from 2025-06-01 on, `timeout` before; versions.py). Batch's own behaviour cannot
+        # be checked from its documents, but it serves clients that send either spelling whatever the version:
+        # azure-batch 15.1.0 always sends `timeOut` (its request builders hardcode it, also for an older
+        # api_version), older SDKs and the REST docs before 2025-06-01 `timeout` — so Batch does not refuse the
+        # other spelling, and by default neither does the emulator (it reads query names case-insensitively, and
+        # `requests` keeps the names as sent, for tests that check the spelling). True makes the other spelling a
+        # 400 UnsupportedQueryParameter naming it, so a client that ignores its version's spelling fails loudly.
+        self.strict_query_names = False
+        # Called (outside the lock) for each recurrence tick() finds due: the job the schedule created, or None
+        # when it is disabled and created nothing; the local run prints these.
+        self.on_recurrence: Callable[[Schedule, Job | None], None] | None = None
+        self._ticker: threading.Thread | None = None
+        self._ticker_stop = threading.Event()
         self._in_flight = 0
         self._peak_in_flight = 0
 
@@ -138,6 +180,111 @@ class BatchEmulator(LoopbackService):
         """Forget a job, as Batch does once a Job - Delete has finished (reads then answer 404 JobNotFound)."""
         self.account.remove(job_id)
 
+    # ---- time: the account's clock, tick and settle
+
+    @property
+    def clock(self) -> Callable[[], datetime]:
+        """What the account reads as now (default: the wall clock; tests set a ManualClock)."""
+        return self.account.clock
+
+    @clock.setter
+    def clock(self, clock: Callable[[], datetime]) -> None:
+        self.account.clock = clock
+
+    @property
+    def resize_seconds(self) -> float:
+        """Seconds a Pool - Resize or Stop Resize takes to reach steady (on the clock; settle() ends it now)."""
+        return self.account.resize_seconds
+
+    @resize_seconds.setter
+    def resize_seconds(self, seconds: float) -> None:
+        self.account.resize_seconds = seconds
+
+    def tick(self) -> list[tuple[Schedule, Job | None]]:
+        """Bring the account to now (every request does this first): due resizes, job schedule terminations and
+        recurrences. Returns (schedule, created job or None when disabled) per recurrence that came due."""
+        events = self.account.tick()
+        callback = self.on_recurrence
+        if callback is not None:
+            for schedule, job in events:
+                try:
+                    callback(schedule, job)
+                except Exception:  # a printing callback must not break the emulator
+                    logger.exception("on_recurrence failed")
+        return events
+
+    def settle(self) -> None:
+        """Finish pending resizes, stop-resizes and job schedule terminations now, whatever their delay."""
+        self.account.settle()
+
+    def start_ticking(self, every: float = 1.0) -> None:
+        """Call tick() every `every` seconds on a daemon thread until stop() (for the local run: schedules then
+        create jobs, and disabled ones visibly do not, without any request coming in)."""
+        if self._ticker is not None:
+            return
+        self._ticker_stop.clear()
+
+        def run() -> None:
+            while not self._ticker_stop.wait(every):
+                self.tick()
+
+        self._ticker = threading.Thread(target=run, name="BatchEmulator:tick", daemon=True)
+        self._ticker.start()
+
+    def stop(self) -> None:
+        """Stop the ticker (if any) and the server."""
+        self._ticker_stop.set()
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
+        super().stop()
+
+    # ---- job schedules
+
+    def add_schedule(self, schedule_id: str, **options: Unpack[ScheduleOptions]) -> Schedule:
+        """Create a job schedule (options: ScheduleOptions) and, unless first_job=False, its job `{id}:job-1`."""
+        return self.account.add_schedule(schedule_id, **options)
+
+    def schedule(self, schedule_id: str) -> Schedule | None:
+        """A snapshot of the job schedule, or None."""
+        return self.account.schedule(schedule_id)
+
+    def schedules(self) -> list[Schedule]:
+        """Snapshots of all job schedules in creation order."""
+        return self.account.schedules()
+
+    def set_schedule_state(self, schedule_id: str, state: JobScheduleState) -> Schedule:
+        """Move a job schedule to `state` as the service would (new ETag, transition times)."""
+        return self.account.set_schedule_state(schedule_id, state)
+
+    # ---- pools and nodes
+
+    def add_pool(self, pool_id: str, **options: Unpack[PoolOptions]) -> Pool:
+        """Create a steady pool with `dedicated` + `low_priority` idle nodes (options: PoolOptions)."""
+        return self.account.add_pool(pool_id, **options)
+
+    def pool(self, pool_id: str) -> Pool | None:
+        """A snapshot of the pool (its nodes included), or None."""
+        return self.account.pool(pool_id)
+
+    def pools(self) -> list[Pool]:
+        """Snapshots of all pools in creation order."""
+        return self.account.pools()
+
+    def nodes(self, pool_id: str) -> list[Node]:
+        """The pool's compute nodes (KeyError when there is no such pool)."""
+        pool = self.account.pool(pool_id)
+        if pool is None:
+            raise KeyError(pool_id)
+        return pool.nodes
+
+    def set_node_states(self, pool_id: str, states: Mapping[str, NodeState] | Sequence[NodeState]) -> list[Node]:
+        """Set node states: {node id: state}, or a sequence for the pool's first nodes in order."""
+        bad = [node for node in (states if isinstance(states, Mapping) else []) if not NODE_ID.fullmatch(node)]
+        if bad:
+            raise ValueError(f"invalid node id: {bad[0]!r}")
+        return self.account.set_node_states(pool_id, states)
+
     @property
     def requests(self) -> list[RecordedRequest]:
         """Every request received so far, oldest first."""
@@ -156,9 +303,10 @@ class BatchEmulator(LoopbackService):
             return self._peak_in_flight
 
     def inject(self, fault: Fault, times: int = 1, job_id: str | None = None, operation: str = "terminate") -> None:
-        """Give the next `times` requests of `operation` (for `job_id`, or any) this fault; queued FIFO.
+        """Give the next `times` requests of `operation` (for the id `job_id` in their path, or any) this fault.
 
-        operation: terminate, get, list, taskcounts or any.
+        Queued FIFO. operation: job.terminate, job.get, ..., pool.resize, node.list (faults.OPERATIONS), an old
+        alias (terminate, get, list, taskcounts), `{resource}.*`, or any; job_id is a job, schedule or pool id.
         """
         with self._lock:
             self.faults.inject(fault, times, job_id, operation)
@@ -169,7 +317,7 @@ class BatchEmulator(LoopbackService):
             self.faults.set_rates(rates, seed)
 
     def reset(self) -> None:
-        """Forget jobs, recorded requests, the ledger, injected faults, fault rates and the in-flight peak."""
+        """Forget jobs, schedules, pools, recorded requests, the ledger, faults, fault rates and the in-flight peak."""
         self.account.reset()
         with self._lock:
             self._requests.clear()
@@ -191,10 +339,13 @@ class BatchEmulator(LoopbackService):
 
     def _handle(self, request: HttpRequest) -> HttpResponse | None:
         """handle() without the in-flight bookkeeping."""
+        # Each request first brings the account to now: due resizes, terminations and schedule recurrences.
+        self.tick()
         reply = Reply(request, self.url)
-        route, job_id, response = self._route(request, reply)
+        operation, resource_id, response = self._route(request, reply)
+        job_id = resource_id if operation.startswith("job.") else None
         with self._lock:
-            fault = self.faults.take(route, job_id) if response is None else None
+            fault = self.faults.take(operation, resource_id) if response is None else None
             if self.record_requests:
                 self._requests.append(
                     RecordedRequest(
@@ -205,37 +356,38 @@ class BatchEmulator(LoopbackService):
                         body=request.body,
                         job_id=job_id,
                         fault=fault.label if fault else None,
+                        operation=operation,
+                        resource_id=resource_id,
                     )
                 )
         if response is None:
-            response = self._with_fault(reply, fault, lambda: self._operation(route, reply, job_id))
+            response = self._with_fault(reply, fault, lambda: self._operation(operation, reply, resource_id))
             if response is None:
                 return None
         return response if self._sleep(self.latency) else None
 
     def _route(self, request: HttpRequest, reply: Reply) -> tuple[str, str | None, HttpResponse | None]:
-        """Find (route, job id, early error) for a request."""
+        """Find (operation, the decoded id in the path, early error) for a request."""
+        # Each segment is percent-decoded on its own, so a schedule's job `sched:job-1` arrives as sched%3Ajob-1.
         segments = [unquote(part) for part in request.path.strip("/").split("/")]
-        match request.method, segments:
-            case "GET", ["jobs"]:
-                return "list", None, None
-            case "GET", ["jobs", job_id]:
-                route = "get"
-            case "GET", ["jobs", job_id, "taskcounts"]:
-                route = "taskcounts"
-            case "POST", ["jobs", job_id, "terminate"]:
-                route = "terminate"
-            case _:
-                return "invalid", None, reply.error(400, "InvalidUri")
-        if not JOB_ID.fullmatch(job_id):
-            return route, None, reply.error(400, "InvalidUri", values=[("JobId", job_id)])
-        return route, job_id, None
+        shape = tuple("{}" if index == 1 else part for index, part in enumerate(segments))
+        operation = _ROUTES.get((request.method, shape))
+        if operation is None:
+            return "invalid", None, reply.error(400, "InvalidUri")
+        if len(segments) == 1:
+            return operation, None, None
+        resource_id = segments[1]
+        rule, name = _ID_RULES[segments[0]]
+        if not rule.fullmatch(resource_id):
+            return operation, None, reply.error(400, "InvalidUri", values=[(name, resource_id)])
+        return operation, resource_id, None
 
-    def _operation(self, route: str, reply: Reply, job_id: str | None) -> HttpResponse:
-        """Answer a routed request."""
-        if route == "terminate":
-            return self._terminate(reply, str(job_id))
-        return self._read(route, reply, job_id)
+    def _operation(self, operation: str, reply: Reply, resource_id: str | None) -> HttpResponse:
+        """Answer a routed request: common checks (query, auth, headers), then the operation."""
+        error = self._check_query(reply, operation) or self._check_auth(reply) or self._check_headers(reply)
+        if error is not None:
+            return error
+        return self._routes.answer(operation, reply, resource_id)
 
     def _with_fault(self, reply: Reply, fault: Fault | None, answer: Callable[[], HttpResponse]) -> HttpResponse | None:
         """Play the fault around the answer; None means the connection is dropped."""
@@ -255,23 +407,33 @@ class BatchEmulator(LoopbackService):
             return response if self._sleep(fault.seconds) else None
         return answer() if self._sleep(fault.seconds) else None
 
-    def _check_query(self, reply: Reply, route: str) -> HttpResponse | None:
-        """api-version and timeout (every route) and force (terminate); names are case-insensitive."""
+    def _check_query(self, reply: Reply, operation: str) -> HttpResponse | None:
+        """api-version and timeout (every operation) and force (the terminates); names are case-insensitive."""
         query = reply.query
         version = query.get("api-version")
         if version is None:
             values = [("QueryParameterName", "api-version")]
             return reply.error(400, "MissingRequiredQueryParameter", values=values)
         if version not in API_VERSIONS:
+            # Batch's error table: UnsupportedRequestVersion, 400, "The specified request version is not supported."
             values = [("QueryParameterName", "api-version"), ("QueryParameterValue", version)]
             return reply.error(400, "UnsupportedRequestVersion", values=values)
+        spelling = timeout_name(version)
+        for name in reply.request.query:
+            if name.lower() == "timeout" and name != spelling and self.strict_query_names:
+                values = [
+                    ("QueryParameterName", name),
+                    ("Reason", f"api-version {version} spells the server timeout {spelling}."),
+                ]
+                return reply.error(400, "UnsupportedQueryParameter", values=values)
         timeout = query.get("timeout")
         # The spec: "If the value is larger than 30, the default will be used instead" — so only non-integers
         # and values below 1 are refused.
         if timeout is not None and not (_DIGITS.fullmatch(timeout) and int(timeout) >= 1):
-            return reply.bad_query("timeout", timeout, "timeout must be a positive integer (seconds).")
+            sent = next((name for name in reply.request.query if name.lower() == "timeout"), spelling)
+            return reply.bad_query(sent, timeout, "timeout must be a positive integer (seconds).")
         force = query.get("force")
-        if force is not None and route == "terminate":
+        if force is not None and operation in _FORCE_OPERATIONS:
             if not supports_force(version):
                 values = [
                     ("QueryParameterName", "force"),
@@ -316,139 +478,3 @@ class BatchEmulator(LoopbackService):
                 400, "MultipleConditionHeadersNotSupported", values=[("HeaderNames", ", ".join(conditions))]
             )
         return None
-
-    def _terminate(self, reply: Reply, job_id: str) -> HttpResponse:
-        """The Job - Terminate operation (the body is optional: terminateReason defaults to UserTerminate)."""
-        error = self._check_query(reply, "terminate") or self._check_auth(reply) or self._check_headers(reply)
-        if error is not None:
-            return error
-        request = reply.request
-        reason = DEFAULT_TERMINATE_REASON
-        if request.body:
-            content_type = request.headers.get("content-type", "")
-            if not content_type.lower().startswith("application/json"):
-                return reply.bad_header("Content-Type", content_type)
-            try:
-                payload = json.loads(request.body.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not UTF-8 JSON.")])
-            if not isinstance(payload, dict):
-                return reply.error(400, "InvalidRequestBody", values=[("Reason", "The body is not a JSON object.")])
-            given = payload.get("terminateReason")
-            if given is not None and not isinstance(given, str):
-                values = [("PropertyName", "terminateReason"), ("Reason", "terminateReason must be a string.")]
-                return reply.error(400, "InvalidRequestBody", values=values)
-            reason = given if given is not None else DEFAULT_TERMINATE_REASON
-        outcome = self.account.terminate(
-            job_id,
-            reason,
-            client_request_id=request.headers.get("client-request-id"),
-            force=reply.query.get("force") == "true",
-            failed_condition=lambda job: _failed_condition(request.headers, job),
-        )
-        if isinstance(outcome, Refusal):
-            return reply.error(outcome.http_status, outcome.code, values=outcome.values)
-        headers = {
-            "ETag": outcome.etag,
-            "Last-Modified": http_date(outcome.last_modified),
-            "DataServiceId": f"{self.url}/jobs/{outcome.id}",
-        }
-        return reply.empty(202, headers)
-
-    def _read(self, route: str, reply: Reply, job_id: str | None) -> HttpResponse:
-        """GET /jobs, /jobs/{id} and /jobs/{id}/taskcounts."""
-        error = self._check_query(reply, route) or self._check_auth(reply) or self._check_headers(reply)
-        if error is not None:
-            return error
-        query = reply.query
-        if route == "taskcounts":
-            counts = self.account.task_counts(str(job_id))
-            if counts is None:
-                return reply.error(404, "JobNotFound")
-            return reply.json(
-                {
-                    "odata.metadata": f"{self.url}/$metadata#taskcounts/@Element",
-                    "taskCounts": counts,
-                    "taskSlotCounts": dict(counts),
-                }
-            )
-        selected = _selection(query.get("$select"))
-        if isinstance(selected, str):
-            return reply.bad_query("$select", query["$select"], f"Unknown property {selected!r}.")
-        if route == "get":
-            job = self.account.job(str(job_id))
-            if job is None:
-                return reply.error(404, "JobNotFound")
-            headers = {"ETag": job.etag, "Last-Modified": http_date(job.last_modified)}
-            failed = _failed_condition(reply.request.headers, job)
-            if failed in ("If-None-Match", "If-Modified-Since"):
-                # Batch's table: ConditionNotMet is 304 Not Modified for a read (no body), 412 for a write.
-                return reply.empty(304, headers)
-            if failed is not None:
-                return reply.error(412, "ConditionNotMet", values=[("HeaderName", failed)])
-            document = job_document(job, self.url, selected)
-            response = reply.json({"odata.metadata": f"{self.url}/$metadata#jobs/@Element", **document})
-            response.headers.update(headers)
-            return response
-        return self._list(reply, selected)
-
-    def _list(self, reply: Reply, selected: tuple[str, ...]) -> HttpResponse:
-        """GET /jobs with $filter (Batch's Job - List subset), $select, maxresults and $skiptoken paging."""
-        query = reply.query
-        keep: Predicate = _every_job
-        filter_text = query.get("$filter")
-        if filter_text is not None:
-            try:
-                keep = parse_filter(filter_text)
-            except FilterError as exc:
-                return reply.bad_query("$filter", filter_text, str(exc))
-        raw_max = query.get("maxresults", str(MAX_RESULTS))
-        if not (_DIGITS.fullmatch(raw_max) and 1 <= int(raw_max) <= MAX_RESULTS):
-            return reply.bad_query("maxresults", raw_max, f"maxresults must be from 1 to {MAX_RESULTS}.")
-        token = query.get("$skiptoken")
-        paged = self.account.page(token, int(raw_max), keep)
-        if paged is None:
-            return reply.bad_query("$skiptoken", str(token), "Unknown continuation token.")
-        page, next_key = paged
-        documents = [job_document(job, self.url, selected) for job in page]
-        payload: dict[str, Any] = {"odata.metadata": f"{self.url}/$metadata#jobs", "value": documents}
-        if next_key is not None:
-            params = {name: value for name, value in query.items() if name != "$skiptoken"}
-            params["$skiptoken"] = next_key
-            payload["odata.nextLink"] = f"{self.url}/jobs?" + urlencode(params, quote_via=quote, safe="$,'")
-        return reply.json(payload)
-
-
-def _every_job(job: Job) -> bool:
-    """The predicate of a list without $filter."""
-    return True
-
-
-def _selection(value: str | None) -> tuple[str, ...] | str:
-    """The $select fields (empty = all), or the first unknown name."""
-    names = tuple(name.strip() for name in (value or "").split(",") if name.strip())
-    unknown = [name for name in names if name not in JOB_FIELDS]
-    return unknown[0] if unknown else names
-
-
-def _failed_condition(headers: Mapping[str, str], job: Job) -> str | None:
-    """The name of the If-* header the job fails, or None."""
-
-    def tags(value: str) -> set[str]:
-        return {tag.strip().removeprefix("W/").strip('"') for tag in value.split(",")}
-
-    if_match = headers.get("if-match")
-    if if_match is not None and if_match.strip() != "*" and job.etag not in tags(if_match):
-        return "If-Match"
-    if_none_match = headers.get("if-none-match")
-    if if_none_match is not None and (if_none_match.strip() == "*" or job.etag in tags(if_none_match)):
-        return "If-None-Match"
-    # HTTP dates have whole seconds, so compare at that resolution.
-    modified = job.last_modified.replace(microsecond=0)
-    since = parse_http_date(headers.get("if-modified-since", ""))
-    if since is not None and modified <= since:
-        return "If-Modified-Since"
-    unmodified_since = parse_http_date(headers.get("if-unmodified-since", ""))
-    if unmodified_since is not None and modified > unmodified_since:
-        return "If-Unmodified-Since"
-    return None

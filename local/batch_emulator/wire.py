@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 from typing import Any
 
-from local.batch_emulator.model import Job
+from local.batch_emulator.fleet import Node, Pool, Schedule, iso_duration
+from local.batch_emulator.model import Job, NodeTaskStatus
 from local.loopback import HttpRequest, HttpResponse
 
 ODATA_JSON = "application/json;odata=minimalmetadata"
@@ -37,6 +38,56 @@ JOB_FIELDS = (
     "executionInfo",
 )
 
+# $select names per document (the properties the emulator writes; Batch takes any property of the resource).
+SCHEDULE_FIELDS = (
+    "id",
+    "url",
+    "eTag",
+    "lastModified",
+    "creationTime",
+    "state",
+    "stateTransitionTime",
+    "previousState",
+    "previousStateTransitionTime",
+    "schedule",
+    "jobSpecification",
+    "executionInfo",
+    "metadata",
+)
+POOL_FIELDS = (
+    "id",
+    "url",
+    "eTag",
+    "lastModified",
+    "creationTime",
+    "state",
+    "stateTransitionTime",
+    "allocationState",
+    "allocationStateTransitionTime",
+    "vmSize",
+    "resizeTimeout",
+    "currentDedicatedNodes",
+    "currentLowPriorityNodes",
+    "targetDedicatedNodes",
+    "targetLowPriorityNodes",
+    "enableAutoScale",
+    "autoScaleFormula",
+    "autoScaleEvaluationInterval",
+    "metadata",
+)
+NODE_FIELDS = (
+    "id",
+    "url",
+    "state",
+    "schedulingState",
+    "stateTransitionTime",
+    "allocationTime",
+    "isDedicated",
+    "vmSize",
+)
+PREP_RELEASE_FIELDS = ("poolId", "nodeId", "nodeUrl", "jobPreparationTaskExecutionInfo", "jobReleaseTaskExecutionInfo")
+
+# Messages of Batch's error table (learn.microsoft.com "Batch Status and Error Codes"), or the service's own text.
 ERROR_MESSAGES: dict[str, str] = {
     "AuthenticationFailed": "Server failed to authenticate the request. Make sure the value of Authorization "
     "header is formed correctly including the signature.",
@@ -50,6 +101,18 @@ ERROR_MESSAGES: dict[str, str] = {
     "JobBeingTerminated": "The specified job is already in the process of being terminated.",
     "JobCompleted": "The specified job is already in a completed state.",
     "JobNotFound": "The specified job does not exist.",
+    "JobPreparationTaskNotSpecified": "The specified job does not have job preparation task.",
+    "JobScheduleBeingDeleted": "The specified job schedule has been marked for deletion and is being reclaimed.",
+    "JobScheduleBeingTerminated": "The specified job schedule is being terminated.",
+    "JobScheduleCompleted": "The specified job schedule is already in completed state.",
+    "JobScheduleDisabled": "The specified job schedule is disabled.",
+    "JobScheduleNotFound": "The specified job schedule does not exist.",
+    "InvalidPropertyValue": "The value provided for one of the properties in the request body is invalid.",
+    "MissingRequiredProperty": "A required property was not specified in the request body.",
+    "OperationInvalidForCurrentState": "The specified operation is not valid for the current state of the resource.",
+    "PoolBeingResized": "The specified pool is being resized.",
+    "PoolNotFound": "The specified pool does not exist.",
+    "TooManyEnableAutoScaleRequests": "Too many Enable Pool AutoScale requests are issued on the pool.",
     "MissingRequiredQueryParameter": "A query parameter that's mandatory for this request is not specified.",
     "MultipleConditionHeadersNotSupported": "Multiple condition headers are not supported.",
     "OperationTimedOut": "Operation could not be completed within the specified time.",
@@ -88,6 +151,21 @@ def seconds_text(seconds: float) -> str:
 _AUTO_POOL = {"poolLifetimeOption": "job", "pool": {"vmSize": "standard_d2s_v3"}}
 
 
+def _pool_info(pool_id: str | None, auto_pool: dict[str, Any] | None) -> dict[str, Any]:
+    """poolInfo: a pool id, or an auto pool (which names no pool)."""
+    if pool_id is not None:
+        return {"poolId": pool_id}
+    return {"autoPoolSpecification": auto_pool if auto_pool is not None else _AUTO_POOL}
+
+
+def _metadata(items: dict[str, str]) -> list[dict[str, str]]:
+    return [{"name": name, "value": value} for name, value in items.items()]
+
+
+def _limit(document: dict[str, Any], selected: tuple[str, ...]) -> dict[str, Any]:
+    return {name: document[name] for name in selected if name in document} if selected else document
+
+
 def job_document(job: Job, account_url: str, selected: tuple[str, ...] = ()) -> dict[str, Any]:
     """The job as Batch's JSON (optional properties omitted when unset), limited to $select."""
     execution: dict[str, str] = {"startTime": iso_time(job.creation_time)}
@@ -111,7 +189,7 @@ def job_document(job: Job, account_url: str, selected: tuple[str, ...] = ()) -> 
         document["previousStateTransitionTime"] = iso_time(job.previous_state_transition_time)
     document["priority"] = 0
     # An auto-pool job names no pool in poolInfo; its pool shows only in executionInfo.poolId.
-    document["poolInfo"] = {"poolId": job.pool_id} if job.pool_id is not None else {"autoPoolSpecification": _AUTO_POOL}
+    document["poolInfo"] = _pool_info(job.pool_id, job.auto_pool)
     document["onAllTasksComplete"] = "noaction"
     document["onTaskFailure"] = "noaction"
     if job.job_release_seconds:
@@ -119,11 +197,118 @@ def job_document(job: Job, account_url: str, selected: tuple[str, ...] = ()) -> 
         document["jobPreparationTask"] = {"id": "jobpreparation", "commandLine": "/bin/true"}
         document["jobReleaseTask"] = {"id": "jobrelease", "commandLine": "/bin/sh -c 'sleep 60'"}
     if job.metadata:
-        document["metadata"] = [{"name": name, "value": value} for name, value in job.metadata.items()]
+        document["metadata"] = _metadata(job.metadata)
     document["executionInfo"] = execution
-    if selected:
-        return {name: document[name] for name in selected if name in document}
-    return document
+    return _limit(document, selected)
+
+
+def schedule_document(schedule: Schedule, account_url: str, selected: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The job schedule as Batch's JSON (the spec's JobSchedules_GetJobSchedule example's shape)."""
+    document: dict[str, Any] = {
+        "id": schedule.id,
+        "url": f"{account_url}/jobschedules/{schedule.id}",
+        "eTag": schedule.etag,
+        "lastModified": iso_time(schedule.last_modified),
+        "creationTime": iso_time(schedule.creation_time),
+        "state": schedule.state.value,
+        "stateTransitionTime": iso_time(schedule.state_transition_time),
+    }
+    if schedule.previous_state is not None and schedule.previous_state_transition_time is not None:
+        document["previousState"] = schedule.previous_state.value
+        document["previousStateTransitionTime"] = iso_time(schedule.previous_state_transition_time)
+    document["schedule"] = (
+        {"recurrenceInterval": iso_duration(schedule.recurrence)} if schedule.recurrence is not None else {}
+    )
+    specification: dict[str, Any] = {
+        "priority": 0,
+        "onAllTasksComplete": "noaction",
+        "onTaskFailure": "noaction",
+        "poolInfo": _pool_info(schedule.pool_id, schedule.auto_pool),
+    }
+    if schedule.job_release_seconds:
+        specification["jobPreparationTask"] = {"id": "jobpreparation", "commandLine": "/bin/true"}
+        specification["jobReleaseTask"] = {"id": "jobrelease", "commandLine": "/bin/sh -c 'sleep 60'"}
+    if schedule.job_metadata:
+        specification["metadata"] = _metadata(schedule.job_metadata)
+    document["jobSpecification"] = specification
+    execution: dict[str, Any] = {}
+    if schedule.next_run_time is not None and schedule.state in ("active", "disabled"):
+        execution["nextRunTime"] = iso_time(schedule.next_run_time)
+    if schedule.recent_job_id is not None:
+        execution["recentJob"] = {"id": schedule.recent_job_id, "url": f"{account_url}/jobs/{schedule.recent_job_id}"}
+    if schedule.end_time is not None:
+        execution["endTime"] = iso_time(schedule.end_time)
+    document["executionInfo"] = execution
+    if schedule.metadata:
+        document["metadata"] = _metadata(schedule.metadata)
+    return _limit(document, selected)
+
+
+def pool_document(pool: Pool, account_url: str, selected: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The pool as Batch's JSON (the spec's Pools_GetPool_Basic example's shape; no VM configuration)."""
+    document: dict[str, Any] = {
+        "id": pool.id,
+        "url": f"{account_url}/pools/{pool.id}",
+        "eTag": pool.etag,
+        "lastModified": iso_time(pool.last_modified),
+        "creationTime": iso_time(pool.creation_time),
+        "state": "active",
+        "stateTransitionTime": iso_time(pool.creation_time),
+        "allocationState": pool.allocation_state.value,
+        "allocationStateTransitionTime": iso_time(pool.allocation_state_transition_time or pool.creation_time),
+        "vmSize": pool.vm_size,
+        "resizeTimeout": iso_duration(pool.resize_timeout),
+        "currentDedicatedNodes": pool.current_dedicated,
+        "currentLowPriorityNodes": pool.current_low_priority,
+        "targetDedicatedNodes": pool.target_dedicated,
+        "targetLowPriorityNodes": pool.target_low_priority,
+        "enableAutoScale": pool.enable_auto_scale,
+    }
+    if pool.enable_auto_scale and pool.auto_scale_formula is not None:
+        document["autoScaleFormula"] = pool.auto_scale_formula
+    if pool.enable_auto_scale and pool.auto_scale_evaluation_interval is not None:
+        document["autoScaleEvaluationInterval"] = iso_duration(pool.auto_scale_evaluation_interval)
+    if pool.metadata:
+        document["metadata"] = _metadata(pool.metadata)
+    return _limit(document, selected)
+
+
+def node_document(node: Node, pool: str, account_url: str, selected: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A compute node as Batch's JSON."""
+    document: dict[str, Any] = {
+        "id": node.id,
+        "url": f"{account_url}/pools/{pool}/nodes/{node.id}",
+        "state": node.state.value,
+        "schedulingState": "enabled",
+        "stateTransitionTime": iso_time(node.state_transition_time),
+        "allocationTime": iso_time(node.allocation_time),
+        "isDedicated": node.dedicated,
+        "vmSize": "standard_d2s_v3",
+    }
+    return _limit(document, selected)
+
+
+def prep_release_document(row: NodeTaskStatus, account_url: str, selected: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One node's preparation/release task status (the spec's JobListPreparationAndReleaseTaskStatus example)."""
+    document: dict[str, Any] = {
+        "poolId": row.pool_id,
+        "nodeId": row.node_id,
+        "nodeUrl": f"{account_url}/pools/{row.pool_id}/nodes/{row.node_id}",
+        "jobPreparationTaskExecutionInfo": {
+            "state": "completed",
+            "startTime": iso_time(row.preparation_start),
+            "endTime": iso_time(row.preparation_start),
+            "exitCode": 0,
+            "retryCount": 0,
+        },
+    }
+    if row.release_state is not None and row.release_start is not None:
+        release: dict[str, Any] = {"state": row.release_state, "startTime": iso_time(row.release_start)}
+        if row.release_end is not None:
+            release["endTime"] = iso_time(row.release_end)
+            release["exitCode"] = 0
+        document["jobReleaseTaskExecutionInfo"] = release
+    return _limit(document, selected)
 
 
 class Reply:
