@@ -1,8 +1,8 @@
 // batch-terminator: everything the Function App needs, in one resource group, with one user-assigned
 // managed identity used for host storage, the queues, telemetry and Batch. Deploy with `azd up` or
 // `az deployment group create` (docs/DEPLOY.md). The Batch account is NOT created here: it is an existing
-// account (possibly in another resource group of the same subscription) that the identity is granted
-// "Azure Batch Job Submitter" on.
+// account (possibly in another resource group of the same subscription) on which the identity is granted a
+// custom role with exactly the Batch operations the app calls (modules/batch-role.bicep).
 targetScope = 'resourceGroup'
 
 // --- environment -------------------------------------------------------------------------------------------
@@ -29,7 +29,7 @@ param principalId string = ''
   'Group'
   'ServicePrincipal'
 ])
-@description('Type of principalId.')
+@description('Type of principalId (azd: AZURE_PRINCIPAL_TYPE, default User; ServicePrincipal when a pipeline deploys).')
 param principalType string = 'User'
 
 // --- the existing Batch account ----------------------------------------------------------------------------
@@ -45,7 +45,7 @@ param batchAccountResourceGroup string
 @description('Optional BATCH_ACCOUNTS: more accounts by alias, "alias=https://{account}.{region}.batch.azure.com,..." (docs/CONTRACT.md §2). Empty: only the account above (alias default).')
 param batchAccounts string = ''
 
-@description('The existing Batch accounts named in batchAccounts, as [{name, resourceGroup}] (same subscription): the identity gets Azure Batch Job Submitter on each.')
+@description('The existing Batch accounts named in batchAccounts, as [{name, resourceGroup}] (same subscription): the identity gets the app\'s Batch role on each.')
 param additionalBatchAccounts array = []
 
 // --- contract settings (docs/CONTRACT.md §2) -------------------------------------------------------
@@ -55,7 +55,7 @@ param additionalBatchAccounts array = []
 param terminateQueueName string = 'batch-terminate'
 
 @description('Batch REST api-version (BATCH_API_VERSION).')
-param batchApiVersion string = '2023-11-01.18.0'
+param batchApiVersion string = '2025-06-01'
 
 @minValue(1)
 @maxValue(30)
@@ -96,11 +96,61 @@ param confirmMaxChecks int = 3
 @description('CONFIRM_FORCE: a job still terminating at a check is terminated once more with force=true.')
 param confirmForce bool = false
 
+// --- the kill switch (docs/CONTRACT.md §10) ---------------------------------------------------------------------
+@minLength(3)
+@maxLength(56) // the host's poison queue for it appends "-poison"
+@description('INCIDENT_QUEUE_NAME: queue of kill-switch commands (always set: the kill_switch binding names it).')
+param incidentQueueName string = 'batch-kill-switch'
+
+@minLength(3)
+@maxLength(63)
+@description('INCIDENT_TABLE_NAME: the table holding incidents (letters and digits, starting with a letter).')
+param incidentTableName string = 'batchterminatorincidents'
+
+@allowed([
+  'auto'
+  'manual'
+])
+@description('KILL_SWITCH_APPROVAL: auto = an incident acts as soon as it is planned; manual = it waits for `batch-terminator incidents approve`.')
+param killSwitchApproval string = 'auto'
+
+@description('KILL_SWITCH_DISABLE_SCHEDULES: an incident also disables the job schedules that would start its jobs again.')
+param killSwitchDisableSchedules bool = true
+
+@description('KILL_SWITCH_SCALE_POOLS: an incident also scales its jobs\' pools to zero; grants pools/write on the Batch accounts (only then).')
+param killSwitchScalePools bool = false
+
+@description('Create the kill-switch action group (Azure Function receiver on alert_terminate; azd: KILL_SWITCH_RECEIVER). Its key is read from the deployed function, so turn it on once the code is deployed (docs/DEPLOY.md, "The kill switch").')
+param killSwitchReceiver bool = false
+
+@minValue(0)
+@description('Monthly Cost Management budget on this resource group, in the billing currency (azd: BUDGET_AMOUNT). 0: no budget.')
+param budgetAmount int = 0
+
+@minValue(1)
+@maxValue(1000)
+@description('Percent of budgetAmount (actual cost) at which the budget calls the kill switch (azd: BUDGET_KILL_THRESHOLD).')
+param budgetKillThreshold int = 100
+
+@minValue(1)
+@maxValue(1000)
+@description('Percent of budgetAmount (forecast cost) at which the budget only mails budgetContactEmails (azd: BUDGET_WARNING_THRESHOLD).')
+param budgetWarningThreshold int = 80
+
+@description('Comma-separated e-mail addresses the budget notifies (azd: BUDGET_CONTACT_EMAILS). Empty: alertEmail, if set.')
+param budgetContactEmails string = ''
+
+@description('First day of the budget (yyyy-MM-01; azd: BUDGET_START_DATE). Empty: the first of the current month when first deployed — pin it to keep redeployments stable.')
+param budgetStartDate string = ''
+
+@description('Deployment time, for the budget\'s default start month. Do not set.')
+param deployedAt string = utcNow('yyyy-MM-01')
+
 // --- worker ----------------------------------------------------------------------------------------------------
 @minValue(1)
 @maxValue(256) // Python 3.9+ workers take any positive count; 32 was the limit for 3.7 and 3.8
-@description('PYTHON_THREADPOOL_THREAD_COUNT: worker threads. The worker has ONE thread pool for every function, and the host holds batchSize + newBatchThreshold (16 + 8) messages PER queue trigger: with terminate_job and confirm_termination that is 2 x 24 = 48, plus one thread each for alert_terminate, sweep_jobs and keep_poison = 51, so no invocation waits out its functionTimeout queued for a thread (README, "Concurrency budget").')
-param pythonThreadpoolThreadCount int = 51
+@description('PYTHON_THREADPOOL_THREAD_COUNT: worker threads on ONE instance. On Flex Consumption each queue function scales on its own instances, so an instance holds at most host.json batchSize + newBatchThreshold (16 + 8) messages of its one queue, plus a margin of 2: 26 (docs/SCALE.md).')
+param pythonThreadpoolThreadCount int = 26
 
 // --- operations: alert rules and the workbook ---------------------------------------------------------------------
 @description('Optional e-mail address told when an alert rule fires (azd: ALERT_EMAIL). Empty: the rules still fire, visible in Azure Monitor > Alerts.')
@@ -236,6 +286,8 @@ module storage 'modules/storage.bicep' = {
     terminateQueueName: terminateQueueName
     poisonQueueName: poisonQueueName
     confirmQueueName: confirmQueueName
+    incidentQueueName: incidentQueueName
+    incidentTableName: incidentTableName
     deploymentContainerName: deploymentContainerName
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsWorkspaceId
     appPrincipalId: identity.properties.principalId
@@ -244,23 +296,25 @@ module storage 'modules/storage.bicep' = {
   }
 }
 
-// --- Batch: Job Submitter on the existing account, deployed at that account's resource group ---------------------
+// --- Batch: the app's role on the existing account, deployed at that account's resource group --------------------
 module batchRole 'modules/batch-role.bicep' = {
   name: 'batch-role-${resourceToken}'
   scope: resourceGroup(batchAccountResourceGroup)
   params: {
     batchAccountName: batchAccountName
     principalId: identity.properties.principalId
+    scalePools: killSwitchScalePools
   }
 }
 
-// --- Batch: Job Submitter on every further account of BATCH_ACCOUNTS -------------------------------------------------
+// --- Batch: the same role on every further account of BATCH_ACCOUNTS ---------------------------------------------------
 module additionalBatchRoles 'modules/batch-role.bicep' = [for (account, i) in additionalBatchAccounts: {
   name: 'batch-role-${i}-${resourceToken}'
   scope: resourceGroup(account.resourceGroup)
   params: {
     batchAccountName: account.name
     principalId: identity.properties.principalId
+    scalePools: killSwitchScalePools
   }
 }]
 
@@ -275,6 +329,45 @@ module alerts 'modules/alerts.bicep' = {
     alertEmail: alertEmail
     poisonedThreshold: poisonedAlertThreshold
     hostGaveUpThreshold: hostGaveUpAlertThreshold
+    killSwitchReceiver: killSwitchReceiver
+    functionAppId: functionApp.outputs.id
+    functionAppHostName: functionApp.outputs.defaultHostName
+  }
+}
+
+// --- the budget kill switch: a Cost Management budget on this resource group (optional, budgetAmount > 0) ---------
+// The kill notification (actual cost) goes to the kill-switch action group, which calls alert_terminate: a budget
+// names no job, so it opens an incident (docs/CONTRACT.md §9, §10). The warning (forecast) only mails.
+var budgetEmails = !empty(budgetContactEmails) ? split(replace(budgetContactEmails, ' ', ''), ',') : (!empty(alertEmail) ? [alertEmail] : [])
+var budgetKillGroups = killSwitchReceiver ? [alerts.outputs.killSwitchActionGroupId] : []
+
+resource budget 'Microsoft.Consumption/budgets@2024-08-01' = if (budgetAmount > 0) {
+  name: 'budget-batch-terminator-${resourceToken}'
+  properties: {
+    category: 'Cost'
+    amount: budgetAmount
+    timeGrain: 'Monthly'
+    timePeriod: {
+      startDate: !empty(budgetStartDate) ? budgetStartDate : deployedAt
+    }
+    notifications: {
+      kill: {
+        enabled: true
+        operator: 'GreaterThanOrEqualTo'
+        threshold: budgetKillThreshold
+        thresholdType: 'Actual'
+        contactEmails: budgetEmails
+        contactGroups: budgetKillGroups
+      }
+      warning: {
+        enabled: true
+        operator: 'GreaterThanOrEqualTo'
+        threshold: budgetWarningThreshold
+        thresholdType: 'Forecasted'
+        contactEmails: budgetEmails
+        contactGroups: []
+      }
+    }
   }
 }
 
@@ -323,6 +416,11 @@ module functionApp 'modules/function-app.bicep' = {
     confirmAfterSeconds: confirmAfterSeconds
     confirmMaxChecks: confirmMaxChecks
     confirmForce: confirmForce
+    incidentQueueName: storage.outputs.incidentQueueName
+    incidentTableName: storage.outputs.incidentTableName
+    killSwitchApproval: killSwitchApproval
+    killSwitchDisableSchedules: killSwitchDisableSchedules
+    killSwitchScalePools: killSwitchScalePools
     pythonThreadpoolThreadCount: pythonThreadpoolThreadCount
     alertJobIdDimension: alertJobIdDimension
     alertRulesAllowed: alertRulesAllowed
@@ -356,6 +454,10 @@ output AZURE_STORAGE_QUEUE_ENDPOINT string = storage.outputs.queueEndpoint
 output TERMINATE_QUEUE_NAME string = storage.outputs.terminateQueueName
 output POISON_QUEUE_NAME string = storage.outputs.poisonQueueName
 output CONFIRM_QUEUE_NAME string = storage.outputs.confirmQueueName
+output INCIDENT_QUEUE_NAME string = storage.outputs.incidentQueueName
+output INCIDENT_TABLE_NAME string = storage.outputs.incidentTableName
+output AZURE_STORAGE_TABLE_ENDPOINT string = storage.outputs.tableEndpoint
+output KILL_SWITCH_ACTION_GROUP_ID string = alerts.outputs.killSwitchActionGroupId
 output BATCH_ACCOUNT_URL string = 'https://${batchRole.outputs.accountEndpoint}'
 output APPLICATIONINSIGHTS_NAME string = monitoring.outputs.applicationInsightsName
 output AZURE_LOG_ANALYTICS_WORKSPACE_ID string = monitoring.outputs.logAnalyticsWorkspaceId

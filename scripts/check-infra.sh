@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Static checks of the Bicep templates in infra/ with checkov (the Bicep compiler is not available here).
 # checkov lives in its own virtualenv, .venv-infra, so its many pinned dependencies never meet the app's.
-# Skipped checks are listed, each with its reason, in .checkov.yaml (the only place skips are allowed).
+# Skipped checks are listed, each with its reason, in .checkov.yaml; a skip that concerns one resource only may
+# instead sit in that resource as "// checkov:skip=CKV_...:<reason>" (tests/repo/test_infra.py checks both kinds).
 # Exits non-zero when a check fails or when a template cannot be parsed (checkov itself would silently
 # leave an unparseable file out of the scan).
 set -euo pipefail

@@ -70,7 +70,14 @@ param confirmAfterSeconds int
 param confirmMaxChecks int
 param confirmForce bool
 
-// --- the Python worker: one thread per message the host holds (host.json batchSize + newBatchThreshold) ---
+// --- the kill switch (docs/CONTRACT.md §10) ---
+param incidentQueueName string
+param incidentTableName string
+param killSwitchApproval string
+param killSwitchDisableSchedules bool
+param killSwitchScalePools bool
+
+// --- the Python worker: threads per instance, derived in docs/SCALE.md (batchSize + newBatchThreshold + margin) ---
 param pythonThreadpoolThreadCount int
 
 // --- alert_terminate (docs/CONTRACT.md §9) and sweep_jobs ---
@@ -105,6 +112,7 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
 }
 
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
+  // checkov:skip=CKV_AZURE_78:Flex Consumption offers no FTP and rejects siteConfig.ftpsState (its deprecations table); FTP publishing is refused by basicPublishingCredentialsPolicies 'ftp' below
   name: name
   location: location
   tags: union(tags, {
@@ -122,10 +130,13 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
     httpsOnly: true
     clientAffinityEnabled: false
     keyVaultReferenceIdentity: identityId
+    // No ftpsState (nor alwaysOn, linuxFxVersion, use32BitWorkerProcess, ...): Flex Consumption rejects the site
+    // properties its "Flex Consumption plan deprecations" table lists (FTPS is not offered on Flex at all), and
+    // tests/repo/test_infra_flex.py keeps every name of that table out of the templates. FTP publishing is
+    // refused below all the same (basicPublishingCredentialsPolicies 'ftp').
     siteConfig: {
       minTlsVersion: '1.2'
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
       http20Enabled: true
     }
     functionAppConfig: {
@@ -158,6 +169,7 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     // Host storage, identity based (no AzureWebJobsStorage connection string).
     AzureWebJobsStorage__blobServiceUri: storageBlobEndpoint
     AzureWebJobsStorage__queueServiceUri: storageQueueEndpoint
+    // ... also the incident table's endpoint (INCIDENT_TABLE_NAME, docs/CONTRACT.md §2, §10).
     AzureWebJobsStorage__tableServiceUri: storageTableEndpoint
     AzureWebJobsStorage__credential: 'managedidentity'
     AzureWebJobsStorage__clientId: identityClientId
@@ -186,6 +198,11 @@ resource appSettings 'Microsoft.Web/sites/config@2024-04-01' = {
     CONFIRM_AFTER_SECONDS: string(confirmAfterSeconds)
     CONFIRM_MAX_CHECKS: string(confirmMaxChecks)
     CONFIRM_FORCE: confirmForce ? 'true' : 'false'
+    INCIDENT_QUEUE_NAME: incidentQueueName
+    INCIDENT_TABLE_NAME: incidentTableName
+    KILL_SWITCH_APPROVAL: killSwitchApproval
+    KILL_SWITCH_DISABLE_SCHEDULES: killSwitchDisableSchedules ? 'true' : 'false'
+    KILL_SWITCH_SCALE_POOLS: killSwitchScalePools ? 'true' : 'false'
     ALERT_JOB_ID_DIMENSION: alertJobIdDimension
     ALERT_RULES_ALLOWED: alertRulesAllowed
     ALERT_SELECT_JOB_ID_PREFIX: alertSelectJobIdPrefix
@@ -222,5 +239,6 @@ resource scmPublishing 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2
 }
 
 output name string = functionApp.name
+output id string = functionApp.id
 output defaultHostName string = functionApp.properties.defaultHostName
 output planName string = plan.name

@@ -1,6 +1,6 @@
 // Storage account used for everything the app stores: the Functions host (AzureWebJobsStorage, identity
-// based), the trigger queue, its poison queue and the confirmation queue, and the Flex Consumption deployment
-// package container.
+// based), the trigger queue, its poison queue, the confirmation queue, the kill switch's command queue and its
+// incident table (docs/CONTRACT.md §10), and the Flex Consumption deployment package container.
 // Shared key access is disabled: every caller authenticates with Entra ID and RBAC.
 
 @description('Azure region.')
@@ -33,6 +33,14 @@ param poisonQueueName string
 
 @description('Confirmation queue (CONFIRM_QUEUE_NAME): pending checks that a terminated job really finished.')
 param confirmQueueName string
+
+@description('Kill-switch command queue (INCIDENT_QUEUE_NAME): plan/approve/cancel/retry/undo commands for kill_switch.')
+param incidentQueueName string
+
+@description('Incident table (INCIDENT_TABLE_NAME): 3-63 letters and digits, starting with a letter.')
+@minLength(3)
+@maxLength(63)
+param incidentTableName string
 
 @description('Blob container holding the Flex Consumption deployment package.')
 param deploymentContainerName string
@@ -151,6 +159,22 @@ resource confirmQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@20
   name: confirmQueueName
 }
 
+resource incidentQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: incidentQueueName
+}
+
+// The incident table: the deployment creates it (the app also creates it when missing, docs/CONTRACT.md §2).
+resource tableService 'Microsoft.Storage/storageAccounts/tableServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource incidentTable 'Microsoft.Storage/storageAccounts/tableServices/tables@2023-05-01' = {
+  parent: tableService
+  name: incidentTableName
+}
+
 // Who enqueued or deleted what, and when: queue read/write/delete requests go to Log Analytics.
 resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-preview' = {
   name: 'queue-logs'
@@ -176,7 +200,8 @@ resource queueDiagnostics 'Microsoft.Insights/diagnosticSettings@2021-05-01-prev
 
 // --- Role assignments for the function app's identity ---------------------------------------------------
 // Host storage with an identity: Storage Blob Data Owner is the host's minimum (coordination, leases,
-// timer-trigger locks, key store). Storage Table Data Contributor lets the host persist diagnostic events.
+// timer-trigger locks, key store). Storage Table Data Contributor: the kill switch reads and writes incidents
+// (INCIDENT_TABLE_NAME), and the host persists its diagnostic events.
 // Storage Queue Data Contributor: the queue trigger reads/deletes messages, the host creates and writes the
 // poison queue, and the function writes poison records.
 resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -229,3 +254,5 @@ output deploymentContainerName string = deploymentContainer.name
 output terminateQueueName string = terminateQueue.name
 output poisonQueueName string = poisonQueue.name
 output confirmQueueName string = confirmQueue.name
+output incidentQueueName string = incidentQueue.name
+output incidentTableName string = incidentTable.name

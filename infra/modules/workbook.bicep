@@ -1,6 +1,7 @@
 // An Azure Workbook over the app's telemetry (docs/CONTRACT.md §8): finished messages by outcome, poison
 // records by code, time per message (p50/p95), Batch call duration (metric),
-// confirmed jobs' time to completion (metric), sweep runs and alert requests. The queries are the files in
+// confirmed jobs' time to completion (metric), sweep runs, kill-switch incidents (by state over time, and the
+// latest) and alert requests. The queries are the files in
 // infra/queries/, so the workbook, the docs and the tests read the same text.
 
 @description('Azure region.')
@@ -146,6 +147,34 @@ var panels = [
   }
   {
     type: 3
+    name: 'incidents-over-time'
+    content: {
+      version: 'KqlItem/1.0'
+      title: 'Kill-switch incidents by state'
+      query: loadTextContent('../queries/incidents-over-time.kql')
+      size: 0
+      queryType: 0
+      resourceType: 'microsoft.insights/components'
+      timeContextFromParameter: 'TimeRange'
+      visualization: 'timechart'
+    }
+  }
+  {
+    type: 3
+    name: 'incidents-latest'
+    content: {
+      version: 'KqlItem/1.0'
+      title: 'Latest kill-switch incidents'
+      query: loadTextContent('../queries/incidents-latest.kql')
+      size: 0
+      queryType: 0
+      resourceType: 'microsoft.insights/components'
+      timeContextFromParameter: 'TimeRange'
+      visualization: 'table'
+    }
+  }
+  {
+    type: 3
     name: 'alert-requests'
     content: {
       version: 'KqlItem/1.0'
@@ -167,7 +196,7 @@ var workbook = {
       type: 1
       name: 'intro'
       content: {
-        json: '## batch-terminator\nOne record per finished message on logger `batch_terminator` (docs/CONTRACT.md §8). Alerts: docs/DEPLOY.md.'
+        json: '## batch-terminator\nOne record per finished message and one per incident state on logger `batch_terminator` (docs/CONTRACT.md §8, §10). Alerts: docs/DEPLOY.md.'
       }
     }
     timeRange
