@@ -7,7 +7,6 @@ import os
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
 
 import requests
@@ -20,7 +19,14 @@ from shared.batch.jobs import JobGetter
 from shared.batch.retry import RetryPolicy
 from shared.batch.tokens import TokenProvider
 from shared.config import catalog, readers
-from shared.config.settings import MAX_SWEEP_CONCURRENCY, Settings, queue_name_setting
+from shared.config.settings import (
+    CURRENT_API_VERSION,
+    MAX_SWEEP_CONCURRENCY,
+    Settings,
+    api_version_retiring,
+    queue_name_setting,
+)
+from shared.contract.terminate_request import DEFAULT_ACCOUNT
 from shared.rules.guards import Guards
 from shared.services.confirm_termination import Confirmer
 from shared.services.terminate_job import Terminator
@@ -63,6 +69,24 @@ def http_session(account_url: str | None = None, *, pool_size: int = 24) -> requ
 
 
 _UNBUILT = object()
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def warn_if_retiring(api_version: str) -> None:
+    """Log ApiVersionRetiring once per process for an api-version Batch is retiring (docs/CONTRACT.md §2)."""
+    if not api_version_retiring(api_version):
+        return
+    with _warned_lock:
+        if api_version in _warned:
+            return
+        _warned.add(api_version)
+    log.warning(
+        "BATCH_API_VERSION %s: Batch has announced the retirement of api-versions before %s",
+        api_version,
+        CURRENT_API_VERSION,
+        extra={"code": "ApiVersionRetiring", "apiVersion": api_version},
+    )
 
 
 class Wiring:
@@ -136,56 +160,41 @@ class Wiring:
         pool_size = max(self.concurrency, MAX_SWEEP_CONCURRENCY)
         return self._once("session", lambda: http_session(self.settings().batch_account_url, pool_size=pool_size))
 
-    def batch_client(self) -> BatchClient:
-        """The Batch client: identity, pooled session and retry policy."""
+    def batch_clients(self) -> dict[str, BatchClient]:
+        """One Batch client per configured account (alias → client), over the one token cache and pooled session."""
 
-        def build() -> BatchClient:
-            return BatchClient(
-                self.settings(),
-                self.tokens(),
-                self.session(),
-                policy=self._policy,
-                sleep=self._sleep,
-                clock=self._clock,
-                http_timeout=self._http_timeout,
-                telemetry=self.telemetry(),
-            )
-
-        return self._once("batch_client", build)
-
-    def batch_reader(self) -> BatchReader:
-        """Job - List and task counts over the same client."""
-        from shared.batch.job_list import BatchReader
-
-        return self._once("batch_reader", lambda: BatchReader(self.batch_client(), self.settings()))
-
-    def batch_readers(self) -> dict[str, BatchReader]:
-        """A reader per configured account (alias → reader), all over the one token cache and pooled session."""
-
-        from shared.batch.job_list import BatchReader
-        from shared.rules.accounts import configured_accounts
-
-        def build() -> dict[str, BatchReader]:
+        def build() -> dict[str, BatchClient]:
             settings = self.settings()
-            readers: dict[str, BatchReader] = {}
-            for alias, url in configured_accounts(settings).items():
-                if url == settings.batch_account_url:
-                    readers[alias] = self.batch_reader()
-                    continue
-                account = replace(settings, batch_account_url=url)
-                client = BatchClient(
-                    account,
-                    self.tokens(),
-                    self.session(),
+            warn_if_retiring(settings.batch_api_version)
+            tokens, session, telemetry = self.tokens(), self.session(), self.telemetry()
+            return {
+                alias: BatchClient(
+                    settings,
+                    tokens,
+                    session,
+                    account=alias,
                     policy=self._policy,
                     sleep=self._sleep,
+                    clock=self._clock,
                     http_timeout=self._http_timeout,
-                    telemetry=self.telemetry(),
+                    telemetry=telemetry,
                 )
-                readers[alias] = BatchReader(client, account)
-            return readers
+                for alias in settings.accounts
+            }
 
-        return self._once("batch_readers", build)
+        return self._once("batch_clients", build)
+
+    def batch_client(self, account: str = DEFAULT_ACCOUNT) -> BatchClient:
+        """The Batch client of one configured account."""
+        return self.batch_clients()[account]
+
+    def batch_readers(self) -> dict[str, BatchReader]:
+        """Job - List and task counts per configured account (alias → reader)."""
+        from shared.batch.job_list import BatchReader
+
+        return self._once(
+            "batch_readers", lambda: {alias: BatchReader(client) for alias, client in self.batch_clients().items()}
+        )
 
     def alert_action(self) -> AlertAction:
         """The alert_terminate service; reads the Batch settings only when an alert needs an account."""
@@ -214,7 +223,7 @@ class Wiring:
 
     def job_getter(self) -> JobGetter:
         """Job - Get over the same client (the guards' and the checks' one read)."""
-        return self._once("job_getter", lambda: JobGetter(self.batch_client(), self.settings()))
+        return self._once("job_getter", lambda: JobGetter(self.batch_clients()))
 
     def guards(self) -> Guards:
         """The checks made before Job - Terminate (docs/CONTRACT.md §5a)."""
@@ -238,7 +247,7 @@ class Wiring:
         def build() -> Terminator:
             settings = self.settings()
             confirm = self.confirm_queue() if settings.confirm.enabled else None
-            made = Terminator(settings, self.batch_client(), self.poison_writer(), self.guards(), confirm)
+            made = Terminator(settings, self.batch_clients(), self.poison_writer(), self.guards(), confirm)
             log.info(
                 "batch-terminator ready: accounts=%s api-version=%s queue=%s poison=%s maxDequeueCount=%d"
                 " guards=%s confirm=%s",
@@ -260,7 +269,7 @@ class Wiring:
         def build() -> Confirmer:
             settings = self.settings()
             return Confirmer(
-                settings, self.job_getter(), self.batch_client(), self.confirm_queue(), self.poison_writer()
+                settings, self.job_getter(), self.batch_clients(), self.confirm_queue(), self.poison_writer()
             )
 
         return self._once("confirmer", build)

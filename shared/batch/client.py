@@ -1,4 +1,4 @@
-"""Batch *Job - Terminate* over REST: the request, the retry loop and the one classification table."""
+"""One Batch account over REST: Job - Terminate, reads and actions, all through one retry loop."""
 
 from __future__ import annotations
 
@@ -6,8 +6,11 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import requests
 from azure.core.exceptions import AzureError
@@ -15,21 +18,24 @@ from azure.core.exceptions import AzureError
 from shared.batch.answers import _first_line, _network_detail, _retry_after, error_detail
 from shared.batch.retry import RetryPolicy, Verdict, classify
 from shared.batch.tokens import TokenProvider
+from shared.batch.urls import BatchUrls, encode
 from shared.config.settings import Settings
 from shared.contract.codec import format_http_date
-from shared.contract.errors import BatchCallFailed, BatchError
+from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail
 from shared.contract.outcome import Outcome, Result
-from shared.contract.terminate_request import JOB_ID_PATTERN, TerminateRequest
+from shared.contract.terminate_request import DEFAULT_ACCOUNT, TerminateRequest
 from shared.telemetry import Telemetry
 
 log = logging.getLogger("batch_terminator.batch")
 
 CONTENT_TYPE = "application/json; odata=minimalmetadata"
 USER_AGENT = "batch-terminator/0.1 python-requests"
+# A safety net against a service that keeps answering with a nextLink: 1000 pages of up to 1000 items.
+MAX_PAGES = 1000
 
 
 class BatchClient:
-    """Calls Job - Terminate with retries; one instance per process, safe across threads."""
+    """One configured account's requests with retries; one instance per account and process, safe across threads."""
 
     def __init__(
         self,
@@ -37,6 +43,7 @@ class BatchClient:
         tokens: TokenProvider,
         session: requests.Session,
         *,
+        account: str = DEFAULT_ACCOUNT,
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
@@ -53,21 +60,19 @@ class BatchClient:
         self._sleep = sleep
         self._clock = clock
         self._rng = rng or random.Random()
-        self._base = settings.batch_account_url
-        self._query = f"?api-version={settings.batch_api_version}&timeout={settings.batch_timeout_seconds}"
+        self.account = account
+        self.urls = BatchUrls.of(settings, account)
 
     @property
     def account_url(self) -> str:
         """The Batch account URL every request goes to (no trailing slash)."""
-        return self._base
+        return self.urls.account_url
 
     def terminate(self, request: TerminateRequest, client_request_id: str) -> Result:
         """Ask Batch to terminate the job: a Result with Batch's answer, or BatchCallFailed when it did not happen."""
-        if not JOB_ID_PATTERN.fullmatch(request.job_id):
-            raise ValueError("job id failed validation")  # parse() guarantees this; never build a bad URL
-        url = f"{self._settings.account_url(request.account)}/jobs/{request.job_id}/terminate{self._query}"
-        if request.force:
-            url += "&force=true"
+        if request.account != self.account:
+            raise ValueError(f"a request for account {request.account!r} sent to {self.account!r}")
+        url = self.urls.job(request.job_id, "terminate", query={"force": "true"} if request.force else None)
         body = json.dumps({"terminateReason": request.terminate_reason}).encode("utf-8")
         response, detail, verdict = self._send(
             "POST",
@@ -89,8 +94,7 @@ class BatchClient:
 
     def get(self, url: str, client_request_id: str, *, label: str) -> requests.Response:
         """GET a Batch resource with terminate's token, retry and classification; a 2xx answer or BatchCallFailed."""
-        if not any(url.startswith(f"{base}/") for base in self._settings.accounts.values()):
-            raise ValueError("refusing to send the Batch token outside the configured accounts")
+        self._own(url)
         response, _, _ = self._send(
             "GET",
             url,
@@ -102,6 +106,76 @@ class BatchClient:
         )
         return response
 
+    def get_json(self, url: str, *, label: str) -> dict[str, Any]:
+        """GET a JSON object (a fresh client-request-id); BatchCallFailed when it fails or is not an object."""
+        response = self.get(url, str(uuid.uuid4()), label=label)
+        try:
+            document = response.json()
+        except ValueError as exc:
+            raise _unexpected(f"{label}: the answer is not JSON", ("body", response.text[:200])) from exc
+        if not isinstance(document, dict):
+            raise _unexpected(f"{label}: the answer is not a JSON object")
+        return document
+
+    def pages(self, url: str, *, label: str, max_pages: int = MAX_PAGES) -> Iterator[dict[str, Any]]:
+        """Every `value` entry of a list operation, following odata.nextLink only within this account and path."""
+        path = urlsplit(url).path.rstrip("/")
+        seen: set[str] = set()
+        next_url: str | None = url
+        while next_url is not None:
+            seen.add(next_url)
+            document = self.get_json(next_url, label=label)
+            values = document.get("value")
+            if not isinstance(values, list):
+                raise _unexpected(f"{label}: the answer has no value array")
+            yield from (item for item in values if isinstance(item, dict))
+            next_url = self._next_url(document.get("odata.nextLink"), path)
+            if next_url is not None and (next_url in seen or len(seen) >= max_pages):
+                raise _unexpected(f"paging did not end after {len(seen)} page(s)", ("odata.nextLink", next_url))
+
+    def post(self, url: str, body: Mapping[str, Any] | None, *, operation: str, label: str) -> requests.Response:
+        """POST an action (a job schedule's or a pool's); its 2xx answer, or BatchCallFailed with Batch's error."""
+        self._own(url)
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        response, _, _ = self._send(
+            "POST",
+            url,
+            body=data,
+            headers={"Content-Type": CONTENT_TYPE} if data is not None else {},
+            client_request_id=str(uuid.uuid4()),
+            accept=_READ_ACCEPTS,
+            label=label,
+            operation=operation,
+        )
+        return response
+
+    def _own(self, url: str) -> None:
+        if not url.startswith(f"{self.urls.account_url}/"):
+            raise ValueError("refusing to send the Batch token outside this account")
+
+    def _next_url(self, link: object, path: str) -> str | None:
+        """The next page's URL, only if it stays on this account and the listed path."""
+        if link is None or link == "":
+            return None
+        if not isinstance(link, str):
+            raise _unexpected("odata.nextLink is not a string")
+        try:
+            parts = urlsplit(link)
+            origin = _origin(link)
+        except ValueError as exc:
+            raise _unexpected("odata.nextLink is not a URL", ("odata.nextLink", link[:200])) from exc
+        if (
+            origin != _origin(self.urls.account_url)
+            or parts.path.rstrip("/") != path
+            or parts.username
+            or parts.fragment
+        ):
+            # Following it would hand the Batch token to whoever the link names.
+            raise _unexpected("odata.nextLink leaves the configured Batch account", ("odata.nextLink", link[:200]))
+        params = dict(parse_qsl(parts.query, keep_blank_values=True))
+        params.setdefault("api-version", self.urls.api_version)
+        return f"{self.urls.account_url}{path}?{encode(params)}"
+
     def _send(
         self,
         method: str,
@@ -112,10 +186,11 @@ class BatchClient:
         client_request_id: str,
         accept: frozenset[Verdict],
         label: str,
+        operation: str | None = None,
     ) -> tuple[requests.Response, BatchError, Verdict]:
         """The one retry loop: token, 401 refresh, transient backoff; returns an answer whose verdict is accepted."""
         started = self._clock()
-        operation = "terminate" if method == "POST" else "read"
+        operation = operation or ("terminate" if method == "POST" else "read")
         attempt = 0
         refreshed = False
         sent = False  # whether any request reached the wire: a record names a client-request-id only then
@@ -210,6 +285,22 @@ class BatchClient:
 # Terminate is done when Batch accepted it or the job already is where it was asked to go; a read only on 2xx.
 _TERMINATE_ACCEPTS = frozenset({Verdict.SUCCEEDED, Verdict.ALREADY_DONE})
 _READ_ACCEPTS = frozenset({Verdict.SUCCEEDED})
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def _unexpected(message: str, *values: tuple[str, str]) -> BatchCallFailed:
+    detail = BatchError(
+        code="UnexpectedResponse", message=message, values=tuple(BatchErrorDetail(k, v) for k, v in values)
+    )
+    return BatchCallFailed(detail, attempts=1, transient=False)
 
 
 def _conditional_headers(request: TerminateRequest) -> dict[str, str]:

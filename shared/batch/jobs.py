@@ -1,79 +1,108 @@
-"""Batch *Job - Get* for one job (state, metadata), over BatchClient's token, session and retry loop."""
+"""A Batch job as the app reads it (one model for Job - Get and Job - List), and *Job - Get* itself."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
-from urllib.parse import quote, urlencode
+from datetime import datetime
+from typing import Any, Protocol
 
 from shared.batch.client import BatchClient
-from shared.config.settings import Settings
+from shared.contract.codec import parse_http_date
 from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail
-from shared.contract.terminate_request import JOB_ID_PATTERN
 
 
 @dataclass(frozen=True)
-class JobSnapshot:
-    """What one Job - Get said about a job, with the answer's request-id."""
+class Job:
+    """The properties of a Batch job the app looks at (Batch's REST names), with the answer's request-id."""
 
     id: str
-    state: str | None
-    state_transition_time: str | None  # as Batch wrote it
+    state: str | None = None
+    state_transition_time: str | None = None  # as Batch wrote it
+    creation_time: datetime | None = None
     metadata: Mapping[str, str] = field(default_factory=dict)
-    request_id: str | None = None
+    execution_pool_id: str | None = None  # executionInfo.poolId: the pool the job runs on (auto pools too)
+    pool_info_pool_id: str | None = None  # poolInfo.poolId: the pool named when the job was added or updated
+    auto_pool: bool = False  # poolInfo.autoPoolSpecification: Batch ends the pool with the job
     previous_state: str | None = None
     previous_state_transition_time: str | None = None  # as Batch wrote it
+    request_id: str | None = None
+
+    @property
+    def pool_id(self) -> str | None:
+        """The job's pool: executionInfo.poolId, else poolInfo.poolId."""
+        return self.execution_pool_id or self.pool_info_pool_id
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any], *, request_id: str | None = None) -> Job | None:
+        """A Job from a Job - Get answer or a Job - List entry; None when it has no usable id."""
+        job_id = document.get("id")
+        if not isinstance(job_id, str) or not job_id:
+            return None
+        created = document.get("creationTime")
+        pool_info = document.get("poolInfo")
+        return cls(
+            id=job_id,
+            state=_text(document.get("state")),
+            state_transition_time=_text(document.get("stateTransitionTime")),
+            creation_time=parse_http_date(created) if isinstance(created, str) else None,
+            metadata=metadata_of(document),
+            execution_pool_id=_pool_id(document.get("executionInfo")),
+            pool_info_pool_id=_pool_id(pool_info),
+            auto_pool=isinstance(pool_info, dict) and isinstance(pool_info.get("autoPoolSpecification"), dict),
+            previous_state=_text(document.get("previousState")),
+            previous_state_transition_time=_text(document.get("previousStateTransitionTime")),
+            request_id=request_id,
+        )
 
 
 class JobReader(Protocol):
-    """Reads one job: (account alias, job id, client-request-id, $select) → its snapshot, or BatchCallFailed."""
+    """Reads one job: (account alias, job id, client-request-id, $select) → the job, or BatchCallFailed."""
 
-    def __call__(self, account: str, job_id: str, client_request_id: str, *, select: str) -> JobSnapshot: ...
+    def __call__(self, account: str, job_id: str, client_request_id: str, *, select: str) -> Job: ...
 
 
 class JobGetter:
-    """Reads one job in a configured account; a JobSnapshot, or BatchCallFailed (404 JobNotFound included)."""
+    """Job - Get in any configured account, through that account's client; BatchCallFailed on failure (404 too)."""
 
-    def __init__(self, client: BatchClient, settings: Settings) -> None:
-        self._client = client
-        self._settings = settings
+    def __init__(self, clients: Mapping[str, BatchClient]) -> None:
+        self._clients = clients
 
-    def __call__(self, account: str, job_id: str, client_request_id: str, *, select: str) -> JobSnapshot:
+    def __call__(self, account: str, job_id: str, client_request_id: str, *, select: str) -> Job:
         """GET {account}/jobs/{jobId}?$select=... (the one read the guards and the checks make)."""
-        if not JOB_ID_PATTERN.fullmatch(job_id):
-            raise ValueError("job id failed validation")  # never build a URL from an id Batch would refuse
-        params = {
-            "api-version": self._settings.batch_api_version,
-            "timeout": str(self._settings.batch_timeout_seconds),
-            "$select": select,
-        }
-        url = f"{self._settings.account_url(account)}/jobs/{job_id}?{urlencode(params, quote_via=quote, safe='$,')}"
-        response = self._client.get(url, client_request_id, label=f"get job={job_id}")
+        client = self._clients[account]
+        url = client.urls.job(job_id, query={"$select": select})
+        response = client.get(url, client_request_id, label=f"get job={job_id}")
         request_id = response.headers.get("request-id")
         try:
             document = response.json()
         except ValueError as exc:
-            raise _unexpected("the Job - Get answer is not JSON", request_id) from exc
+            raise unexpected("Job - Get", "the answer is not JSON", request_id=request_id) from exc
         if not isinstance(document, dict):
-            raise _unexpected("the Job - Get answer is not a JSON object", request_id)
-        state = _text(document.get("state"))
-        transition = _text(document.get("stateTransitionTime"))
-        metadata: dict[str, str] = {}
-        raw_metadata = document.get("metadata")
-        if isinstance(raw_metadata, list):
-            for pair in raw_metadata:
-                if isinstance(pair, dict) and isinstance(pair.get("name"), str):
-                    metadata[pair["name"]] = str(pair.get("value") or "")
-        return JobSnapshot(
-            id=str(document.get("id") or job_id),
-            state=state,
-            state_transition_time=transition,
-            metadata=metadata,
-            request_id=request_id,
-            previous_state=_text(document.get("previousState")),
-            previous_state_transition_time=_text(document.get("previousStateTransitionTime")),
-        )
+            raise unexpected("Job - Get", "the answer is not a JSON object", request_id=request_id)
+        job = Job.from_json({**document, "id": document.get("id") or job_id}, request_id=request_id)
+        assert job is not None
+        return job
+
+
+def metadata_of(document: Mapping[str, Any]) -> dict[str, str]:
+    """A resource's metadata (a list of name/value pairs) as a dict."""
+    metadata: dict[str, str] = {}
+    raw = document.get("metadata")
+    if isinstance(raw, list):
+        for pair in raw:
+            if isinstance(pair, dict) and isinstance(pair.get("name"), str):
+                metadata[pair["name"]] = str(pair.get("value") or "")
+    return metadata
+
+
+def unexpected(
+    operation: str, message: str, *values: tuple[str, str], request_id: str | None = None
+) -> BatchCallFailed:
+    """An answer the app cannot read, as a permanent failure of that operation."""
+    details = (BatchErrorDetail("operation", operation), *(BatchErrorDetail(k, v) for k, v in values))
+    error = BatchError("UnexpectedResponse", message, details, None, request_id)
+    return BatchCallFailed(error, attempts=1, transient=False)
 
 
 def _text(value: object) -> str | None:
@@ -81,9 +110,7 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _unexpected(message: str, request_id: str | None) -> BatchCallFailed:
-    error = BatchError("UnexpectedResponse", message, (BatchErrorDetail("operation", "Job - Get"),), None, request_id)
-    return BatchCallFailed(error, attempts=1, transient=False)
-
-
-__all__ = ["JobGetter", "JobReader", "JobSnapshot"]
+def _pool_id(section: object) -> str | None:
+    """poolId of an executionInfo or poolInfo object, when it is a non-empty string."""
+    value = section.get("poolId") if isinstance(section, dict) else None
+    return value if isinstance(value, str) and value else None

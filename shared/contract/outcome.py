@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from shared.contract.terminate_request import JOB_ID_PATTERN
+from shared.contract.terminate_request import is_job_id
 
 
 class Outcome(enum.Enum):
@@ -38,7 +38,7 @@ class Result:
     def describe(self) -> str:
         """The one log line for this outcome."""
         job = self.job_id
-        if job is not None and not JOB_ID_PATTERN.fullmatch(job):
+        if job is not None and not is_job_id(job):
             job = repr(job[:100])  # an invalid id is the sender's text: escaped, so it cannot forge log lines
         line = (
             f"terminate job={job} outcome={self.outcome.value} status={self.http_status}"

@@ -15,7 +15,10 @@ from shared.contract.errors import BatchErrorDetail, InvalidMessage
 # The account a message names when it names none, and the form of every alias (docs/CONTRACT.md §2, §3).
 DEFAULT_ACCOUNT = "default"
 ALIAS_PATTERN = re.compile(r"[a-z0-9-]{1,32}", re.ASCII)
+# Batch's id rule for jobs, job schedules and pools.
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
+# The id Batch gives a job it created for a job schedule: {scheduleId}:job-{n} (docs/CONTRACT.md §3).
+SCHEDULED_JOB_ID_PATTERN = re.compile(r"([A-Za-z0-9_-]{1,64}):job-([0-9]{1,20})", re.ASCII)
 REQUEST_ID_PATTERN = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", re.ASCII)
 # ETags are quoted printable ASCII; anything else could smuggle header syntax.
 HEADER_VALUE_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?", re.ASCII)
@@ -158,11 +161,24 @@ def job_id_problem(value: object) -> str | None:
         return f"must be a string, got {json_type(value)}"
     if not value:
         return "must not be empty"
+    if SCHEDULED_JOB_ID_PATTERN.fullmatch(value):
+        return None
     if len(value) > 64:
         return f"must be at most 64 characters, got {len(value)}"
     if not JOB_ID_PATTERN.fullmatch(value):
-        return "may contain only letters, digits, hyphens and underscores"
+        return "may contain only letters, digits, hyphens and underscores (or be a schedule's {scheduleId}:job-{n})"
     return None
+
+
+def is_job_id(value: str) -> bool:
+    """Whether Batch could have given a job this id: its id rule, or a job schedule's {scheduleId}:job-{n}."""
+    return JOB_ID_PATTERN.fullmatch(value) is not None or SCHEDULED_JOB_ID_PATTERN.fullmatch(value) is not None
+
+
+def schedule_of(job_id: str) -> str | None:
+    """The job schedule that created a job with this id, or None for another id."""
+    matched = SCHEDULED_JOB_ID_PATTERN.fullmatch(job_id)
+    return matched.group(1) if matched else None
 
 
 def account_problem(value: object, accounts: Collection[str] | None) -> str | None:

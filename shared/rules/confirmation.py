@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from shared.batch.jobs import JobSnapshot
+from shared.batch.jobs import Job
 
 # States in which the job is gone or finished: nothing left to confirm.
 DONE_STATES = frozenset({"completed", "deleting"})
@@ -13,7 +13,7 @@ DONE_STATES = frozenset({"completed", "deleting"})
 GONE_CODES = frozenset({"JobNotFound", "JobBeingDeleted"})
 
 
-def terminating_seconds(job: JobSnapshot) -> float | None:
+def terminating_seconds(job: Job) -> float | None:
     """The terminate request to completion by Batch's clock (entering terminating to entering completed), or None."""
     # None when the read does not show that transition: a job deleted, or one that completed some other way.
     if job.state != "completed" or job.previous_state != "terminating":

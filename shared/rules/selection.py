@@ -8,10 +8,10 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
-from shared.batch.job_list import JobInfo
+from shared.batch.jobs import Job
 from shared.config import catalog, readers
 from shared.contract.errors import ConfigurationError
-from shared.contract.terminate_request import JOB_ID_PATTERN
+from shared.contract.terminate_request import JOB_ID_PATTERN, is_job_id
 from shared.rules.guards import is_kept
 
 log = logging.getLogger("batch_terminator.selection")
@@ -28,7 +28,7 @@ DEFAULT_MAX_JOBS = int(catalog.ALERT_MAX_JOBS.default or 100)
 class JobLister(Protocol):
     """What selection needs from a Batch reader (shared.batch_read.BatchReader)."""
 
-    def list_jobs(self, *, odata_filter: str | None, select: str, page_size: int) -> Iterator[JobInfo]: ...
+    def list_jobs(self, *, odata_filter: str | None, select: str, page_size: int) -> Iterator[Job]: ...
 
 
 @dataclass(frozen=True)
@@ -54,9 +54,9 @@ class JobSelector:
         # job whose executionInfo has no poolId while its poolInfo.poolId matches (docs/CONTRACT.md §9's "else").
         return " and ".join(terms)
 
-    def matches(self, job: JobInfo) -> bool:
+    def matches(self, job: Job) -> bool:
         """Every condition, checked on the listed job (the server's filter is never taken on trust)."""
-        if job.state not in (None, "active") or not JOB_ID_PATTERN.fullmatch(job.id):
+        if job.state not in (None, "active") or not is_job_id(job.id):
             return False
         # Batch ids (jobs and pools) are case-insensitive.
         if self.job_id_prefix and not job.id.casefold().startswith(self.job_id_prefix.casefold()):
@@ -97,7 +97,7 @@ class JobSelector:
 class Selection:
     """The jobs a selector picked from one account's listing; kept jobs are neither picked nor counted."""
 
-    jobs: tuple[JobInfo, ...]
+    jobs: tuple[Job, ...]
     listed: int
     kept: int
 
@@ -109,7 +109,7 @@ class Selection:
 
 def select_jobs(lister: JobLister, selector: JobSelector, *, select: str = "") -> Selection:
     """List the account's active jobs once (paged) and keep those `selector` matches and no one protected."""
-    picked: list[JobInfo] = []
+    picked: list[Job] = []
     listed = kept = 0
     needed = ("id", "state", "metadata", *(("executionInfo", "poolInfo") if selector.pool_id is not None else ()))
     fields = ",".join(dict.fromkeys(name for name in (*select.split(","), *needed) if name))

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shared.batch.client import BatchClient
-from shared.batch.jobs import JobReader, JobSnapshot
+from shared.batch.jobs import Job, JobReader
 from shared.config.settings import Settings
 from shared.contract.confirm_check import ConfirmCheck
 from shared.contract.errors import (
@@ -58,7 +58,7 @@ class Confirmer:
         self,
         settings: Settings,
         read_job: JobReader,
-        client: BatchClient,
+        clients: Mapping[str, BatchClient],
         queue: ConfirmQueue,
         poison: PoisonWriter,
         *,
@@ -66,7 +66,7 @@ class Confirmer:
     ) -> None:
         self._settings = settings
         self._read_job = read_job
-        self._client = client
+        self._clients = clients
         self._queue = queue
         self._poison = poison
         self._clock = clock
@@ -109,7 +109,7 @@ class Confirmer:
             # Check 1 is the first one that can find the job not done: later ones exist only because it did.
             request = TerminateRequest(job_id=check.job_id, reason=check.reason, account=check.account, force=True)
             try:
-                answer = self._client.terminate(
+                answer = self._clients[request.account].terminate(
                     request, str(uuid.uuid5(_REQUEST_ID_NAMESPACE, f"force:{client_request_id}"))
                 )
             except BatchCallFailed as exc:
@@ -132,7 +132,7 @@ class Confirmer:
             ) from exc
         return self._poisoned(self._record(check, body, exc.error, attempt), attempt, started)
 
-    def _stuck(self, check: ConfirmCheck, body: bytes, job: JobSnapshot, attempt: int, started: float) -> Result:
+    def _stuck(self, check: ConfirmCheck, body: bytes, job: Job, attempt: int, started: float) -> Result:
         error = BatchError(
             "TerminationStuck",
             f"The job is still {job.state} after {check.check} check(s).",

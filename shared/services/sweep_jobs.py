@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TypeVar
 
-from shared.batch.job_list import BatchReader, JobInfo, TaskCounts
+from shared.batch.job_list import BatchReader, TaskCounts
+from shared.batch.jobs import Job
 from shared.contract.errors import BatchCallFailed
 from shared.rules.accounts import terminate_request
 from shared.rules.selection import JobSelector, select_jobs
@@ -59,7 +60,7 @@ class SweepReport:
 class _OutOfTime(Exception):
     """The run budget ran out before every candidate's task counts were read."""
 
-    def __init__(self, decided: list[Match], unread: Sequence[JobInfo]) -> None:
+    def __init__(self, decided: list[Match], unread: Sequence[Job]) -> None:
         super().__init__(f"{len(unread)} unread")
         self.decided = decided
         self.unread = unread
@@ -160,7 +161,7 @@ class Sweeper:
         report.listed += selection.listed
         report.kept += selection.kept
         decided: dict[str, Match | None] = {}
-        candidates: list[JobInfo] = []
+        candidates: list[Job] = []
         for job in selection.jobs:
             if job.creation_time is None:
                 log.warning("sweep skips job=%s: no creationTime in the Job - List answer", job.id)
@@ -179,7 +180,7 @@ class Sweeper:
             raise _OutOfTime(matches, unread)
         return matches
 
-    def _idle_match(self, alias: str, job: JobInfo, counts: TaskCounts | None, now: datetime) -> Match | None:
+    def _idle_match(self, alias: str, job: Job, counts: TaskCounts | None, now: datetime) -> Match | None:
         if counts is None or counts.active + counts.running > 0 or job.creation_time is None:
             return None
         minutes = math.floor((now - job.creation_time).total_seconds() / 60)
@@ -188,20 +189,20 @@ class Sweeper:
         return Match(job.id, reason, alias)
 
     def _read_counts(
-        self, reader: BatchReader, candidates: Sequence[JobInfo], deadline: float, report: SweepReport
-    ) -> tuple[list[tuple[JobInfo, TaskCounts | None]], Sequence[JobInfo]]:
+        self, reader: BatchReader, candidates: Sequence[Job], deadline: float, report: SweepReport
+    ) -> tuple[list[tuple[Job, TaskCounts | None]], Sequence[Job]]:
         """Task counts of the candidates, `concurrency` reads at a time, until no read may start: (read, unread)."""
-        results: list[tuple[JobInfo, TaskCounts | None]] = []
+        results: list[tuple[Job, TaskCounts | None]] = []
         if not candidates:
             return results, ()
-        pending: dict[Future[TaskCounts | None], JobInfo] = {}
+        pending: dict[Future[TaskCounts | None], Job] = {}
 
         def collect(futures: set[Future[TaskCounts | None]]) -> None:
             for future in futures:
                 job = pending.pop(future)
                 results.append((job, future.result()))  # a BatchCallFailed ends the account's run
 
-        unread: Sequence[JobInfo] = ()
+        unread: Sequence[Job] = ()
         with ThreadPoolExecutor(min(self._policy.concurrency, len(candidates)), thread_name_prefix="sweep") as pool:
             try:
                 for index, job in enumerate(candidates):
@@ -219,7 +220,7 @@ class Sweeper:
         return results, unread
 
     @staticmethod
-    def _counts(reader: BatchReader, job: JobInfo) -> TaskCounts | None:
+    def _counts(reader: BatchReader, job: Job) -> TaskCounts | None:
         try:
             return reader.task_counts(job.id)
         except BatchCallFailed as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
 from shared.batch.client import BatchClient
@@ -36,7 +36,7 @@ class Terminator:
     def __init__(
         self,
         settings: Settings,
-        client: BatchClient,
+        clients: Mapping[str, BatchClient],
         poison: PoisonWriter,
         guards: Guards,
         confirm: ConfirmQueue | None = None,
@@ -44,7 +44,7 @@ class Terminator:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
-        self._client = client
+        self._clients = clients
         self._poison = poison
         self._guards = guards
         self._confirm = confirm
@@ -67,7 +67,7 @@ class Terminator:
         try:
             cleared = self._guards.check(request, client_request_id)
             if cleared.clearance is Clearance.TERMINATE:
-                answer = self._client.terminate(request, client_request_id)
+                answer = self._clients[request.account].terminate(request, client_request_id)
             else:
                 answer = self._skipped(request, cleared.clearance, cleared.request_id, client_request_id)
         except JobRefused as exc:

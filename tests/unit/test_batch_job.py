@@ -9,7 +9,7 @@ import pytest
 from local.batch_emulator import BatchEmulator, JobState
 from local.identity import IdentityEndpoint
 from shared import wiring
-from shared.batch.jobs import JobSnapshot
+from shared.batch.jobs import Job
 from shared.contract.errors import BatchCallFailed
 
 pytestmark = pytest.mark.integration
@@ -28,7 +28,7 @@ def test_a_job_is_read_with_its_state_and_metadata(
     batch.add_job("job-1", state=JobState.TERMINATING, metadata={"batch-terminator-keep": "true", "owner": "x"})
     crid = str(uuid.uuid4())
     job = getter.job_getter()("default", "job-1", crid, select="id,state,stateTransitionTime,metadata")
-    assert isinstance(job, JobSnapshot)
+    assert isinstance(job, Job)
     assert (job.id, job.state) == ("job-1", "terminating")
     assert job.metadata == {"batch-terminator-keep": "true", "owner": "x"}
     assert job.state_transition_time is not None

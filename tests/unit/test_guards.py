@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.batch.jobs import JobSnapshot
+from shared.batch.jobs import Job
 from shared.config.settings import Settings
 from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail, JobRefused
 from shared.contract.terminate_request import TerminateRequest
@@ -24,11 +24,11 @@ def settings(**overrides: str) -> Settings:
 class Reads:
     """Job - Get answers to play, and the reads asked for."""
 
-    def __init__(self, *answers: JobSnapshot | BatchCallFailed) -> None:
+    def __init__(self, *answers: Job | BatchCallFailed) -> None:
         self.answers = list(answers)
         self.calls: list[tuple[str, str, str]] = []
 
-    def __call__(self, account: str, job_id: str, client_request_id: str, *, select: str) -> JobSnapshot:
+    def __call__(self, account: str, job_id: str, client_request_id: str, *, select: str) -> Job:
         assert {"state", "metadata"} <= set(select.split(","))
         self.calls.append((account, job_id, client_request_id))
         answer = self.answers.pop(0)
@@ -37,8 +37,8 @@ class Reads:
         return answer
 
 
-def snapshot(state: str = "active", **metadata: str) -> JobSnapshot:
-    return JobSnapshot(id="job-1", state=state, state_transition_time=None, metadata=metadata, request_id="rid-1")
+def snapshot(state: str = "active", **metadata: str) -> Job:
+    return Job(id="job-1", state=state, state_transition_time=None, metadata=metadata, request_id="rid-1")
 
 
 def refused(guards: Guards, request: TerminateRequest) -> BatchError:

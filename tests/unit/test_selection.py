@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.batch.job_list import JobInfo
+from shared.batch.jobs import Job
 from shared.contract.errors import ConfigurationError
 from shared.rules.guards import is_kept
 from shared.rules.selection import JobSelector
@@ -17,8 +17,10 @@ def job(
     metadata: dict[str, str] | None = None,
     execution_pool_id: str | None = None,
     pool_info_pool_id: str | None = None,
-) -> JobInfo:
-    return JobInfo(job_id, state, None, metadata or {}, execution_pool_id, pool_info_pool_id)
+) -> Job:
+    return Job(
+        job_id, state, metadata=metadata or {}, execution_pool_id=execution_pool_id, pool_info_pool_id=pool_info_pool_id
+    )
 
 
 def test_no_setting_means_no_selector() -> None:
