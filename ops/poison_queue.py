@@ -19,7 +19,7 @@ from ops.output import warn
 from ops.storage_errors import storage_errors
 from shared.contract.codec import load_object
 from shared.contract.errors import InvalidMessage
-from shared.contract.poison_record import PoisonRecord
+from shared.contract.poison_record import PoisonRecord, record_in
 
 PEEK_MAX = 32
 HIDE_SECONDS = 300
@@ -178,10 +178,7 @@ def parse_entry(message: QueueMessage, encoding: str) -> PoisonEntry:
     problem: str | None = None
     text = content.encode("utf-8")
     body = (_unbase64(text) or text) if encoding == "base64" else text
-    parsed = json_of(body)
-    document: dict[str, Any] | None = None
-    if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict) and "originalMessage" in parsed:
-        document = parsed
+    document = record_in(body)
     original: bytes | None = body
     if document is not None:
         try:

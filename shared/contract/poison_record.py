@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from shared.contract.errors import BatchError, BatchErrorDetail
+from shared.contract.codec import load_object
+from shared.contract.errors import BatchError, BatchErrorDetail, InvalidMessage
 
 # A queue message holds 64 KiB; base64 needs 4 bytes per 3, so the JSON must stay under 48 KiB.
 MAX_RECORD_BYTES = 48 * 1024
@@ -124,3 +125,18 @@ def _dumps(document: Mapping[str, Any]) -> str:
         # A lone surrogate (a "\ud800" escape in the message) has no UTF-8 form: keep such text escaped.
         text = json.dumps(document, separators=(",", ":"))
     return text
+
+
+def record_in(body: bytes | str | None) -> dict[str, Any] | None:
+    """The poison record a queue message holds (as JSON text or base64 of it), or None when it holds none.
+
+    The one rule for "is this a record?", shared by keep_poison and the CLI: a JSON object whose `error` is an object
+    and which carries `originalMessage`. Anything else (e.g. a message the host moved unchanged) is not a record.
+    """
+    try:
+        document = load_object(body or b"")
+    except InvalidMessage:
+        return None
+    if isinstance(document.get("error"), dict) and "originalMessage" in document:
+        return dict(document)
+    return None

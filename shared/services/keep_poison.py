@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import contextlib
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -17,7 +14,7 @@ from azure.storage.queue import QueueClient, QueueMessage
 
 from shared.contract.errors import BatchError, BatchErrorDetail, InvalidMessage, PoisonWriteFailed
 from shared.contract.outcome import Outcome, Result
-from shared.contract.poison_record import PoisonRecord
+from shared.contract.poison_record import PoisonRecord, record_in
 from shared.contract.terminate_request import TerminateRequest
 from shared.storage.poison_writer import PoisonWriter
 from shared.telemetry import Telemetry
@@ -152,9 +149,8 @@ class PoisonKeeper:
         """The full record for one raw entry (or the record it already is, when it was one with an expiry)."""
         text = str(message.content or "")
         raw = text.encode("utf-8")
-        document = _document(raw)
-        if _is_record(document):
-            assert isinstance(document, dict)
+        document = record_in(raw)
+        if document is not None:
             return PoisonRecord.from_document(document)
         job_id, reason = _request_fields(raw)
         values = [
@@ -175,46 +171,13 @@ class PoisonKeeper:
         )
 
 
-def _document(raw: bytes) -> object:
-    """The JSON the entry holds, as text or as base64 of it; None when it holds neither."""
-    for candidate in (raw, _unbase64(raw)):
-        if candidate is None:
-            continue
-        try:
-            return json.loads(candidate)
-        except ValueError:
-            continue
-    return None
-
-
-def _unbase64(raw: bytes) -> bytes | None:
-    try:
-        return base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-
-
-def _is_record(document: object) -> bool:
-    """Whether the entry is already a poison record (docs/CONTRACT.md §6), e.g. one written with an expiry."""
-    return (
-        isinstance(document, dict)
-        and isinstance(document.get("error"), dict)
-        and "originalMessage" in document
-        and "failedAt" in document
-    )
-
-
 def _request_fields(raw: bytes) -> tuple[str | None, str | None]:
     """jobId and reason when the entry is a readable terminate (or confirm) message; else nulls."""
-    for candidate in (raw, _unbase64(raw)):
-        if candidate is None:
-            continue
-        try:
-            request = TerminateRequest.parse(candidate)
-        except InvalidMessage:
-            continue
-        return request.job_id, request.reason
-    return None, None
+    try:
+        request = TerminateRequest.parse(raw)
+    except InvalidMessage:
+        return None, None
+    return request.job_id, request.reason
 
 
 def _iso(moment: datetime) -> str:
