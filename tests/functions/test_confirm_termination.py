@@ -236,6 +236,7 @@ def test_confirm_force_needs_an_api_version_with_force(
     monkeypatch: pytest.MonkeyPatch, batch: BatchEmulator, make_message: MessageFactory, confirm_queue: QueueClient
 ) -> None:
     monkeypatch.setenv("CONFIRM_FORCE", "true")
+    monkeypatch.setenv("BATCH_API_VERSION", "2024-02-01.19.0")  # before force (and retiring)
     batch.add_job("job-1", state=JobState.TERMINATING)
     confirm_termination.main(check_message(make_message, check=1)[0])
     assert [r.method for r in batch.requests] == ["GET"]
