@@ -345,5 +345,7 @@ def install(wiring: Wiring | None) -> None:
 
 
 def reset() -> None:
-    """Forget the process's objects so the next call re-reads the settings (tests)."""
+    """Forget the process's objects and warnings so the next call re-reads the settings (tests)."""
     install(None)
+    with _warned_lock:
+        _warned.clear()

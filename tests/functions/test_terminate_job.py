@@ -63,7 +63,7 @@ def test_active_job_is_terminated_with_the_contract_request(
     assert job.terminate_reason == "budget exceeded"
     [sent] = terminate_requests(batch)
     assert sent.path == "/jobs/nightly-render-42/terminate"
-    assert sent.query == {"api-version": "2023-11-01.18.0", "timeout": "30"}
+    assert sent.query == {"api-version": "2025-06-01", "timeOut": "30"}
     assert sent.headers["authorization"] == f"Bearer {identity.issued[0]}"
     assert sent.headers["content-type"] == "application/json; odata=minimalmetadata"
     assert sent.headers["client-request-id"] == str(uuid.UUID(sent.headers["client-request-id"]))
