@@ -1,4 +1,4 @@
-"""shared.batch_job: Job - Get over the real client against the emulator (one read, $select, the account's URL)."""
+"""shared.batch.jobs: Job - Get over the real client against the emulator (one read, $select, the account's URL)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def test_a_job_is_read_with_its_state_and_metadata(
     [read] = batch.requests
     assert (read.method, read.path) == ("GET", "/jobs/job-1")
     assert read.query["$select"] == "id,state,stateTransitionTime,metadata"
-    assert read.query["api-version"] == "2023-11-01.18.0"
+    assert read.query["api-version"] == "2025-06-01"
     assert read.headers["client-request-id"] == crid
     assert read.headers["authorization"] == f"Bearer {identity.issued[0]}"
 
