@@ -124,7 +124,7 @@ param killSwitchScalePools bool = false
 param killSwitchReceiver bool = false
 
 @minValue(0)
-@description('Monthly Cost Management budget on this resource group, in the billing currency (azd: BUDGET_AMOUNT). 0: no budget.')
+@description('Monthly Cost Management budget on the Batch account\'s resource group, in the billing currency (azd: BUDGET_AMOUNT). 0: no budget.')
 param budgetAmount int = 0
 
 @minValue(1)
@@ -335,39 +335,22 @@ module alerts 'modules/alerts.bicep' = {
   }
 }
 
-// --- the budget kill switch: a Cost Management budget on this resource group (optional, budgetAmount > 0) ---------
-// The kill notification (actual cost) goes to the kill-switch action group, which calls alert_terminate: a budget
-// names no job, so it opens an incident (docs/CONTRACT.md §9, §10). The warning (forecast) only mails.
+// --- the budget kill switch: a Cost Management budget on the Batch account's resource group (budgetAmount > 0) ------
+// It watches where the Batch spending is. The kill notification (actual cost) goes to the kill-switch action group,
+// which calls alert_terminate: a budget names no job, so it opens an incident (docs/CONTRACT.md §9, §10).
 var budgetEmails = !empty(budgetContactEmails) ? split(replace(budgetContactEmails, ' ', ''), ',') : (!empty(alertEmail) ? [alertEmail] : [])
-var budgetKillGroups = killSwitchReceiver ? [alerts.outputs.killSwitchActionGroupId] : []
 
-resource budget 'Microsoft.Consumption/budgets@2024-08-01' = if (budgetAmount > 0) {
-  name: 'budget-batch-terminator-${resourceToken}'
-  properties: {
-    category: 'Cost'
+module budget 'modules/budget.bicep' = if (budgetAmount > 0) {
+  name: 'budget-${resourceToken}'
+  scope: resourceGroup(batchAccountResourceGroup)
+  params: {
+    name: 'budget-batch-terminator-${resourceToken}'
     amount: budgetAmount
-    timeGrain: 'Monthly'
-    timePeriod: {
-      startDate: !empty(budgetStartDate) ? budgetStartDate : deployedAt
-    }
-    notifications: {
-      kill: {
-        enabled: true
-        operator: 'GreaterThanOrEqualTo'
-        threshold: budgetKillThreshold
-        thresholdType: 'Actual'
-        contactEmails: budgetEmails
-        contactGroups: budgetKillGroups
-      }
-      warning: {
-        enabled: true
-        operator: 'GreaterThanOrEqualTo'
-        threshold: budgetWarningThreshold
-        thresholdType: 'Forecasted'
-        contactEmails: budgetEmails
-        contactGroups: []
-      }
-    }
+    startDate: !empty(budgetStartDate) ? budgetStartDate : deployedAt
+    killThreshold: budgetKillThreshold
+    warningThreshold: budgetWarningThreshold
+    contactEmails: budgetEmails
+    killSwitchActionGroupId: alerts.outputs.killSwitchActionGroupId
   }
 }
 

@@ -200,30 +200,37 @@ def test_no_alert_rule_calls_the_kill_switch() -> None:
 # --- the budget ---------------------------------------------------------------------------------------------------
 
 
-def test_budget_is_optional_and_its_kill_notification_calls_the_kill_switch() -> None:
+def test_budget_is_optional_watches_the_batch_account_and_its_kill_notification_calls_the_kill_switch() -> None:
     main = _bicep("main.bicep")
     assert _param(main, "budgetAmount") == ("int", "0")
-    assert re.search(
-        r"^resource budget 'Microsoft\.Consumption/budgets@[^']+' = if \(budgetAmount > 0\) \{", main, re.M
-    )
-    ((_, budget),) = _resources(main, "Microsoft.Consumption/budgets@")
+    m = re.search(r"^module budget 'modules/budget\.bicep' = if \(budgetAmount > 0\) \{", main, re.M)
+    assert m
+    module = _block(main, m.end() - 1)
+    params = _top_level_entries(_property_block(module, "params"))
+    assert re.search(r"^\s*scope:\s*resourceGroup\(batchAccountResourceGroup\)\s*$", module, re.M)
+    assert params["killSwitchActionGroupId"] == "alerts.outputs.killSwitchActionGroupId"
+    assert params["amount"] == "budgetAmount"
+    text = _bicep("modules/budget.bicep")
+    ((_, budget),) = _resources(text, "Microsoft.Consumption/budgets@")
     props = _property_block(budget, "properties")
     entries = _top_level_entries(props)
     assert entries["category"] == "'Cost'"
-    assert entries["amount"] == "budgetAmount"
+    assert entries["amount"] == "amount"
     assert entries["timeGrain"] == "'Monthly'"
-    assert "scope:" not in budget  # the deployment's resource group
     notifications = _property_block(props, "notifications")
     kill = _top_level_entries(_property_block(notifications, "kill"))
     assert kill["thresholdType"] == "'Actual'"
-    assert kill["threshold"] == "budgetKillThreshold"
-    assert kill["contactGroups"] == "budgetKillGroups"
-    assert kill["contactEmails"] == "budgetEmails"
+    assert kill["threshold"] == "killThreshold"
+    assert kill["contactGroups"] == "killGroups"
+    assert kill["contactEmails"] == "contactEmails"
     warning = _top_level_entries(_property_block(notifications, "warning"))
     assert warning["contactGroups"] == "[]", "only the kill notification may call the kill switch"
     assert re.search(
-        r"^var budgetKillGroups = killSwitchReceiver \? \[alerts\.outputs\.killSwitchActionGroupId\] : \[\]$",
-        main,
+        r"^var killGroups = empty\(killSwitchActionGroupId\) \? \[\] : \[killSwitchActionGroupId\]$", text, re.M
+    )
+    assert re.search(
+        r"^output killSwitchActionGroupId string = killSwitchReceiver \? killSwitch\.id : ''$",
+        _bicep("modules/alerts.bicep"),
         re.M,
     )
     parameters = _parameters()
