@@ -1,6 +1,17 @@
-"""A loopback Azure Batch service: Job - Terminate plus the job reads a sweep needs, with fault injection."""
+"""A loopback Azure Batch service: jobs, job schedules, pools and nodes as the kill switch uses them, with faults."""
 
-from local.batch_emulator.faults import RATE_KINDS, Fault, FaultPlan
+from local.batch_emulator.faults import OPERATIONS, RATE_KINDS, Fault, FaultPlan
+from local.batch_emulator.fleet import (
+    AllocationState,
+    JobScheduleState,
+    ManualClock,
+    Node,
+    NodeState,
+    Pool,
+    PoolOptions,
+    Schedule,
+    ScheduleOptions,
+)
 from local.batch_emulator.model import (
     DEFAULT_TERMINATE_REASON,
     TASK_COUNT_KEYS,
@@ -8,10 +19,12 @@ from local.batch_emulator.model import (
     Job,
     JobOptions,
     JobState,
+    NodeTaskStatus,
     RecordedRequest,
     Termination,
 )
 from local.batch_emulator.service import MAX_RESULTS, MAX_SERVER_TIMEOUT, BatchEmulator
+from local.batch_emulator.versions import API_VERSIONS, FORCE_SINCE, TIME_OUT_SINCE, supports_force, timeout_name
 from local.batch_emulator.wire import (
     BATCH_RESOURCE,
     ERROR_MESSAGES,
@@ -24,16 +37,21 @@ from local.batch_emulator.wire import (
 from local.loopback import HttpRequest, HttpResponse, LoopbackService
 
 __all__ = [
+    "API_VERSIONS",
     "BATCH_RESOURCE",
     "DEFAULT_TERMINATE_REASON",
     "ERROR_MESSAGES",
+    "FORCE_SINCE",
     "MAX_RESULTS",
     "MAX_SERVER_TIMEOUT",
     "ODATA_JSON",
+    "OPERATIONS",
     "RATE_KINDS",
     "TASK_COUNT_KEYS",
+    "TIME_OUT_SINCE",
     "WWW_AUTHENTICATE",
     "Account",
+    "AllocationState",
     "BatchEmulator",
     "Fault",
     "FaultPlan",
@@ -41,11 +59,22 @@ __all__ = [
     "HttpResponse",
     "Job",
     "JobOptions",
+    "JobScheduleState",
     "JobState",
     "LoopbackService",
+    "ManualClock",
+    "Node",
+    "NodeState",
+    "NodeTaskStatus",
+    "Pool",
+    "PoolOptions",
     "RecordedRequest",
+    "Schedule",
+    "ScheduleOptions",
     "Termination",
     "http_date",
     "iso_time",
     "parse_http_date",
+    "supports_force",
+    "timeout_name",
 ]
