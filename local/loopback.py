@@ -217,8 +217,10 @@ class LoopbackService:
 
     @property
     def port(self) -> int:
-        """The bound port (only known once started)."""
+        """The bound port (before start, only a port asked for by number is known: an in-process service's)."""
         if self._server is None:
+            if self._address[1]:
+                return int(self._address[1])
             raise RuntimeError(f"{type(self).__name__} is not started")
         return self._server.server_port
 
