@@ -52,6 +52,7 @@ RECORD_ATTRIBUTES = (
     "attempt",
     "durationMs",
     "messageId",
+    "incident",
 )
 
 TERMINATIONS = "batch_terminator.terminations"
@@ -99,6 +100,7 @@ def record_attributes(result: Result) -> dict[str, Any]:
         "attempt": result.attempt,
         "durationMs": round(result.duration * 1000, 1),
         "messageId": result.message_id,
+        "incident": result.incident,
     }
 
 

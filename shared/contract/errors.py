@@ -62,12 +62,14 @@ class InvalidMessage(TerminatorError):
         job_id: str | None = None,
         reason: str | None = None,
         account: str | None = None,
+        incident: str | None = None,
     ) -> None:
         super().__init__("; ".join(f"{p.key}: {p.value}" for p in problems))
         self.problems = tuple(problems)
         self.job_id = job_id
         self.reason = reason
         self.account = account
+        self.incident = incident  # the message's valid `incident` field, so its record still names the incident
 
 
 class BatchCallFailed(TerminatorError):
@@ -100,6 +102,10 @@ class PoisonWriteFailed(TerminatorError):
 
 class EnqueueFailed(TerminatorError):
     """The queue did not take the message."""
+
+
+class IncidentWriteFailed(TerminatorError):
+    """The incident table did not take (or give back) an incident; the command must be delivered again."""
 
 
 class AlertRejected(TerminatorError):

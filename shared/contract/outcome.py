@@ -34,6 +34,7 @@ class Result:
     account: str | None = None
     # confirmed only: the terminate request to completion, from Batch's state transition times (None: unknown)
     terminating_seconds: float | None = None
+    incident: str | None = None  # the incident (docs/CONTRACT.md §10) whose message this was
 
     def describe(self) -> str:
         """The one log line for this outcome."""
@@ -48,4 +49,6 @@ class Result:
         if self.outcome is Outcome.CONFIRMED:
             seconds = self.terminating_seconds
             line += f" terminating_ms={'unknown' if seconds is None else f'{seconds * 1000:.0f}'}"
+        if self.incident is not None:
+            line += f" incident={self.incident}"
         return line

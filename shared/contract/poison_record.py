@@ -31,6 +31,7 @@ class PoisonRecord:
     job_id: str | None = None
     reason: str | None = None
     account: str | None = None  # the alias; None when the message could not be read
+    incident: str | None = None  # the incident (docs/CONTRACT.md §10) that sent the message, when it named one
     failed_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
     def to_document(self) -> dict[str, Any]:
@@ -51,6 +52,8 @@ class PoisonRecord:
             "messageId": self.message_id,
             "failedAt": self.failed_at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         }
+        if self.incident is not None:
+            document["incident"] = self.incident
         try:
             document["originalMessage"] = self.original_message.decode("utf-8")
         except UnicodeDecodeError:
@@ -112,6 +115,7 @@ class PoisonRecord:
             job_id=document.get("jobId"),
             reason=document.get("reason"),
             account=document.get("account"),
+            incident=document.get("incident") if isinstance(document.get("incident"), str) else None,
             failed_at=(datetime.fromisoformat(failed_at.replace("Z", "+00:00")) if failed_at else datetime.now(UTC)),
         )
 

@@ -19,6 +19,8 @@ ALIAS_PATTERN = re.compile(r"[a-z0-9-]{1,32}", re.ASCII)
 JOB_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}", re.ASCII)
 # The id Batch gives a job it created for a job schedule: {scheduleId}:job-{n} (docs/CONTRACT.md §3).
 SCHEDULED_JOB_ID_PATTERN = re.compile(r"([A-Za-z0-9_-]{1,64}):job-([0-9]{1,20})", re.ASCII)
+# An incident id (docs/CONTRACT.md §10): safe as an Azure Table RowKey, in a URL and as a command-line argument.
+INCIDENT_ID_PATTERN = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?", re.ASCII)
 REQUEST_ID_PATTERN = re.compile(r"[0-9A-Fa-f]{8}(?:-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}", re.ASCII)
 # ETags are quoted printable ASCII; anything else could smuggle header syntax.
 HEADER_VALUE_PATTERN = re.compile(r"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?", re.ASCII)
@@ -28,7 +30,7 @@ _REQUEST_ID_NAMESPACE = uuid.UUID("6f1d5c1e-4f0e-4a53-9c61-2b8f6d1c0a7e")
 _STRING_HEADERS = {"ifMatch": "if_match", "ifNoneMatch": "if_none_match"}
 _DATE_HEADERS = {"ifModifiedSince": "if_modified_since", "ifUnmodifiedSince": "if_unmodified_since"}
 CONDITION_FIELDS = (*_STRING_HEADERS, *_DATE_HEADERS)
-KNOWN_FIELDS = frozenset({"jobId", "reason", "account", "force", "requestId", *CONDITION_FIELDS})
+KNOWN_FIELDS = frozenset({"jobId", "reason", "account", "force", "requestId", "incident", *CONDITION_FIELDS})
 
 
 @dataclass(frozen=True)
@@ -44,6 +46,7 @@ class TerminateRequest:
     if_modified_since: datetime | None = None
     if_unmodified_since: datetime | None = None
     request_id: str | None = None
+    incident: str | None = None  # the incident (docs/CONTRACT.md §10) that sent this request
 
     @property
     def terminate_reason(self) -> str:
@@ -122,9 +125,18 @@ class TerminateRequest:
                 )
             else:
                 fields["request_id"] = request_id
+        incident = document.get("incident")
+        if incident is not None:
+            problem = incident_id_problem(incident)
+            if problem:
+                problems.append(BatchErrorDetail("incident", problem))
+            else:
+                fields["incident"] = incident
 
         if problems:
-            raise InvalidMessage(problems, job_id=job_id, reason=reason, account=account)
+            raise InvalidMessage(
+                problems, job_id=job_id, reason=reason, account=account, incident=fields.get("incident")
+            )
         return cls(**fields)
 
     def client_request_id(self, message_id: str | None) -> str:
@@ -150,6 +162,8 @@ class TerminateRequest:
                 document[key] = format_http_date(getattr(self, attribute))
         if self.request_id:
             document["requestId"] = self.request_id
+        if self.incident:
+            document["incident"] = self.incident
         return document
 
 
@@ -167,6 +181,15 @@ def job_id_problem(value: object) -> str | None:
         return f"must be at most 64 characters, got {len(value)}"
     if not JOB_ID_PATTERN.fullmatch(value):
         return "may contain only letters, digits, hyphens and underscores (or be a schedule's {scheduleId}:job-{n})"
+    return None
+
+
+def incident_id_problem(value: object) -> str | None:
+    """Say what is wrong with an incident id, or None when it has the form the app gives incident ids."""
+    if not isinstance(value, str):
+        return f"must be a string, got {json_type(value)}"
+    if not INCIDENT_ID_PATTERN.fullmatch(value):
+        return "must be an incident id: 1-64 of lowercase letters, digits and inner hyphens"
     return None
 
 

@@ -61,7 +61,9 @@ class Terminator:
             error = BatchError(
                 "InvalidMessage", "The message does not follow the terminate message schema.", exc.problems
             )
-            return self._poisoned(delivery, attempt, error, exc.job_id, exc.reason, exc.account, started)
+            return self._poisoned(
+                delivery, attempt, error, exc.job_id, exc.reason, exc.account, started, exc.incident
+            )
 
         client_request_id = request.client_request_id(delivery.message_id)
         try:
@@ -72,7 +74,7 @@ class Terminator:
                 answer = self._skipped(request, cleared.clearance, cleared.request_id, client_request_id)
         except JobRefused as exc:
             return self._poisoned(
-                delivery, attempt, exc.error, request.job_id, request.reason, request.account, started
+                delivery, attempt, exc.error, request.job_id, request.reason, request.account, started, request.incident
             )
         except BatchCallFailed as exc:
             if exc.transient and attempt < self._max_dequeue_count:
@@ -82,7 +84,7 @@ class Terminator:
                     f" attempt={attempt}/{self._max_dequeue_count}"
                 ) from exc
             return self._poisoned(
-                delivery, attempt, exc.error, request.job_id, request.reason, request.account, started
+                delivery, attempt, exc.error, request.job_id, request.reason, request.account, started, request.incident
             )
 
         if self._confirm is not None and _needs_check(answer):
@@ -94,6 +96,7 @@ class Terminator:
             attempt=attempt,
             duration=self._clock() - started,
             message_id=delivery.message_id,
+            incident=request.incident,
         )
 
     @staticmethod
@@ -117,6 +120,7 @@ class Terminator:
         reason: str | None,
         account: str | None,
         started: float,
+        incident: str | None = None,
     ) -> Result:
         self._poison.write(
             PoisonRecord(
@@ -127,6 +131,7 @@ class Terminator:
                 job_id=job_id,
                 reason=reason,
                 account=account,
+                incident=incident,
             )
         )
         return Result(
@@ -140,6 +145,7 @@ class Terminator:
             attempt=attempt,
             duration=self._clock() - started,
             message_id=delivery.message_id,
+            incident=incident,
         )
 
 

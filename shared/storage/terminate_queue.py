@@ -58,6 +58,7 @@ def build_request(
     request_id: str | None = None,
     account: str | None = None,
     accounts: Collection[str] | None = None,
+    incident: str | None = None,
 ) -> TerminateRequest:
     """A TerminateRequest checked by the same parser the function uses; raises InvalidMessage.
 
@@ -71,6 +72,7 @@ def build_request(
     for key, value in (("ifModifiedSince", if_modified_since), ("ifUnmodifiedSince", if_unmodified_since)):
         document[key] = format_http_date(value) if isinstance(value, datetime) else value
     document["requestId"] = request_id
+    document["incident"] = incident
     return TerminateRequest.parse(json.dumps({k: v for k, v in document.items() if v is not None}), accounts=accounts)
 
 

@@ -277,6 +277,7 @@ def test_record_attributes_follow_the_result() -> None:
         "attempt": 5,
         "durationMs": 12.3,
         "messageId": "m-1",
+        "incident": None,
     }
     assert tuple(telemetry.record_attributes(result)) == telemetry.RECORD_ATTRIBUTES
 

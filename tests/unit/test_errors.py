@@ -14,6 +14,7 @@ from shared.contract.errors import (
     BatchErrorDetail,
     ConfigurationError,
     EnqueueFailed,
+    IncidentWriteFailed,
     InvalidMessage,
     JobRefused,
     PoisonWriteFailed,
@@ -31,6 +32,8 @@ EXAMPLES: list[TerminatorError] = [
     RetryLater("terminate job=a outcome=retry_later"),
     PoisonWriteFailed("could not write"),
     EnqueueFailed("queue q does not exist"),
+    IncidentWriteFailed("table t does not take incident alert-1"),
+    InvalidMessage([BatchErrorDetail("reason", "must be a string")], job_id="x", incident="alert-1"),
     AlertRejected(400, "InvalidJobId", "bad id", (BatchErrorDetail("jobId", "a/b"),)),
     CliError("queue q does not exist at http://127.0.0.1:10001", 3),
 ]
