@@ -21,7 +21,7 @@ from shared.storage.terminate_queue import ENQUEUE_THREADS
 T = TypeVar("T")
 
 STORAGE_SETTING = "AzureWebJobsStorage"
-ACCOUNTS_SETTING = "BATCH_ACCOUNTS"
+ACCOUNTS_SETTING = catalog.BATCH_ACCOUNTS.name
 DEV_STORAGE = "UseDevelopmentStorage=true"
 CONNECT_TIMEOUT_SECONDS = 3
 READ_TIMEOUT_SECONDS = 20

@@ -10,14 +10,6 @@ from typing import TypeVar
 from shared.config import catalog, readers
 from shared.contract.errors import ConfigurationError
 
-MAX_AGE_SETTING = catalog.SWEEP_MAX_AGE_HOURS.name
-IDLE_SETTING = catalog.SWEEP_IDLE_MINUTES.name
-PREFIX_SETTING = catalog.SWEEP_JOB_ID_PREFIX.name
-DRY_RUN_SETTING = catalog.SWEEP_DRY_RUN.name
-MAX_JOBS_SETTING = catalog.SWEEP_MAX_JOBS.name
-ACCOUNTS_SETTING = catalog.SWEEP_ACCOUNTS.name
-CONCURRENCY_SETTING = catalog.SWEEP_CONCURRENCY.name
-BUDGET_SETTING = catalog.SWEEP_RUN_BUDGET_SECONDS.name
 DEFAULT_CONCURRENCY = int(catalog.SWEEP_CONCURRENCY.default or 16)
 # host.json's functionTimeout is 5 minutes: a run stops reading at 2 and still has time to enqueue what it decided.
 DEFAULT_RUN_BUDGET_SECONDS = float(catalog.SWEEP_RUN_BUDGET_SECONDS.default or 120)
@@ -60,7 +52,7 @@ class SweepPolicy:
             return dict(configured)
         unknown = [alias for alias in self.accounts if alias not in configured]
         if unknown:
-            raise ConfigurationError(ACCOUNTS_SETTING, f"names no configured account: {', '.join(unknown)}")
+            raise ConfigurationError(catalog.SWEEP_ACCOUNTS.name, f"names no configured account: {', '.join(unknown)}")
         return {alias: configured[alias] for alias in self.accounts}
 
     @classmethod
