@@ -1,1 +1,1 @@
-"""."""
+"""One service per function folder, same name: orchestration over injected adapters."""
