@@ -7,9 +7,11 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import TextIO
 
 from shared.contract.errors import InvalidMessage
+from shared.rules import confirmation as stuck
 
 CELL_WIDTH = 40
 _OPTION_OF_FIELD = {
@@ -52,6 +54,54 @@ def invalid_message_text(exc: InvalidMessage, given: Mapping[str, object]) -> st
         shown = f" (got {cell(json.dumps(value, ensure_ascii=False))})" if value is not None else ""
         parts.append(f"{label}: {problem.value}{shown}")
     return "; ".join(parts)
+
+
+def stuck_line(values: Mapping[str, str]) -> str | None:
+    """A TerminationStuck record's diagnosis (docs/CONTRACT.md §5b) in one line; None when it has none (pre-v3)."""
+    parts: list[str] = []
+    if values.get(stuck.RELEASE_TASK) == stuck.NO_RELEASE_TASK:
+        parts.append("no release task")
+    elif stuck.RELEASE_TASKS_RUNNING in values:
+        running = _count(values[stuck.RELEASE_TASKS_RUNNING])
+        if running == 0:
+            parts.append("no release task running")
+        else:
+            since = values.get(stuck.RELEASE_TASK_SINCE)
+            when = f" since {_clock_time(since)}" if since else ""
+            parts.append(f"release task still running on {_nodes(running, values[stuck.RELEASE_TASKS_RUNNING])}{when}")
+    counted = [(key, state) for key, state in stuck.NODE_STATE_COUNTS if key in values]
+    if counted:
+        states = [f"{_nodes(_count(values[key]), values[key])} {_STATE_WORDS[state]}" for key, state in counted]
+        shown = [text for (key, _), text in zip(counted, states, strict=True) if _count(values[key]) != 0]
+        parts.append("; ".join(shown) if shown else "no node unusable, offline or with a failed start task")
+    elif parts and stuck.DIAGNOSIS not in values:
+        parts.append("the job names no pool (node states not read)")
+    if stuck.DIAGNOSIS in values:
+        parts.append(f"diagnosis {values[stuck.DIAGNOSIS]}")
+    return "; ".join(parts) if parts else None
+
+
+_STATE_WORDS = {"unusable": "unusable", "offline": "offline", "starttaskfailed": "with a failed start task"}
+
+
+def _count(text: str) -> int | None:
+    return int(text) if text.isdigit() else None
+
+
+def _nodes(count: int | None, text: str) -> str:
+    """ "1 node", "3 nodes" (the recorded text when it is not a count)."""
+    return f"{text} node" if count == 1 else f"{text} nodes"
+
+
+def _clock_time(text: str) -> str:
+    """An ISO 8601 time as HH:MM UTC (the date is the record's failedAt day, or near it); else as recorded."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    if moment.tzinfo is None:
+        return text
+    return moment.astimezone(UTC).strftime("%H:%M UTC")
 
 
 class Progress:

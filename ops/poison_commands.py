@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import shlex
 import sys
 
 from ops.errors import CliError
 from ops.exit_codes import EXIT_NOTHING, EXIT_OK, EXIT_STORAGE, EXIT_USAGE
-from ops.output import cell, print_json, warn
+from ops.output import cell, print_json, stuck_line, warn
 from ops.poison_queue import PoisonEntry, PoisonQueue
 from ops.storage_errors import storage_errors
 from ops.target import Target, open_queue
@@ -19,6 +20,8 @@ from shared.contract.terminate_request import TerminateRequest
 from shared.storage.terminate_queue import build_request
 
 DEFAULT_LIST_LIMIT = 50
+STUCK_CODE = "TerminationStuck"
+CLI = "batch-terminator"
 
 
 def _poison_queue(target: Target) -> PoisonQueue:
@@ -76,9 +79,31 @@ def cmd_poison_show(args: argparse.Namespace, target: Target) -> int:
     for entry in poison.read():
         if entry.id == args.id:
             print_json(entry.detail(), pretty=not args.json)
+            _print_why_stuck(entry)
             return EXIT_OK
     print(f"error: no poison record with id {cell(args.id)} in {target.poison_queue}", file=sys.stderr)
     return EXIT_NOTHING
+
+
+def _print_why_stuck(entry: PoisonEntry) -> None:
+    """A TerminationStuck record's diagnosis in one line on stderr (stdout stays one JSON document)."""
+    if entry.code != STUCK_CODE:
+        return
+    pairs = (entry.document or {}).get("error", {}).get("values")
+    values = {
+        str(pair.get("key")): str(pair.get("value"))
+        for pair in (pairs if isinstance(pairs, list) else [])
+        if isinstance(pair, dict)
+    }
+    line = stuck_line(values)
+    if line is None:
+        return
+    narrow = f" --job-id {shlex.quote(cell(entry.job_id, 200))}" if entry.job_id else ""
+    if entry.account and entry.account != "default":
+        narrow += f" --account {shlex.quote(cell(entry.account, 200))}"
+    next_step = f"{CLI} poison replay --code {STUCK_CODE}{narrow} --force"
+    sys.stdout.flush()  # after the record, on a terminal that shows both streams
+    print(f"why stuck: {cell(line, 2000)} (to end it: {next_step})", file=sys.stderr)
 
 
 def cmd_poison_replay(args: argparse.Namespace, target: Target) -> int:

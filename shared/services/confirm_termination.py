@@ -9,7 +9,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from shared.batch.client import BatchClient
+from shared.batch.job_release import ReleaseStatus, read_release_status
 from shared.batch.jobs import Job, JobReader
+from shared.batch.nodes import ComputeNode, list_nodes
 from shared.config.settings import Settings
 from shared.contract.confirm_check import ConfirmCheck
 from shared.contract.errors import (
@@ -22,14 +24,14 @@ from shared.contract.errors import (
 from shared.contract.outcome import Outcome, Result
 from shared.contract.poison_record import PoisonRecord
 from shared.contract.terminate_request import TerminateRequest
-from shared.rules.confirmation import DONE_STATES, GONE_CODES, terminating_seconds
+from shared.rules.confirmation import DONE_STATES, GONE_CODES, stuck_values, terminating_seconds
 from shared.storage.confirm_queue import ConfirmQueue
 from shared.storage.poison_writer import PoisonWriter
 
 log = logging.getLogger("batch_terminator")
 
-# Job - Get with $select: what a check, a TerminationStuck record and the time to completion need.
-CONFIRM_SELECT = "id,state,stateTransitionTime,previousState,previousStateTransitionTime"
+# Job - Get with $select: what a check, a TerminationStuck record (its pool too) and the time to completion need.
+CONFIRM_SELECT = "id,state,stateTransitionTime,previousState,previousStateTransitionTime,executionInfo,poolInfo"
 _REQUEST_ID_NAMESPACE = uuid.UUID("0b8f3c52-0a7e-4c1e-9a57-4e1d2f6c9b31")
 
 
@@ -140,9 +142,30 @@ class Confirmer:
                 BatchErrorDetail("state", str(job.state)),
                 BatchErrorDetail("stateTransitionTime", str(job.state_transition_time)),
                 BatchErrorDetail("checks", str(check.check)),
+                *self._diagnosis(check, job),
             ),
         )
         return self._poisoned(self._record(check, body, error, check.check), attempt, started)
+
+    def _diagnosis(self, check: ConfirmCheck, job: Job) -> tuple[BatchErrorDetail, ...]:
+        """Why the job is stuck (docs/CONTRACT.md §5b): its release tasks and its pool's nodes; never raises."""
+        client = self._clients[check.account]
+        release: ReleaseStatus | None = None
+        nodes: tuple[ComputeNode, ...] | None = None
+        try:
+            release = read_release_status(client, check.job_id)
+            if job.pool_id is not None:
+                nodes = list_nodes(client, job.pool_id)
+        except BatchCallFailed as exc:
+            # The record is written anyway: a failed read (after the client's own retries) is named, not retried.
+            log.warning(
+                "confirm job=%s diagnosis unavailable code=%s status=%s",
+                check.job_id,
+                exc.error.code,
+                exc.error.http_status,
+            )
+            return stuck_values(release, nodes, exc.error.code)
+        return stuck_values(release, nodes)
 
     @staticmethod
     def _record(check: ConfirmCheck, body: bytes, error: BatchError, attempts: int) -> PoisonRecord:

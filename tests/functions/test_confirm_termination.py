@@ -395,7 +395,13 @@ def test_a_job_still_in_its_release_task_is_checked_again_and_recorded_stuck_at_
     batch.add_job("job-1", job_release_seconds=math.inf)  # a release task that never ends
     terminate_job.main(make_message({"jobId": "job-1", "reason": "budget"}, message_id="orig-1"))
     assert run_checks(confirm_queue, make_message) == [1, 2]
-    assert [r.method for r in batch.requests] == ["POST", "GET", "GET"]  # CONFIRM_FORCE off: no second terminate
+    # CONFIRM_FORCE off: no second terminate; the last check also reads the release status (the job has no pool).
+    assert [r.operation for r in batch.requests] == [
+        "job.terminate",
+        "job.get",
+        "job.get",
+        "job.preparationandreleasestatus",
+    ]
     [record] = queues.poison_records()
     assert record["error"]["code"] == "TerminationStuck"
     values = {v["key"]: v["value"] for v in record["error"]["values"]}
