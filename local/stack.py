@@ -14,7 +14,7 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 
 from local.azurite import ACCOUNT_NAME, Azurite, connection_string
-from local.batch_emulator import BatchEmulator, Termination
+from local.batch_emulator import BatchEmulator, NodeState, Termination
 from local.functions import FunctionLoadError, function_folders
 from local.http_host import HttpHost
 from local.identity import IdentityEndpoint
@@ -36,6 +36,7 @@ DEMO_JOBS = ("demo-job-1", "demo-job-2", "demo-job-3")
 # first confirmation check finds it not done yet and schedules the next one (docs/CONTRACT.md §5b).
 DEMO_RELEASE_JOB = DEMO_JOBS[1]
 DEMO_RELEASE_DELAYS = 1.5
+DEMO_RELEASE_POOL = "demo-release-pool"
 # With the emulator, whose jobs end in seconds, a check this soon after a 202 (the deployed default is 300 s).
 LOCAL_CONFIRM_SECONDS = 5
 SMOKE_CONFIRM_SECONDS = 1
@@ -240,8 +241,15 @@ def start_batch_emulator(
         raise RunError(f"the local Batch emulator cannot listen on port {args.batch_port} ({exc.strerror})") from exc
     stack.callback(emulator.stop)
     release = DEMO_RELEASE_DELAYS * confirm_delay(env)
+    # demo-job-2 ran on 3 of its pool's 5 nodes (their release tasks hold it) and another node is unusable, so its
+    # TerminationStuck record (e.g. with CONFIRM_MAX_CHECKS=1) says why (docs/CONTRACT.md §5b).
+    nodes = [node.id for node in emulator.add_pool(DEMO_RELEASE_POOL, dedicated=5).nodes]
+    emulator.set_node_states(DEMO_RELEASE_POOL, {nodes[3]: NodeState.UNUSABLE})
     for job_id in DEMO_JOBS:
-        emulator.add_job(job_id, job_release_seconds=release if job_id == DEMO_RELEASE_JOB else 0.0)
+        if job_id == DEMO_RELEASE_JOB:
+            emulator.add_job(job_id, job_release_seconds=release, pool_id=DEMO_RELEASE_POOL, nodes=nodes[:3])
+        else:
+            emulator.add_job(job_id)
     return emulator, identity
 
 
