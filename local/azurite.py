@@ -1,4 +1,4 @@
-"""Start and stop Azurite's queue service (the npm package pinned in package.json)."""
+"""Start and stop Azurite's queue and table services (the npm package pinned in package.json)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 from collections import deque
@@ -16,11 +17,14 @@ from types import TracebackType
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 AZURITE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite-queue"
+AZURITE_TABLE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite-table"
 # Azurite's documented well-known development account; not a secret.
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 PR_SET_PDEATHSIG = 1
 _LISTENING = re.compile(r"Queue service successfully listens on http://[^:]+:(\d+)")
+# The table service names the port it was given (0 stays 0), so it is given a free one.
+_TABLE_LISTENING = re.compile(r"Table service successfully (?:listens|started) on \S+?:(\d+)")
 
 
 def _die_with_parent() -> None:
@@ -39,28 +43,46 @@ def ensure_installed() -> Path:
     return AZURITE_BIN
 
 
-def connection_string(port: int, host: str = "127.0.0.1") -> str:
-    """The connection string of Azurite's queue service on this port."""
-    return (
+def connection_string(port: int, host: str = "127.0.0.1", table_port: int | None = None) -> str:
+    """The connection string of Azurite's queue service on this port (and its table service on table_port)."""
+    text = (
         f"DefaultEndpointsProtocol=http;AccountName={ACCOUNT_NAME};AccountKey={ACCOUNT_KEY};"
         f"QueueEndpoint=http://{host}:{port}/{ACCOUNT_NAME};"
     )
+    if table_port is not None:
+        text += f"TableEndpoint=http://{host}:{table_port}/{ACCOUNT_NAME};"
+    return text
 
 
 class Azurite:
-    """An Azurite queue service child process; in memory, or persisted in `location`."""
+    """Azurite's queue service child process, and its table service (the incident table) beside it; in memory,
+    or persisted in `location`."""
 
-    def __init__(self, port: int = 0, *, location: Path | None = None, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        location: Path | None = None,
+        host: str = "127.0.0.1",
+        table_port: int | None = 0,
+    ) -> None:
         self.host = host
         self.port = port
         self.location = location
         self._process: subprocess.Popen[str] | None = None
         self._output: deque[str] = deque(maxlen=50)
+        # None: no table service; 0: a free port
+        self.table: _Service | None = None if table_port is None else _Service("table", table_port, host, location)
+
+    @property
+    def table_port(self) -> int | None:
+        """The table service's port (None when it was not asked for)."""
+        return self.table.port if self.table is not None else None
 
     @property
     def connection_string(self) -> str:
-        """Connection string for the running service."""
-        return connection_string(self.port, self.host)
+        """Connection string for the running services (QueueEndpoint, and TableEndpoint)."""
+        return connection_string(self.port, self.host, self.table_port)
 
     def start(self, timeout: float = 60.0) -> Azurite:
         """Start Azurite and wait until it listens."""
@@ -96,6 +118,12 @@ class Azurite:
             output = "".join(self._output)
             self.stop()
             raise RuntimeError(f"Azurite did not start:\n{output}")
+        if self.table is not None:
+            try:
+                self.table.start(timeout)
+            except RuntimeError:
+                self.stop()
+                raise
         return self
 
     def _pump(self, ready: threading.Event) -> None:
@@ -110,16 +138,11 @@ class Azurite:
         ready.set()  # the process ended; start() sees poll() is not None
 
     def stop(self) -> None:
-        """Stop the process (its in-memory data goes with it)."""
+        """Stop the processes (their in-memory data goes with them)."""
+        if self.table is not None:
+            self.table.stop()
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
+        _end(process)
 
     def __enter__(self) -> Azurite:
         return self.start()
@@ -128,3 +151,82 @@ class Azurite:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def _free_port(host: str) -> int:
+    """A port nothing listens on now (the service binds it a moment later)."""
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def _end(process: subprocess.Popen[str] | None) -> None:
+    """Terminate a child process (kill it if it does not end)."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+
+
+class _Service:
+    """One more Azurite service process (the table service) on its own port, same data location."""
+
+    def __init__(self, name: str, port: int, host: str, location: Path | None) -> None:
+        self.name = name
+        self.port = port
+        self.host = host
+        self.location = location
+        self._process: subprocess.Popen[str] | None = None
+        self._output: deque[str] = deque(maxlen=50)
+
+    def start(self, timeout: float) -> None:
+        ensure_installed()
+        if not self.port:
+            self.port = _free_port(self.host)
+        args = [
+            str(AZURITE_TABLE_BIN),
+            f"--{self.name}Host",
+            self.host,
+            f"--{self.name}Port",
+            str(self.port),
+            "--skipApiVersionCheck",
+            "--disableTelemetry",
+        ]
+        if self.location is None:
+            args.append("--inMemoryPersistence")
+        else:
+            self.location.mkdir(parents=True, exist_ok=True)
+            args += ["--location", str(self.location)]
+        self._process = subprocess.Popen(
+            args,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=PROJECT_ROOT,
+            env={**os.environ, "NODE_NO_WARNINGS": "1"},
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
+        if not ready.wait(timeout) or self._process.poll() is not None:
+            output = "".join(self._output)
+            self.stop()
+            raise RuntimeError(f"Azurite's {self.name} service did not start:\n{output}")
+
+    def _pump(self, ready: threading.Event) -> None:
+        assert self._process is not None
+        assert self._process.stdout is not None
+        for line in self._process.stdout:
+            self._output.append(line)
+            if _TABLE_LISTENING.search(line):
+                ready.set()
+        ready.set()
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        _end(process)
