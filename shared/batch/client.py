@@ -151,7 +151,7 @@ class BatchClient:
 
     def _own(self, url: str) -> None:
         if not url.startswith(f"{self.urls.account_url}/"):
-            raise ValueError("refusing to send the Batch token outside this account")
+            raise ValueError("refusing to send the Batch token outside the configured account")
 
     def _next_url(self, link: object, path: str) -> str | None:
         """The next page's URL, only if it stays on this account and the listed path."""

@@ -70,7 +70,7 @@ class JobGetter:
 
     def __call__(self, account: str, job_id: str, client_request_id: str, *, select: str) -> Job:
         """GET {account}/jobs/{jobId}?$select=... (the one read the guards and the checks make)."""
-        client = self._clients[account]
+        client = self._clients[account.lower()]
         url = client.urls.job(job_id, query={"$select": select})
         response = client.get(url, client_request_id, label=f"get job={job_id}")
         request_id = response.headers.get("request-id")

@@ -164,9 +164,9 @@ def test_max_age_policy_enqueues_jobs_active_too_long(
     assert account.count_calls() == [], "the age policy needs no task counts"
     [query] = account.list_queries
     assert query == {
-        "api-version": "2023-11-01.18.0",
+        "api-version": "2025-06-01",
         "maxresults": str(LIST_PAGE_SIZE),
-        "timeout": "30",
+        "timeOut": "30",
         "$filter": "state eq 'active'",
         "$select": "id,creationTime,metadata,state",
     }
@@ -448,12 +448,12 @@ def test_reader_refuses_to_send_the_token_elsewhere(sweep_env: Queues) -> None:
     with pytest.raises(ValueError, match="outside the configured account"):
         client.get("https://evil.example/jobs", str(uuid.uuid4()), label="x")
     with pytest.raises(ValueError, match="job id"):
-        BatchReader(client, settings).task_counts("../pools/p1")
+        BatchReader(client).task_counts("../pools/p1")
 
 
 def test_reader_reads_task_counts_and_reports_a_missing_job(sweep_env: Queues, account: SweepBatch) -> None:
     settings = Settings.from_env()
-    reader = BatchReader(BatchClient(settings, TokenProvider(batch_credential(None)), http_session()), settings)
+    reader = BatchReader(BatchClient(settings, TokenProvider(batch_credential(None)), http_session()))
     account.add_job("job-1", task_counts={"running": 2})
     assert reader.task_counts("job-1").running == 2
     account.count_failures = {"job-1": (404, "JobNotFound")}

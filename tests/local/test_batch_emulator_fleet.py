@@ -1,4 +1,4 @@
-"""The emulator's job schedules, pools, nodes and preparation/release task status over raw HTTP (CONTRACT §5b, §10)."""
+"""The emulator's job schedules, pools, nodes and prep/release task status over raw HTTP (docs/CONTRACT.md §5b, §10)."""
 
 from __future__ import annotations
 

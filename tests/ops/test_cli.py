@@ -768,7 +768,7 @@ def test_console_script_names_the_cli_entry() -> None:
     project = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     module, _, function = project["project"]["scripts"]["batch-terminator"].partition(":")
     assert getattr(importlib.import_module(module), function) is entry
-    assert "ops" in project["tool"]["setuptools"]["packages"]
+    assert {"ops", "ops.*", "shared", "shared.*"} <= set(project["tool"]["setuptools"]["packages"]["find"]["include"])
 
 
 def test_installed_console_script_runs_this_tree_from_any_directory(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ def settings(host_json: Path = HOST_JSON, **overrides: str) -> Settings:
 def test_defaults_follow_the_contract() -> None:
     loaded = settings()
     assert loaded.batch_account_url == "https://acct.westeurope.batch.azure.com"
-    assert loaded.batch_api_version == "2023-11-01.18.0"
+    assert loaded.batch_api_version == "2025-06-01"
     assert loaded.batch_timeout_seconds == 30
     assert loaded.poison_queue_name == "batch-terminate-poison"
     assert loaded.azure_client_id is None
