@@ -12,10 +12,12 @@ from shared.contract.errors import (
     BatchCallFailed,
     ConfigurationError,
     EnqueueFailed,
+    IncidentWriteFailed,
     PoisonWriteFailed,
     RetryLater,
     TerminatorError,
 )
+from shared.contract.incident import Incident, State
 from shared.contract.outcome import Outcome, Result
 
 
@@ -122,6 +124,7 @@ class Telemetry:
             self._log.setLevel(logging.INFO)
         self._sweep_log = self._log.getChild("sweep")
         self._alert_log = self._log.getChild("alerts")
+        self._incident_log = self._log
         self._terminations = meter.create_counter(
             TERMINATIONS, unit="{message}", description="Finished terminate messages by outcome and code"
         )
@@ -179,6 +182,9 @@ class Telemetry:
         elif isinstance(exc, PoisonWriteFailed):
             event, code = "poison_write_failed", "PoisonWriteFailed"
             text = f"terminate message_id={message_id} outcome=poison_write_failed: {exc}"
+        elif isinstance(exc, IncidentWriteFailed):  # the incident table did not take a change (docs/CONTRACT.md §10)
+            event, code = "incident_write_failed", "IncidentWriteFailed"
+            text = f"kill_switch message_id={message_id} outcome=incident_write_failed: {exc}"
         elif isinstance(exc, EnqueueFailed):  # a confirmation check (docs/CONTRACT.md §5b) could not be scheduled
             event, code = "confirm_write_failed", "EnqueueFailed"
             text = f"terminate message_id={message_id} outcome=confirm_write_failed: {exc}"
@@ -187,6 +193,29 @@ class Telemetry:
             text = f"terminate message_id={message_id} outcome=configuration_error: {exc}"
         extra = {"event": event, "code": code, "messageId": message_id, "attempt": attempt, "setting": setting}
         self._log.log(logging.WARNING if event == "retry_later" else logging.ERROR, "%s", text, extra=extra)
+
+    def incident_changed(self, incident: Incident) -> None:
+        """The one record of an incident entering a state (docs/CONTRACT.md §8, §10); refused and failed at ERROR."""
+        failed = incident.state in (State.REFUSED, State.FAILED)
+        code = incident.error.code if failed and incident.error is not None else None
+        extra = {
+            "incident": incident.id,
+            "state": incident.state.value,
+            "source": incident.source.value,
+            "account": incident.account,
+            "jobs": len(incident.jobs),
+            "schedules": len(incident.schedules),
+            "pools": len(incident.pools_to_scale),
+            "code": code,
+        }
+        text = (
+            f"incident {incident.id} state={incident.state.value} source={incident.source.value}"
+            f" account={incident.account} jobs={extra['jobs']} schedules={extra['schedules']} pools={extra['pools']}"
+            f" code={code}"
+        )
+        if failed and incident.error is not None and incident.error.message:
+            text += f": {incident.error.message}"
+        self._incident_log.log(logging.ERROR if failed else logging.INFO, "%s", text, extra=extra)
 
     def batch_call(self, operation: str, duration: float, http_status: int | None, code: str | None) -> None:
         """One Batch HTTP attempt took `duration` seconds (no status: it never answered)."""

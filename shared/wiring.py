@@ -38,10 +38,13 @@ from shared.transport.sessions import pin_environment, pooled_session
 
 if TYPE_CHECKING:
     from shared.batch.job_list import BatchReader
+    from shared.config.settings import KillSwitchSettings
     from shared.rules.sweep_policy import SweepPolicy
     from shared.services.alert_terminate import AlertAction
     from shared.services.keep_poison import PoisonKeeper
+    from shared.services.kill_switch import Incidents, KillSwitch
     from shared.services.sweep_jobs import Sweeper
+    from shared.storage.incidents import IncidentQueue, IncidentStore
     from shared.storage.terminate_queue import TerminateQueue
 
 # The alert, sweep and keeper services are imported where they are built: a terminate_job cold start (the one that
@@ -209,6 +212,68 @@ class Wiring:
             )
 
         return self._once("alert_action", build)
+
+    def kill_switch_settings(self) -> KillSwitchSettings:
+        """INCIDENT_*, KILL_SWITCH_* and ALERT_MAX_JOBS (read apart: a typo there never stops terminate_job)."""
+        from shared.config.settings import KillSwitchSettings
+
+        return self._once(
+            "kill_switch_settings",
+            lambda: KillSwitchSettings.from_env(self._environ, other_queues=self.settings().queue_names),
+        )
+
+    def incident_store(self) -> IncidentStore:
+        """The incident table (INCIDENT_TABLE_NAME), created on first use when missing."""
+        from shared.storage.incidents import IncidentStore
+
+        return self._once(
+            "incident_store",
+            lambda: IncidentStore.connect(self.settings().storage, self.kill_switch_settings().table_name),
+        )
+
+    def incident_queue(self) -> IncidentQueue:
+        """The command queue (INCIDENT_QUEUE_NAME), in the trigger queues' encoding."""
+        from shared.storage.incidents import IncidentQueue
+
+        def build() -> IncidentQueue:
+            settings = self.settings()
+            name = self.kill_switch_settings().queue()
+            return IncidentQueue(queue_client(settings.storage, name, settings.queues.message_encoding))
+
+        return self._once("incident_queue", build)
+
+    def incidents(self) -> Incidents:
+        """Opening incidents and sending their commands (alert_terminate, the operator CLI)."""
+        from shared.services.kill_switch import Incidents
+
+        return self._once(
+            "incidents", lambda: Incidents(self.incident_store(), self.incident_queue(), self.telemetry())
+        )
+
+    def kill_switch(self) -> KillSwitch:
+        """The kill_switch service: Batch per account, the incident table, the terminate queue."""
+        from shared.batch.job_schedules import JobSchedules
+        from shared.batch.pools import Pools
+        from shared.services.kill_switch import BatchAccount, KillSwitch
+
+        def build() -> KillSwitch:
+            settings = self.settings()
+            readers = self.batch_readers()
+            accounts = {
+                alias: BatchAccount(readers[alias], JobSchedules(client), Pools(client, sleep=self._sleep))
+                for alias, client in self.batch_clients().items()
+            }
+            return KillSwitch(
+                self.incident_store(),
+                accounts,
+                self.terminate_queue(),
+                self.kill_switch_settings(),
+                self.telemetry(),
+                dry_run=settings.guards.dry_run,
+                max_dequeue_count=settings.max_dequeue_count,
+            )
+
+        return self._once("kill_switch", build)
 
     def poison_writer(self) -> PoisonWriter:
         """The writer of poison records."""
