@@ -35,7 +35,7 @@ def main(req: func.HttpRequest) -> func.HttpResponse:
         )
         return _answer(Answer(200, {"enqueued": []}))
     try:
-        answer = wiring.current().alert_action().act(alert, settings)
+        answer = wiring.current().alert_action().act(alert, settings, req.get_body())
     except ConfigurationError as exc:
         return _misconfigured(telemetry, exc)
     _record(telemetry, alert, answer)

@@ -208,7 +208,7 @@ class Wiring:
             return AlertAction(
                 self.terminate_queue(),
                 lambda: configured_accounts(self.settings()),
-                lambda alias: self.batch_readers()[alias],
+                self.incidents,
             )
 
         return self._once("alert_action", build)

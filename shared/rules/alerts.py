@@ -74,6 +74,8 @@ class AlertRequest:
     job_ids: tuple[str, ...] = ()  # validated, de-duplicated; empty = select
     batch_accounts: tuple[str, ...] = ()  # Batch account names in alertTargetIDs (casefolded)
     account: object = None  # a plain body's `account` field, as given
+    alert_id: str | None = None  # data.essentials.alertId (common schema): with fired_at, the incident's id
+    fired_at: str | None = None  # data.essentials.firedDateTime, as written
 
     @property
     def fired(self) -> bool:
@@ -140,7 +142,13 @@ def _plain(document: dict[str, Any], settings: AlertSettings) -> AlertRequest:
     return AlertRequest("plain", FIRED, None, None, reason or None, job_ids, account=document.get("account"))
 
 
-def _budget(notification: BudgetNotification, accounts: tuple[str, ...], settings: AlertSettings) -> AlertRequest:
+def _budget(
+    notification: BudgetNotification,
+    accounts: tuple[str, ...],
+    settings: AlertSettings,
+    alert_id: str | None = None,
+    fired_at: str | None = None,
+) -> AlertRequest:
     """A budget names no job: it always selects, and has no Resolved state (every notification acts)."""
     if not settings.allows(notification.name):
         raise AlertRejected(
@@ -150,7 +158,16 @@ def _budget(notification: BudgetNotification, accounts: tuple[str, ...], setting
             (BatchErrorDetail("BudgetName", _show(notification.name)),),
         )
     _require_selector(settings, "a budget notification names no job")
-    return AlertRequest("budget", FIRED, notification.name, None, notification.reason(), batch_accounts=accounts)
+    return AlertRequest(
+        "budget",
+        FIRED,
+        notification.name,
+        None,
+        notification.reason(),
+        batch_accounts=accounts,
+        alert_id=alert_id,
+        fired_at=fired_at,
+    )
 
 
 def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertRequest:
@@ -168,10 +185,12 @@ def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertReq
     rule = _optional_string(essentials, "alertRule", "data.essentials")
     severity = _optional_string(essentials, "severity", "data.essentials")
     accounts = tuple(batch_account_names(essentials.get("alertTargetIDs")))
+    alert_id = _optional_string(essentials, "alertId", "data.essentials") or None
+    fired_at = _optional_string(essentials, "firedDateTime", "data.essentials") or None
     context = data.get("alertContext")
     if is_cost_alert(essentials, context):
         # Budgets in the common schema carry no monitorCondition (null): like the budget schema, each one acts.
-        return _budget(read_cost_alert(context), accounts, settings)
+        return _budget(read_cost_alert(context), accounts, settings, alert_id, fired_at)
     condition = essentials.get("monitorCondition")
     if condition not in (FIRED, RESOLVED):
         raise AlertRejected(
@@ -203,7 +222,9 @@ def _common_alert(document: dict[str, Any], settings: AlertSettings) -> AlertReq
             "the alert names no job: set the custom property jobId or jobIds on the alert rule's action, "
             f"split the alert by the dimension {settings.job_id_dimension!r}, or set ALERT_SELECT_*",
         )
-        return AlertRequest("alert", FIRED, rule, severity, reason, batch_accounts=accounts)
+        return AlertRequest(
+            "alert", FIRED, rule, severity, reason, batch_accounts=accounts, alert_id=alert_id, fired_at=fired_at
+        )
     validated = _validated(job_ids, reason, settings)
     return AlertRequest("alert", FIRED, rule, severity, reason, validated, accounts)
 

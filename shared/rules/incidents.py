@@ -200,9 +200,10 @@ class Plan:
 # ---- ids
 
 
-def alert_incident_id(alert_id: str, fired: str | None) -> str:
-    """A common-schema alert's incident: from data.essentials.alertId and firedDateTime (the same alert, one id)."""
-    return _derived(Source.ALERT, f"{alert_id}\n{fired or ''}".encode())
+def alert_incident_id(alert_id: str, fired: str | None, source: Source = Source.ALERT) -> str:
+    """A common-schema alert's incident (a budget's too, in that schema): from data.essentials.alertId and
+    firedDateTime, so the same alert delivered twice has one id."""
+    return _derived(source, f"{alert_id}\n{fired or ''}".encode())
 
 
 def body_incident_id(source: Source, body: bytes) -> str:

@@ -1,16 +1,19 @@
-"""One parsed alert → terminate messages: its account, the selection, the blast-radius limit, then the queue."""
+"""One parsed alert → terminate messages for the jobs it names, or an incident (docs/CONTRACT.md §9, §10)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
-from shared.contract.errors import AlertRejected, BatchCallFailed, BatchErrorDetail
+from shared.contract.errors import AlertRejected, BatchErrorDetail, EnqueueFailed, IncidentWriteFailed
+from shared.contract.incident import Incident, Source
 from shared.rules.accounts import DEFAULT_ALIAS, account_for, alias_for, terminate_request
-from shared.rules.alerts import AlertRequest, AlertSettings, too_many_jobs
-from shared.rules.selection import JobLister, select_jobs
+from shared.rules.alerts import AlertRequest, AlertSettings
+from shared.rules.incidents import alert_incident_id, body_incident_id, selectors_of
+from shared.services.kill_switch import Incidents
 from shared.storage.terminate_queue import TerminateQueue
 
 log = logging.getLogger("batch_terminator.alerts")
@@ -33,25 +36,30 @@ class Answer:
 
 
 class AlertAction:
-    """Acts on fired alerts; thread-safe, one per process."""
+    """Acts on fired alerts; thread-safe, one per process. Never calls Batch."""
 
     def __init__(
         self,
         queue: TerminateQueue,
         accounts: Callable[[], Mapping[str, str]],
-        reader: Callable[[str], JobLister],
+        incidents: Callable[[], Incidents],
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._queue = queue
         self._accounts = accounts  # read only when an alert needs them (a ConfigurationError propagates)
-        self._reader = reader
+        self._incidents = incidents  # built only when an alert opens an incident (INCIDENT_QUEUE_NAME)
+        self._clock = clock
 
-    def act(self, alert: AlertRequest, settings: AlertSettings) -> Answer:
-        """Resolve the account, select when no job is named, refuse over the limit, enqueue: the HTTP answer."""
+    def act(self, alert: AlertRequest, settings: AlertSettings, body: bytes = b"") -> Answer:
+        """Resolve the account; enqueue the named jobs, or open an incident when none is named: the HTTP answer."""
         try:
             alias = self._alias(alert)
-            job_ids = self._select(alert, settings, alias) if alert.selects else list(alert.job_ids)
         except AlertRejected as exc:
-            return Answer.error(exc, {"Retry-After": RETRY_AFTER_SECONDS} if exc.status == 503 else None)
+            return Answer.error(exc)
+        if alert.selects:
+            return self._open(alert, settings, alias, body)
+        job_ids = list(alert.job_ids)
         requests = [terminate_request(job_id, alert.reason, alias) for job_id in job_ids]
         # Azure Monitor waits about 10 s for a webhook: 1,000 sends one after another would not fit.
         sent = self._queue.enqueue_many(requests)
@@ -77,6 +85,46 @@ class AlertAction:
             return Answer.error(refused, {"Retry-After": RETRY_AFTER_SECONDS})
         return Answer(202, {"enqueued": enqueued})
 
+    def _open(self, alert: AlertRequest, settings: AlertSettings, alias: str, body: bytes) -> Answer:
+        """Store the incident (accepted) and its plan command; 202 with its id at once (docs/CONTRACT.md §9)."""
+        source = Source.BUDGET if alert.source == "budget" else Source.ALERT
+        incident_id = (
+            alert_incident_id(alert.alert_id, alert.fired_at, source)
+            if alert.alert_id
+            else body_incident_id(source, body)
+        )
+        incident = Incident.open(
+            incident_id,
+            source=source,
+            reason=alert.reason or "",
+            selectors=selectors_of(settings.selector),
+            at=self._clock(),
+            account=alias,
+            rule=alert.rule,
+        )
+        try:
+            stored, created = self._incidents().open(incident)
+        except (IncidentWriteFailed, EnqueueFailed) as exc:
+            log.error(
+                "alert_terminate %s=%r could not open incident %s: %s", alert.source, alert.rule, incident_id, exc
+            )
+            refused = AlertRejected(
+                503,
+                "EnqueueFailed",
+                "the incident or its plan command could not be stored; nothing was acted on",
+                (BatchErrorDetail("incident", incident_id),),
+            )
+            return Answer.error(refused, {"Retry-After": RETRY_AFTER_SECONDS})
+        log.info(
+            "alert_terminate %s=%r account=%s incident=%s %s",
+            alert.source,
+            alert.rule,
+            alias,
+            stored.id,
+            "opened" if created else f"already open ({stored.state.value})",
+        )
+        return Answer(202, {"incident": stored.id, "enqueued": []})
+
     def _alias(self, alert: AlertRequest) -> str:
         """The alias the messages carry: the alert's Batch account, the body's `account`, or the default."""
         if not alert.batch_accounts and alert.account is None and not alert.selects:
@@ -85,40 +133,3 @@ class AlertAction:
         if alert.account is not None:
             return alias_for(alert.account, accounts)
         return account_for(alert.batch_accounts, accounts)
-
-    def _select(self, alert: AlertRequest, settings: AlertSettings, alias: str) -> list[str]:
-        """The account's active jobs the ALERT_SELECT_* settings pick, within ALERT_MAX_JOBS."""
-        try:
-            selection = select_jobs(self._reader(alias), settings.selector)
-        except BatchCallFailed as exc:
-            detail = exc.error
-            status = 503 if exc.transient else 502
-            raise AlertRejected(
-                status,
-                "BatchUnavailable" if exc.transient else "BatchListFailed",
-                f"Job - List failed on account {alias!r}; nothing was enqueued",
-                (BatchErrorDetail("code", detail.code), BatchErrorDetail("httpStatus", str(detail.http_status))),
-            ) from exc
-        count = len(selection.jobs)
-        log.info(
-            "alert_terminate %s=%r account=%s selector %s: listed=%d selected=%d kept=%d",
-            alert.source,
-            alert.rule,
-            alias,
-            settings.selector.describe(),
-            selection.listed,
-            count,
-            selection.kept,
-        )
-        if count > settings.max_jobs:
-            log.error(
-                "alert_terminate %s=%r account=%s refused: %d jobs selected, more than ALERT_MAX_JOBS=%d; "
-                "nothing enqueued",
-                alert.source,
-                alert.rule,
-                alias,
-                count,
-                settings.max_jobs,
-            )
-            raise too_many_jobs(count, settings.max_jobs)
-        return selection.job_ids

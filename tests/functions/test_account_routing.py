@@ -10,10 +10,12 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.functions.queue import QueueMessage
 from azure.functions.timer import TimerRequest
 from azure.storage.queue import QueueClient
 
 import alert_terminate
+import kill_switch
 import sweep_jobs
 import terminate_job
 from local.batch_emulator import BatchEmulator, JobState
@@ -51,12 +53,17 @@ def two_accounts(
         "SWEEP_DRY_RUN",
         "POISON_QUEUE_NAME",
         "BATCH_API_VERSION",
+        "KILL_SWITCH_APPROVAL",
+        "KILL_SWITCH_SCALE_POOLS",
     ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("BATCH_ACCOUNT_URL", batch.url)
     monkeypatch.setenv("BATCH_ACCOUNTS", f"eu=http://localhost:{second.port}")
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
+    monkeypatch.setenv("INCIDENT_QUEUE_NAME", f"{queues.trigger}-ks")
+    monkeypatch.setenv("INCIDENT_TABLE_NAME", f"inc{queues.trigger.replace('-', '')}")
+    queues.client(f"{queues.trigger}-ks").create_queue()
     wiring.install(wiring.Wiring(sleep=lambda _: None))
     yield queues
     wiring.reset()
@@ -76,6 +83,18 @@ def about(account_name: str) -> dict[str, Any]:
     ]
     assert isinstance(alert, dict)
     return alert
+
+
+def planned(queues: Queues, response: func.HttpResponse) -> str:
+    """The incident a 202 opened, after kill_switch ran its plan command (as the host would deliver it)."""
+    assert response.status_code == 202, response.get_body()
+    document = json.loads(response.get_body())
+    assert document["enqueued"] == []
+    client = queues.client(f"{queues.trigger}-ks")
+    for message in client.receive_messages(max_messages=32, visibility_timeout=5):
+        kill_switch.main(QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=1, pop_receipt="p"))
+        client.delete_message(message)
+    return str(document["incident"])
 
 
 def received(queues: Queues) -> list[tuple[TerminateRequest, Any]]:
@@ -98,13 +117,15 @@ def test_an_alert_about_the_second_account_selects_there_and_its_messages_name_i
     second.add_job("render-2")
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
 
-    response = post(about("LOCALHOST"))
+    incident = planned(two_accounts, post(about("LOCALHOST")))
 
-    assert response.status_code == 202
-    assert json.loads(response.get_body()) == {"enqueued": ["render-1", "render-2"]}
+    stored = wiring.current().incident_store().get(incident)
+    assert stored is not None
+    assert stored.account == "eu"
     assert not any(r.path == "/jobs" for r in batch.requests), "only the named account is listed"
     messages = received(two_accounts)
     assert sorted((m.job_id, m.account) for m, _ in messages) == [("render-1", "eu"), ("render-2", "eu")]
+    assert {m.incident for m, _ in messages} == {incident}
     for request, raw in messages:
         terminate_job.main(make_message(json.dumps(request.to_message()), message_id=raw.id))
     assert {j.id for j in second.jobs() if j.state is not JobState.ACTIVE} == {"render-1", "render-2"}
@@ -135,9 +156,8 @@ def test_a_budget_names_no_account_and_acts_on_the_default(
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
     budget = json.loads((PAYLOADS / "budget-test-action.json").read_text(encoding="utf-8"))
 
-    response = post(budget)
+    planned(two_accounts, post(budget))
 
-    assert json.loads(response.get_body()) == {"enqueued": ["render-9"]}
     assert [(m.job_id, m.account) for m, _ in received(two_accounts)] == [("render-9", "default")]
 
 

@@ -1,7 +1,9 @@
-"""alert_terminate when the alert names no job (docs/CONTRACT.md §9): budgets and common-schema alerts select jobs.
+"""alert_terminate when the alert names no job (docs/CONTRACT.md §9, §10): budgets and common-schema alerts open
+an incident at once, without a Batch call; the kill switch's plan then selects the jobs.
 
-Microsoft's own payloads (tests/payloads) are posted as real func.HttpRequests; the jobs live in the Batch emulator,
-behind the loopback managed-identity endpoint; the terminate messages land on Azurite.
+Microsoft's own payloads (tests/payloads) are posted as real func.HttpRequests; the incident lands in Azurite's
+table and its plan command on Azurite's incident queue; kill_switch.main runs the command against the Batch
+emulator (behind the loopback managed-identity endpoint) and the terminate messages land on Azurite.
 """
 
 from __future__ import annotations
@@ -16,12 +18,16 @@ from typing import Any
 
 import azure.functions as func
 import pytest
+from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 
 import alert_terminate
+import kill_switch
 from local.batch_emulator import ODATA_JSON, BatchEmulator, HttpRequest, HttpResponse, JobState
 from local.identity import IdentityEndpoint
 from shared import wiring
+from shared.contract.errors import RetryLater
+from shared.contract.incident import Incident
 from tests.conftest import Queues
 
 pytestmark = pytest.mark.integration
@@ -41,12 +47,25 @@ def payload(name: str) -> dict[str, Any]:
 def app(
     monkeypatch: pytest.MonkeyPatch, queues: Queues, batch: BatchEmulator, identity: IdentityEndpoint
 ) -> Iterator[Queues]:
-    """alert_terminate's settings: Azurite's queue, the emulator as the one account, no selector yet."""
-    for name in (*SELECT_SETTINGS, "ALERT_JOB_ID_DIMENSION", "ALERT_RULES_ALLOWED", "BATCH_ACCOUNTS"):
+    """alert_terminate's and kill_switch's settings: Azurite's queues and table, the emulator as the one account,
+    no selector yet."""
+    for name in (
+        *SELECT_SETTINGS,
+        "ALERT_JOB_ID_DIMENSION",
+        "ALERT_RULES_ALLOWED",
+        "BATCH_ACCOUNTS",
+        "KILL_SWITCH_APPROVAL",
+        "KILL_SWITCH_SCALE_POOLS",
+        "KILL_SWITCH_DISABLE_SCHEDULES",
+        "TERMINATE_DRY_RUN",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("BATCH_ACCOUNT_URL", batch.url)
     monkeypatch.setenv("AzureWebJobsStorage", queues.connection_string)
     monkeypatch.setenv("TERMINATE_QUEUE_NAME", queues.trigger)
+    monkeypatch.setenv("INCIDENT_QUEUE_NAME", f"{queues.trigger}-ks")
+    monkeypatch.setenv("INCIDENT_TABLE_NAME", f"inc{queues.trigger.replace('-', '')}")
+    queues.client(f"{queues.trigger}-ks").create_queue()
     wiring.reset()
     yield queues
     wiring.reset()
@@ -90,6 +109,44 @@ def _decoded(content: str) -> dict[str, Any]:
     return document
 
 
+def opened(response: func.HttpResponse) -> str:
+    """The incident id of a 202 that opened (or found) an incident."""
+    assert response.status_code == 202, answer(response)
+    document = answer(response)
+    assert set(document) == {"incident", "enqueued"}
+    assert document["enqueued"] == []
+    return str(document["incident"])
+
+
+def run_commands(queues: Queues, *, dequeue_count: int = 1) -> int:
+    """Deliver the incident queue's commands to kill_switch.main, as the host does; how many ran."""
+    client = queues.client(f"{queues.trigger}-ks")
+    ran = 0
+    for message in client.receive_messages(max_messages=32, visibility_timeout=5):
+        kill_switch.main(
+            QueueMessage(id=message.id, body=message.content.encode(), dequeue_count=dequeue_count, pop_receipt="p")
+        )
+        client.delete_message(message)
+        ran += 1
+    return ran
+
+
+def incident(incident_id: str) -> Incident:
+    found = wiring.current().incident_store().get(incident_id)
+    assert found is not None
+    return found
+
+
+def selected(queues: Queues, incident_id: str) -> list[str]:
+    """Run the plan; the job ids the incident selected, in listing order (their messages are checked too)."""
+    run_commands(queues)
+    stored = incident(incident_id)
+    assert stored.state.value == "executed", stored.to_document()
+    ids = [job.job_id for job in stored.jobs]
+    assert sorted(m["jobId"] for m in messages(queues)) == sorted(ids)
+    return ids
+
+
 def add_jobs(batch: BatchEmulator) -> None:
     """An account in mid-incident: render jobs (one protected, one done), and others."""
     batch.add_job("render-1")
@@ -100,7 +157,7 @@ def add_jobs(batch: BatchEmulator) -> None:
 
 
 @pytest.mark.parametrize("name", BUDGETS)
-def test_a_budget_notification_stops_the_selected_active_jobs(
+def test_a_budget_notification_opens_an_incident_that_stops_the_selected_active_jobs(
     app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch, name: str
 ) -> None:
     add_jobs(batch)
@@ -108,14 +165,20 @@ def test_a_budget_notification_stops_the_selected_active_jobs(
     data = payload(name)["data"]
     budget = data.get("BudgetName") or data["alertContext"]["AlertData"]["BudgetName"]
 
-    response = post(payload(name))
+    incident_id = opened(post(payload(name)))
 
-    assert response.status_code == 202, answer(response)
-    assert answer(response) == {"enqueued": ["render-1", "Render-2"]}
+    assert batch.requests == [], "the answer never waits on Batch"
+    stored = incident(incident_id)
+    assert (stored.state.value, stored.source.value, stored.rule) == ("accepted", "budget", budget)
+    assert stored.selectors.prefix == "RENDER", "the ALERT_SELECT_* values in force are recorded"
+    assert stored.reason.startswith(f"Budget '{budget}'")
+    assert messages(app) == []
+    run_commands(app)
+    assert [job.job_id for job in incident(incident_id).jobs] == ["render-1", "Render-2"]
     sent = messages(app)
     assert sorted(m["jobId"] for m in sent) == ["Render-2", "render-1"]
-    assert all(m["reason"].startswith(f"Budget '{budget}'") for m in sent)
-    assert batch.terminations == [], "alert_terminate only enqueues"
+    assert all(m["reason"].startswith(f"Budget '{budget}'") and m["incident"] == incident_id for m in sent)
+    assert batch.terminations == [], "the kill switch only enqueues"
 
 
 def test_the_budget_reason_names_the_budget_its_amount_and_threshold(
@@ -124,25 +187,48 @@ def test_the_budget_reason_names_the_budget_its_amount_and_threshold(
     batch.add_job("render-1")
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
 
-    assert post(payload("budget-test-action.json")).status_code == 202
+    incident_id = opened(post(payload("budget-test-action.json")))
+    run_commands(app)
 
     [message] = messages(app)
     assert message == {
         "jobId": "render-1",
         "reason": "Budget 'test-budgetName' notification: spent 1111.32 USD, budget 10000 USD, threshold 8000.0",
+        "incident": incident_id,
     }
 
 
-def test_every_budget_notification_acts_even_a_repeated_one(
+def test_the_same_budget_notification_twice_opens_one_incident(
     app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     batch.add_job("render-1")
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
+    raw = json.dumps(payload("budget-scenario.json")).encode()
 
-    assert post(payload("budget-scenario.json")).status_code == 202
-    assert post(payload("budget-scenario.json")).status_code == 202
+    first = opened(post(raw))
+    second = opened(post(raw))
+    run_commands(app)
 
-    assert [m["jobId"] for m in messages(app)] == ["render-1", "render-1"]
+    assert first == second
+    assert [m["jobId"] for m in messages(app)] == ["render-1"], "the second plan found it executed: nothing"
+    other = payload("budget-scenario.json")
+    other["data"]["SpendingAmount"] = "99999"
+    assert opened(post(other)) != first, "another notification (other bytes) is another incident"
+
+
+def test_the_same_alert_delivered_twice_opens_one_incident(
+    app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "etl")
+    fired = payload("common-schema-sample.json")
+    fired["data"]["essentials"]["monitorCondition"] = "Fired"
+    first = opened(post(fired))
+    fired["data"]["customProperties"] = {"note": "the action group retried"}  # other bytes, same alertId
+
+    assert opened(post(fired)) == first
+    assert len(wiring.current().incident_store().list_incidents()) == 1
+    fired["data"]["essentials"]["firedDateTime"] = "2099-01-01T00:00:00Z"  # fired again later: a new incident
+    assert opened(post(fired)) != first
 
 
 @pytest.mark.parametrize("name", [*BUDGETS, "batch-account-metric-alert.json"])
@@ -158,7 +244,8 @@ def test_without_a_selector_an_alert_naming_no_job_is_400_no_job_id(
     assert error["code"] == "NoJobId"
     assert "ALERT_SELECT_" in error["message"]
     assert messages(app) == []
-    assert not any(r.path == "/jobs" for r in batch.requests), "nothing is listed without a selector"
+    assert run_commands(app) == 0, "nothing is stored"
+    assert batch.requests == []
 
 
 def test_microsofts_resolved_sample_answers_200_with_nothing_enqueued(
@@ -172,6 +259,7 @@ def test_microsofts_resolved_sample_answers_200_with_nothing_enqueued(
     assert response.status_code == 200
     assert answer(response) == {"enqueued": []}
     assert messages(app) == []
+    assert run_commands(app) == 0
 
 
 def test_a_fired_common_schema_alert_naming_no_job_selects_with_the_rule_as_reason(
@@ -182,11 +270,12 @@ def test_a_fired_common_schema_alert_naming_no_job_selects_with_the_rule_as_reas
     fired = payload("common-schema-sample.json")
     fired["data"]["essentials"]["monitorCondition"] = "Fired"
 
-    response = post(fired)
+    incident_id = opened(post(fired))
 
-    assert response.status_code == 202
-    assert answer(response) == {"enqueued": ["etl-1"]}
-    assert messages(app) == [{"jobId": "etl-1", "reason": "Alert 'WCUS-R2-Gen2' fired (Sev3)"}]
+    stored = incident(incident_id)
+    assert (stored.source.value, stored.rule) == ("alert", "WCUS-R2-Gen2")
+    run_commands(app)
+    assert messages(app) == [{"jobId": "etl-1", "reason": "Alert 'WCUS-R2-Gen2' fired (Sev3)", "incident": incident_id}]
 
 
 def test_metadata_selector_needs_the_pair(app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,10 +286,9 @@ def test_metadata_selector_needs_the_pair(app: Queues, batch: BatchEmulator, mon
     batch.add_job("a-5")
     monkeypatch.setenv("ALERT_SELECT_METADATA", "team=render")
 
-    response = post(payload("batch-account-metric-alert.json"))
+    incident_id = opened(post(payload("batch-account-metric-alert.json")))
 
-    assert response.status_code == 202
-    assert answer(response) == {"enqueued": ["a-1", "a-2"]}
+    assert selected(app, incident_id) == ["a-1", "a-2"]
 
 
 def test_all_selectors_must_hold(app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -210,7 +298,7 @@ def test_all_selectors_must_hold(app: Queues, batch: BatchEmulator, monkeypatch:
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
     monkeypatch.setenv("ALERT_SELECT_METADATA", "team=render")
 
-    assert answer(post(payload("budget-scenario.json"))) == {"enqueued": ["render-1"]}
+    assert selected(app, opened(post(payload("budget-scenario.json")))) == ["render-1"]
 
 
 def test_more_selected_jobs_than_the_limit_enqueue_nothing_and_log_the_count(
@@ -222,15 +310,18 @@ def test_more_selected_jobs_than_the_limit_enqueue_nothing_and_log_the_count(
     monkeypatch.setenv("ALERT_MAX_JOBS", "4")
     caplog.set_level(logging.INFO, logger="batch_terminator")
 
-    response = post(payload("budget-scenario.json"))
+    incident_id = opened(post(payload("budget-scenario.json")))
+    run_commands(app)
 
-    assert response.status_code == 409
-    error = answer(response)["error"]
-    assert error["code"] == "TooManyJobs"
-    assert {"key": "count", "value": "5"} in error["values"]
+    refused = incident(incident_id).to_document()
+    assert refused["state"] == "refused"
+    assert refused["error"]["code"] == "TooManyJobs"
+    assert {"key": "count", "value": "5"} in refused["error"]["values"]
+    assert {"key": "limit", "value": "4"} in refused["error"]["values"]
     assert messages(app) == []
-    [line] = [r for r in caplog.records if r.levelno == logging.ERROR and "TooManyJobs" not in r.getMessage()]
-    assert "5 jobs selected" in line.getMessage()
+    [line] = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert getattr(line, "code", None) == "TooManyJobs"
+    assert "5 jobs" in line.getMessage()
     assert "ALERT_MAX_JOBS=4" in line.getMessage()
 
 
@@ -239,9 +330,13 @@ def test_the_default_limit_is_100(app: Queues, batch: BatchEmulator, monkeypatch
         batch.add_job(f"render-{n}")
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
 
-    assert post(payload("budget-scenario.json")).status_code == 409
+    too_many = opened(post(payload("budget-scenario.json")))
+    run_commands(app)
+    assert incident(too_many).state.value == "refused"
     batch.set_state("render-100", JobState.COMPLETED)
-    assert len(answer(post(payload("budget-scenario.json")))["enqueued"]) == 100
+    again = payload("budget-scenario.json")
+    again["data"]["SpendingAmount"] = "120"
+    assert len(selected(app, opened(post(again)))) == 100
 
 
 def test_protected_jobs_are_not_counted_against_the_limit(
@@ -253,7 +348,7 @@ def test_protected_jobs_are_not_counted_against_the_limit(
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
     monkeypatch.setenv("ALERT_MAX_JOBS", "2")
 
-    assert answer(post(payload("budget-scenario.json"))) == {"enqueued": ["render-1", "render-2"]}
+    assert selected(app, opened(post(payload("budget-scenario.json")))) == ["render-1", "render-2"]
 
 
 def test_named_jobs_over_the_limit_are_refused_too(app: Queues, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -279,6 +374,7 @@ def test_a_budget_outside_the_allowed_rules_is_403(
 
     assert response.status_code == 403
     assert answer(response)["error"]["code"] == "RuleNotAllowed"
+    assert run_commands(app) == 0
     monkeypatch.setenv("ALERT_RULES_ALLOWED", "other-budget,budgetname")
     assert post(payload("budget-scenario.json")).status_code == 202
 
@@ -318,7 +414,7 @@ class BusyListing(BatchEmulator):
         return super().handle(request)
 
 
-def test_a_listing_that_batch_keeps_refusing_is_503_with_retry_after(
+def test_an_alert_is_answered_while_batch_is_busy_and_the_plan_waits_for_it(
     app: Queues, identity: IdentityEndpoint, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
@@ -326,25 +422,38 @@ def test_a_listing_that_batch_keeps_refusing_is_503_with_retry_after(
         monkeypatch.setenv("BATCH_ACCOUNT_URL", busy.url)
         wiring.install(wiring.Wiring(sleep=lambda _: None))
 
-        response = post(payload("budget-scenario.json"))
+        incident_id = opened(post(payload("budget-scenario.json")))
+        assert busy.requests == []
+        with pytest.raises(RetryLater):
+            run_commands(app)
+
+    assert incident(incident_id).state.value == "accepted"
+    assert messages(app) == []
+
+
+def test_an_incident_that_cannot_be_stored_is_503_with_retry_after(
+    app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
+    monkeypatch.setenv("INCIDENT_QUEUE_NAME", "no-such-queue")
+    wiring.reset()
+
+    response = post(payload("budget-scenario.json"))
 
     assert response.status_code == 503
     assert response.headers["Retry-After"] == "30"
-    error = answer(response)["error"]
-    assert error["code"] == "BatchUnavailable"
-    assert {"key": "code", "value": "ServerBusy"} in error["values"]
-    assert messages(app) == []
+    assert answer(response)["error"]["code"] == "EnqueueFailed"
+    assert batch.requests == []
 
 
 def test_the_wire_form_of_an_answer_is_exactly_the_contracts(
     app: Queues, batch: BatchEmulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    batch.add_job("render-1")
-    monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
     monkeypatch.setenv("ALERT_MAX_JOBS", "1")
-    batch.add_job("render-2")
+    alert = payload("batch-account-metric-alert.json")
+    alert["data"]["customProperties"] = {"jobIds": "render-1,render-2"}
 
-    document = answer(post(copy.deepcopy(payload("budget-scenario.json"))))
+    document = answer(post(copy.deepcopy(alert)))
 
     assert set(document) == {"error"}
     assert set(document["error"]) == {"code", "message", "values"}
@@ -362,9 +471,7 @@ def test_pool_selector_reads_execution_info_else_pool_info(
     batch.add_job("no-pool")
     monkeypatch.setenv("ALERT_SELECT_POOL_ID", "gpu")
 
-    response = post(payload("budget-scenario.json"))
-
-    assert answer(response) == {"enqueued": ["on-gpu", "auto-gpu", "waiting-gpu"]}
+    assert selected(app, opened(post(payload("budget-scenario.json")))) == ["on-gpu", "auto-gpu", "waiting-gpu"]
     [listing] = [r for r in batch.requests if r.path == "/jobs"]
     assert listing.query["$filter"] == "state eq 'active'", "poolInfo/poolId cannot be filtered server-side"
     assert {"executionInfo", "poolInfo"} <= set(listing.query["$select"].split(","))
@@ -376,7 +483,7 @@ def test_the_prefix_is_filtered_by_batch_and_checked_again(
     add_jobs(batch)
     monkeypatch.setenv("ALERT_SELECT_JOB_ID_PREFIX", "render")
 
-    assert answer(post(payload("budget-scenario.json"))) == {"enqueued": ["render-1", "Render-2"]}
+    assert selected(app, opened(post(payload("budget-scenario.json")))) == ["render-1", "Render-2"]
 
     [listing] = [r for r in batch.requests if r.path == "/jobs"]
     assert listing.query["$filter"] == "state eq 'active' and startswith(id,'render')"
