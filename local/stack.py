@@ -104,8 +104,9 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def start_azurite(port: int, location: Path | None) -> Azurite:
-    """Start Azurite (in its own session, so Ctrl-C reaches only us and the host can drain before it stops)."""
-    return Azurite(port, location=location).start()
+    """Start Azurite's queue and table services (in their own session, so Ctrl-C reaches only us and the host can
+    drain before they stop); the table service on the next port (10002 beside 10001, as the SDKs expect)."""
+    return Azurite(port, location=location, table_port=port + 1 if port else 0).start()
 
 
 def create_queues(settings: Settings, names: Sequence[str]) -> None:
@@ -262,6 +263,8 @@ def start_storage(
     port = 0 if args.smoke else args.azurite_port
     in_memory = args.smoke or args.in_memory
     azurite: Azurite | None = None
+    # The incident table (docs/CONTRACT.md §10): Azurite's table service, beside the queue service's port.
+    table_port = port + 1 if port else None
     if port and answers_as_azurite(port):
         where = f"Azurite already running at http://127.0.0.1:{port}/{ACCOUNT_NAME} (reused)"
     elif port and port_in_use(port):
@@ -270,9 +273,10 @@ def start_storage(
         azurite = start_azurite(port, None if in_memory else AZURITE_DIR)
         stack.callback(azurite.stop)
         port = azurite.port
+        table_port = azurite.table_port
         kept = "in memory" if in_memory else f"data kept in {AZURITE_DIR.relative_to(PROJECT_ROOT)}/"
-        where = f"Azurite at http://127.0.0.1:{port}/{ACCOUNT_NAME} ({kept})"
-    env["AzureWebJobsStorage"] = connection_string(port)
+        where = f"Azurite at http://127.0.0.1:{port}/{ACCOUNT_NAME}, tables on port {table_port} ({kept})"
+    env["AzureWebJobsStorage"] = connection_string(port, table_port=table_port)
     return azurite, where
 
 
