@@ -27,7 +27,15 @@ PROJECT_PREFIXES = (
     "AzureFunctionsJobHost__",
 )
 # Names with those prefixes that are not app settings: azd environment values and Bicep parameters of infra/.
-NOT_APP_SETTINGS = frozenset({"ALERT_EMAIL", "BATCH_ACCOUNT_NAME", "BATCH_ACCOUNT_RESOURCE_GROUP"})
+NOT_APP_SETTINGS = frozenset(
+    {
+        "ALERT_EMAIL",
+        "BATCH_ACCOUNT_NAME",
+        "BATCH_ACCOUNT_RESOURCE_GROUP",
+        "KILL_SWITCH_RECEIVER",
+        "KILL_SWITCH_ACTION_GROUP_ID",
+    }
+)
 # What a deployment or Core Tools sets beside the app's own settings.
 PLATFORM = frozenset(
     {
