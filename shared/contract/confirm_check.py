@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from shared.contract.codec import load_object
 from shared.contract.errors import BatchErrorDetail, InvalidMessage
-from shared.contract.terminate_request import DEFAULT_ACCOUNT, account_problem, job_id_problem
+from shared.contract.terminate_request import DEFAULT_ACCOUNT, account_problem, incident_id_problem, job_id_problem
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class ConfirmCheck:
     reason: str | None = None
     message_id: str | None = None  # the original trigger message's id
     check: int = 1
+    incident: str | None = None  # (project) the incident the terminate message came from, for the records
 
     def to_json(self) -> str:
         """The confirm message's text."""
@@ -31,11 +32,13 @@ class ConfirmCheck:
             "messageId": self.message_id,
             "check": self.check,
         }
+        if self.incident:
+            document["incident"] = self.incident
         return json.dumps(document, ensure_ascii=False, separators=(",", ":"))
 
     def following(self) -> ConfirmCheck:
         """The next check of the same job."""
-        return ConfirmCheck(self.job_id, self.account, self.reason, self.message_id, self.check + 1)
+        return replace(self, check=self.check + 1)
 
     @classmethod
     def parse(cls, body: bytes | str, *, accounts: Collection[str] | None = None) -> ConfirmCheck:
@@ -47,6 +50,7 @@ class ConfirmCheck:
         reason = document.get("reason")
         message_id = document.get("messageId")
         check = document.get("check")
+        incident = document.get("incident")
         problem = job_id_problem(job_id)
         if problem:
             problems.append(BatchErrorDetail("jobId", problem))
@@ -59,6 +63,9 @@ class ConfirmCheck:
             problems.append(BatchErrorDetail("messageId", "must be a string"))
         if not isinstance(check, int) or isinstance(check, bool) or check < 1:
             problems.append(BatchErrorDetail("check", "must be a whole number from 1"))
+        problem = incident_id_problem(incident) if incident is not None else None
+        if problem:
+            problems.append(BatchErrorDetail("incident", problem))
         if problems:
             raise InvalidMessage(
                 problems,
@@ -74,4 +81,5 @@ class ConfirmCheck:
             reason=reason or None,
             message_id=message_id,
             check=check,
+            incident=incident if isinstance(incident, str) else None,
         )

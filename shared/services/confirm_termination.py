@@ -177,6 +177,7 @@ class Confirmer:
             job_id=check.job_id,
             reason=check.reason,
             account=check.account,
+            incident=check.incident,
         )
 
     def _poisoned(self, record: PoisonRecord, attempt: int, started: float) -> Result:
@@ -192,6 +193,7 @@ class Confirmer:
             attempt=attempt,
             duration=self._clock() - started,
             message_id=record.message_id,
+            incident=record.incident,
         )
 
     def _confirmed(
@@ -216,4 +218,5 @@ class Confirmer:
             duration=self._clock() - started,
             message_id=check.message_id,
             terminating_seconds=terminating,
+            incident=check.incident,
         )

@@ -61,9 +61,7 @@ class Terminator:
             error = BatchError(
                 "InvalidMessage", "The message does not follow the terminate message schema.", exc.problems
             )
-            return self._poisoned(
-                delivery, attempt, error, exc.job_id, exc.reason, exc.account, started, exc.incident
-            )
+            return self._poisoned(delivery, attempt, error, exc.job_id, exc.reason, exc.account, started, exc.incident)
 
         client_request_id = request.client_request_id(delivery.message_id)
         try:
@@ -89,7 +87,11 @@ class Terminator:
 
         if self._confirm is not None and _needs_check(answer):
             # Before returning: if this write fails the message comes again and is checked then (docs/CONTRACT.md §5b).
-            self._confirm.schedule(ConfirmCheck(request.job_id, request.account, request.reason, delivery.message_id))
+            self._confirm.schedule(
+                ConfirmCheck(
+                    request.job_id, request.account, request.reason, delivery.message_id, incident=request.incident
+                )
+            )
         return replace(
             answer,
             account=request.account,

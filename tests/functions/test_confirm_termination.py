@@ -541,3 +541,30 @@ def test_a_rejected_token_on_the_check_read_is_refreshed_once_as_for_terminate(
     assert len(identity.requests) == 2
     assert queues.poison_records() == []
     assert any("outcome=confirmed" in r.getMessage() for r in captured_logs.records)
+
+
+# ---- an incident's job (docs/CONTRACT.md §3, §10): its checks and their records name the incident
+
+
+@pytest.mark.usefixtures("no_sleep")
+def test_an_incidents_job_is_checked_and_recorded_with_the_incident(
+    monkeypatch: pytest.MonkeyPatch,
+    batch: BatchEmulator,
+    make_message: MessageFactory,
+    queues: Queues,
+    confirm_queue: QueueClient,
+) -> None:
+    monkeypatch.setenv("CONFIRM_MAX_CHECKS", "1")
+    batch.add_job("job-1")
+    batch.terminate_delay = 3600  # held in terminating past the one check
+    terminate_job.main(make_message({"jobId": "job-1", "incident": "inc-42"}, message_id="orig-1"))
+    [check] = visible_checks(confirm_queue, 1)
+    assert check["incident"] == "inc-42"
+    confirm_termination.main(make_message(json.dumps(check), message_id="c-1"))
+    [record] = queues.poison_records()
+    assert (record["error"]["code"], record["incident"]) == ("TerminationStuck", "inc-42")
+
+
+def test_a_check_without_an_incident_has_no_incident_field() -> None:
+    assert "incident" not in json.loads(ConfirmCheck("job-1").to_json())
+    assert ConfirmCheck.parse(ConfirmCheck("job-1", incident="inc-1").to_json()).incident == "inc-1"
