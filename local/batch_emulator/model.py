@@ -471,6 +471,12 @@ class Account:
             schedule.completes_at = None
             return snapshot_schedule(schedule)
 
+    def remove_schedule(self, schedule_id: str) -> None:
+        """Forget a job schedule (its jobs stay), as Batch does once a Job Schedule - Delete has finished; KeyError
+        when there is none."""
+        with self._lock:
+            del self._schedules[schedule_id.lower()]
+
     def schedule_page(
         self, after: str | None, limit: int, keep: Callable[[Schedule], bool]
     ) -> tuple[list[Schedule], str | None] | None:
@@ -584,6 +590,12 @@ class Account:
             for pool in self._pools.values():
                 self._settle_pool(pool)
             return [snapshot_pool(pool) for pool in self._pools.values()]
+
+    def remove_pool(self, pool_id: str) -> None:
+        """Forget a pool and its nodes (jobs that ran on it keep its id), as Batch does once a Pool - Delete has
+        finished; KeyError when there is none."""
+        with self._lock:
+            del self._pools[pool_id.lower()]
 
     def set_node_states(self, pool_id: str, states: Mapping[str, NodeState] | Sequence[NodeState]) -> list[Node]:
         """Set node states: by node id (a mapping), or for the pool's first nodes in order (a sequence)."""

@@ -257,6 +257,11 @@ class BatchEmulator(LoopbackService):
         """Move a job schedule to `state` as the service would (new ETag, transition times)."""
         return self.account.set_schedule_state(schedule_id, state)
 
+    def remove_schedule(self, schedule_id: str) -> None:
+        """Forget a job schedule, as Batch does once a Job Schedule - Delete has finished (requests for it then
+        answer 404 JobScheduleNotFound; the jobs it created stay). KeyError when there is none."""
+        self.account.remove_schedule(schedule_id)
+
     # ---- pools and nodes
 
     def add_pool(self, pool_id: str, **options: Unpack[PoolOptions]) -> Pool:
@@ -270,6 +275,11 @@ class BatchEmulator(LoopbackService):
     def pools(self) -> list[Pool]:
         """Snapshots of all pools in creation order."""
         return self.account.pools()
+
+    def remove_pool(self, pool_id: str) -> None:
+        """Forget a pool and its nodes, as Batch does once a Pool - Delete has finished (requests for it then answer
+        404 PoolNotFound). KeyError when there is none."""
+        self.account.remove_pool(pool_id)
 
     def nodes(self, pool_id: str) -> list[Node]:
         """The pool's compute nodes (KeyError when there is no such pool)."""

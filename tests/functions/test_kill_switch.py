@@ -395,8 +395,8 @@ def test_undo_records_what_is_gone_and_waits_out_the_30_second_refusal(switch: S
     batch.add_schedule("render-nightly", pool_id="gone", recurrence_seconds=86400, first_job=False)
     incident = switch.open(prefix="render")
     switch.run()
-    batch.account._schedules.pop("render-nightly")
-    batch.account._pools.pop("gone")
+    batch.remove_schedule("render-nightly")
+    batch.remove_pool("gone")
     refusal = Fault.status(409, "AutoScaleTooManyRequestsToEnable")
     batch.inject(refusal, times=1, operation="pool.enableautoscale")
 

@@ -204,6 +204,25 @@ def test_unknown_schedules_are_job_schedule_not_found(emulator: BatchEmulator, h
         error(post(http, emulator, f"/jobschedules/nope/{verb}"), 404, "JobScheduleNotFound")
 
 
+def test_a_removed_schedule_is_job_schedule_not_found_and_its_jobs_stay(
+    emulator: BatchEmulator, http: requests.Session
+) -> None:
+    emulator.add_schedule("nightly", recurrence_seconds=60)
+    emulator.add_schedule("weekly", first_job=False)
+    assert get(http, emulator, "/jobschedules/nightly").status_code == 200
+
+    emulator.remove_schedule("NIGHTLY")  # ids are case-insensitive, as in Batch
+
+    error(get(http, emulator, "/jobschedules/nightly"), 404, "JobScheduleNotFound")
+    for verb in ("disable", "enable", "terminate"):
+        error(post(http, emulator, f"/jobschedules/nightly/{verb}"), 404, "JobScheduleNotFound")
+    assert [item["id"] for item in every(http, emulator, "/jobschedules", **{"$select": "id"})] == ["weekly"]
+    assert get(http, emulator, "/jobs/nightly:job-1").json()["state"] == "active"
+    assert emulator.schedule("nightly") is None
+    with pytest.raises(KeyError):
+        emulator.remove_schedule("nightly")
+
+
 def test_list_schedules_filters_selects_and_pages(emulator: BatchEmulator, http: requests.Session) -> None:
     for name in ("render-a", "render-b", "render-c", "other"):
         emulator.add_schedule(name, first_job=False)
@@ -343,6 +362,27 @@ def test_get_pool_has_batchs_fields(emulator: BatchEmulator, http: requests.Sess
     error(get(http, emulator, "/pools/nope"), 404, "PoolNotFound")
     for verb in ("resize", "stopresize", "disableautoscale", "enableautoscale"):
         error(post(http, emulator, f"/pools/nope/{verb}", {}), 404, "PoolNotFound")
+
+
+def test_a_removed_pool_is_pool_not_found_and_its_jobs_keep_its_id(
+    emulator: BatchEmulator, http: requests.Session
+) -> None:
+    emulator.add_pool("gone", dedicated=2)
+    emulator.add_pool("elastic", auto_scale_formula="$TargetDedicatedNodes=1;", auto_scale_evaluation_seconds=300)
+    emulator.add_job("render-1", pool_id="gone")
+    assert get(http, emulator, "/pools/gone").status_code == 200
+
+    emulator.remove_pool("Gone")
+
+    error(get(http, emulator, "/pools/gone"), 404, "PoolNotFound")
+    error(get(http, emulator, "/pools/gone/nodes"), 404, "PoolNotFound")
+    for verb in ("resize", "stopresize", "disableautoscale", "enableautoscale"):
+        error(post(http, emulator, f"/pools/gone/{verb}", {}), 404, "PoolNotFound")
+    assert get(http, emulator, "/pools/elastic").status_code == 200
+    assert get(http, emulator, "/jobs/render-1").json()["executionInfo"]["poolId"] == "gone"
+    assert emulator.pool("gone") is None
+    with pytest.raises(KeyError):
+        emulator.remove_pool("gone")
 
 
 def test_resize_moves_the_nodes_to_the_targets_after_the_delay(
