@@ -24,7 +24,9 @@ ORDER = (
     "peer_sdk_vs_ours",
     "azurite_ceiling",
     "end_to_end_c",
+    "incident_accept",
     "kill_switch_1000",
+    "kill_switch_plan",
     "sweep_1000",
     "enqueue_file_1000",
     "token_fetches",
@@ -49,17 +51,23 @@ class Plan:
     incident_jobs: int
     enqueue_rounds: int
     null_from: int
+    accept_requests: int
+    plan_jobs: int
+    plan_schedules: int
+    plan_pools: int
+    plan_rounds: int
 
     @classmethod
     def full(cls, messages: int) -> Plan:
         """The real measurement: `messages` per contender for figures 1 and 2, 10,000 for tokens and RSS."""
         rounds = 10
-        return cls("full", max(messages // rounds, 1), rounds, 100, 10_000, 9, 4.0, 600, 100, 1000, 5, 1)
+        per_round = max(messages // rounds, 1)
+        return cls("full", per_round, rounds, 100, 10_000, 9, 4.0, 600, 100, 1000, 5, 1, 50, 10_000, 200, 20, 5)
 
     @classmethod
     def smoke(cls) -> Plan:
         """Tiny counts, no sleep-only host runs: proves every figure still runs; the values mean little."""
-        return cls("smoke", 20, 4, 10, 300, 3, 0.25, 48, 16, 40, 1, 1_000)
+        return cls("smoke", 20, 4, 10, 300, 3, 0.25, 48, 16, 40, 1, 1_000, 6, 600, 20, 4, 1)
 
 
 def progress(text: str) -> None:
@@ -112,8 +120,19 @@ def run(plan: Plan, output: Path) -> list[Figure]:
         )
         figures += end_to_end.figures(sweep)
         jobs = plan.incident_jobs
+        progress(f"incident accept: {plan.accept_requests} budget notifications against a bare insert + send")
+        figures.append(kill_switch.incident_accept(services, log, plan.accept_requests))
         progress(f"kill switch: one budget notification selecting {jobs} active jobs, and its bare ceiling")
         figures.append(kill_switch.kill_switch(services, log, jobs))
+        progress(
+            f"kill switch plan over {plan.plan_jobs} jobs, {plan.plan_schedules} schedules, {plan.plan_pools} pools"
+            f" at 20 ms against its list calls bare, {plan.plan_rounds} round(s)"
+        )
+        figures.append(
+            kill_switch.plan_scale(
+                services, log, plan.plan_jobs, plan.plan_schedules, plan.plan_pools, plan.plan_rounds
+            )
+        )
         progress(f"sweep over {jobs} idle jobs at 50 ms, concurrent and serial")
         figures.append(sweep_scale.sweep_scale(services, jobs))
     progress(f"enqueue --file of {plan.incident_jobs} ids against a bare send loop, {plan.enqueue_rounds} round(s)")

@@ -10,7 +10,9 @@ from bench.harness import Figure
 
 # Each incident figure as (measured, reference) bars: the extra keys its Figure carries, and what they are.
 INCIDENTS = {
+    "incident_accept": ("accept_seconds", "bare_seconds", "s: POST→202 (incident) vs bare table insert + send"),
     "kill_switch_1000": ("rate", "ceiling_rate", "jobs/s: kill switch vs bare send-then-receive"),
+    "kill_switch_plan_10000": ("plan_seconds", "bare_seconds", "s: plan (10,000 jobs) vs its list calls bare"),
     "enqueue_file_1000": ("rate", "bare_rate", "msg/s: enqueue --file vs bare send loop"),
     "sweep_1000": ("seconds", "serial_seconds", "s: sweep run vs serial reads"),
 }

@@ -4,11 +4,38 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
+
+@dataclass(frozen=True)
+class Recorded:
+    """One request the emulator received, as the bench reads it back: operation is e.g. job.list, pool.get."""
+
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    operation: str
+    resource_id: str | None
+
+
 # The child is told what to do with (command, argument) pairs; it answers each with one value.
-_COMMANDS = ("fetches", "latency", "terminations", "last_request", "reset", "add_jobs", "ledger", "lists", "stop")
+_COMMANDS = (
+    "fetches",
+    "latency",
+    "terminations",
+    "last_request",
+    "reset",
+    "add_jobs",
+    "ledger",
+    "lists",
+    "fleet",
+    "request_count",
+    "requests_since",
+    "stop",
+)
 
 
 def _serve(conn: multiprocessing.connection.Connection) -> None:
@@ -46,6 +73,31 @@ def _serve(conn: multiprocessing.connection.Connection) -> None:
                 conn.send((len(entries), max((entry.at for entry in entries), default=None)))
             elif command == "lists":
                 conn.send(sum(1 for recorded in batch.requests if recorded.path.rstrip("/") == "/jobs"))
+            elif command == "fleet":
+                # Through the emulator's public API: ("pool", id, options), ("jobs", (count, prefix), options),
+                # ("schedule", id, options); the created job ids are not sent back (thousands of them).
+                made = 0
+                for kind, key, options in argument:
+                    if kind == "pool":
+                        batch.add_pool(key, **options)
+                    elif kind == "jobs":
+                        count, prefix = key
+                        batch.add_jobs(count, prefix, **options)
+                    elif kind == "schedule":
+                        batch.add_schedule(key, **options)
+                    else:
+                        raise ValueError(f"unknown fleet entry {kind!r}")
+                    made += 1
+                conn.send(made)
+            elif command == "request_count":
+                conn.send(len(batch.requests))
+            elif command == "requests_since":
+                conn.send(
+                    [
+                        Recorded(r.method, r.path, dict(r.query), dict(r.headers), r.operation, r.resource_id)
+                        for r in batch.requests[int(argument) :]
+                    ]
+                )
             elif command == "reset":
                 # Forget jobs and the request log so the child's memory stays flat over long runs.
                 batch.reset()
@@ -119,6 +171,19 @@ class Services:
     def list_requests(self) -> int:
         """Job - List requests (pages) since the last reset."""
         return int(self._call("lists"))
+
+    def fleet(self, entries: list[tuple[str, Any, dict[str, Any]]]) -> int:
+        """Create pools, jobs and job schedules through the emulator's API: ("pool", id, PoolOptions),
+        ("jobs", (count, prefix), JobOptions), ("schedule", id, ScheduleOptions); the number of entries made."""
+        return int(self._call("fleet", entries))
+
+    def request_count(self) -> int:
+        """Requests the emulator received since the last reset (any operation)."""
+        return int(self._call("request_count"))
+
+    def requests_since(self, index: int) -> list[Recorded]:
+        """The requests received from the `index`-th on (0: since the last reset), oldest first."""
+        return list(self._call("requests_since", index))
 
     def reset(self) -> None:
         """Forget the emulator's jobs and request log."""

@@ -45,10 +45,11 @@ def _serve(conn: multiprocessing.connection.Connection, env: dict[str, str | Non
                 answer = _http(payload)
             else:
                 message_id, body, dequeue_count = cast(tuple[str, bytes, int], payload)
-                queue_handler(QueueMessage(id=message_id, body=body, dequeue_count=dequeue_count, pop_receipt="bench"))
+                handler = queue_handler if kind == "queue" else _kill_switch_handler()
+                handler(QueueMessage(id=message_id, body=body, dequeue_count=dequeue_count, pop_receipt="bench"))
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-        if kind != "http":
+        if kind == "queue":
             spans.append((started, time.perf_counter()))
         with send_lock:
             conn.send((call_id, error, answer))
@@ -84,6 +85,13 @@ def _queue_handler(mode: str) -> Callable[[func.QueueMessage], None]:
     import terminate_job
 
     return terminate_job.main
+
+
+def _kill_switch_handler() -> Callable[[func.QueueMessage], None]:
+    """kill_switch.main: the incident queue's function, in the same worker (one pool for every function)."""
+    import kill_switch
+
+    return kill_switch.main
 
 
 def _http(payload: tuple[object, ...]) -> tuple[int, bytes]:
@@ -159,6 +167,10 @@ class RemoteWorker:
     def __call__(self, message: func.QueueMessage) -> None:
         """Invoke the queue function in the worker; raise (so the host retries) when it raised."""
         self._invoke("queue", (message.id or str(uuid.uuid4()), message.get_body(), message.dequeue_count or 1))
+
+    def kill_switch(self, message: func.QueueMessage) -> None:
+        """Invoke kill_switch (the incident queue's function) in the worker; raise when it raised."""
+        self._invoke("kill_switch", (message.id or str(uuid.uuid4()), message.get_body(), message.dequeue_count or 1))
 
     def post(self, url: str, body: bytes) -> tuple[int, bytes]:
         """Invoke alert_terminate in the worker with one POST, as the host forwards an HTTP request: (status, body)."""
