@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from ops.errors import CliError
 from ops.exit_codes import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 from ops.parser import build_parser
-from ops.target import resolve_target
+from ops.target import resolve_incident_target, resolve_target
 from shared.contract.errors import ConfigurationError
 
 
@@ -25,6 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{parser.prog} enqueue: error: give JOB_ID or --file (exactly one)", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if getattr(args, "settings", None) == "incidents":
+            return int(args.handler(args, resolve_incident_target(args.connection_string)))
         target = resolve_target(args.connection_string, args.queue, args.poison_queue)
         return int(args.handler(args, target))
     except ConfigurationError as exc:
