@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
-INCIDENT_FIGURES = ("kill_switch_1000", "sweep_1000", "enqueue_file_1000")
+INCIDENT_FIGURES = (
+    "incident_accept",
+    "kill_switch_1000",
+    "kill_switch_plan_10000",
+    "sweep_1000",
+    "enqueue_file_1000",
+)
 FIGURES = (
     "per_message_vs_floor",
     "peer_sdk_vs_ours",
@@ -78,6 +84,27 @@ def test_smoke_bench_measures_each_incident_figure(smoke: SmokeRun, name: str) -
 
     assert figure["value"] is not None, figure
     assert figure["met"] is not None, figure
+
+
+@pytest.mark.timeout(420)
+def test_smoke_bench_incident_accept_made_no_batch_call(smoke: SmokeRun) -> None:
+    """docs/CONTRACT.md §9: opening an incident calls no Batch API; the figure counts the emulator's requests."""
+    assert smoke.result.returncode == 0, smoke.result.stderr
+    figure = smoke.figures()["incident_accept"]
+
+    assert figure["extra"]["batch_requests"] == 0, figure
+    assert figure["extra"]["incidents"] == figure["extra"]["requests"], figure
+    assert "Batch requests during the POSTs: 0" in figure["detail"]
+
+
+@pytest.mark.timeout(420)
+def test_smoke_bench_plan_makes_the_bare_loops_calls(smoke: SmokeRun) -> None:
+    """docs/CONTRACT.md §10: the plan lists each thing once and reads each pool once, as the bare loop does."""
+    assert smoke.result.returncode == 0, smoke.result.stderr
+    figure = smoke.figures()["kill_switch_plan_10000"]
+
+    assert figure["extra"]["requests"] == figure["extra"]["bare_requests"], figure
+    assert set(figure["extra"]["requests"]) == {"job.list", "jobschedule.list", "pool.get"}, figure
 
 
 @pytest.mark.timeout(420)
