@@ -484,7 +484,6 @@ def test_poison_queue_name_as_the_real_host_derives_it(queue_name: str, poison: 
     assert host_poison_queue_name(queue_name) == poison
 
 
-
 def test_a_receive_error_other_than_404_409_5xx_faults_the_listener(
     queues: Queues, caplog: pytest.LogCaptureFixture
 ) -> None:
