@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from local.batch_emulator import BatchEmulator
 from ops.__main__ import main
 from ops.target import IncidentTarget, resolve_incident_target
 from shared import wiring
-from shared.config.settings import StorageSettings
+from shared.config.settings import PROJECT_ROOT, StorageSettings
 from shared.contract.errors import BatchError, BatchErrorDetail
 from shared.contract.incident import (
     ActionResult,
@@ -636,3 +638,25 @@ def test_kill_then_kill_switch_runs_the_plan_and_show_says_executed(
     terminate = QueueClient.from_connection_string(queues.connection_string, queues.trigger)
     messages = [json.loads(m.content) for m in terminate.peek_messages(max_messages=32)]
     assert {(m["reason"], m["incident"]) for m in messages} == {("runaway render", incident_id)}
+
+
+def test_as_a_process_kill_prints_the_id_alone_and_a_refusal_exits_2(table: Table, tmp_path: Path) -> None:
+    """Through entry() as `python -m ops` from another folder: what a script reading stdout and $? gets."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+
+    def cli(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "ops", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+        )
+
+    killed = cli("kill", "--reason", "runaway spend", "--prefix", "render")
+    assert (killed.returncode, killed.stderr) == (0, "")
+    incident_id = killed.stdout.strip()
+    assert killed.stdout == f"{incident_id}\n"
+    assert table.commands() == [{"incident": incident_id, "command": "plan"}]
+    listed = cli("incidents", "list", "--json")
+    assert [item["id"] for item in json.loads(listed.stdout)] == [incident_id]
+    refused = cli("incidents", "undo", incident_id)
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert refused.stderr.count("\n") == 1
+    assert len(table.commands()) == 1
