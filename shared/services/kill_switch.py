@@ -371,8 +371,10 @@ class KillSwitch:
                     if exc.transient:
                         raise
                     result = ActionResult(exc.error.http_status, exc.error.code)
-                    # Disabled already: by an earlier delivery of this command that did not live to record it.
-                    disabled = resumed and exc.error.code == SCHEDULE_DISABLED
+                    # Disabled already: by an earlier delivery of this command that did not live to record it, or
+                    # by this call's own earlier attempt whose answer was lost (a timeout or dropped connection;
+                    # the retry then gets 409). The schedule was active when planned, so it is this incident's.
+                    disabled = exc.error.code == SCHEDULE_DISABLED and (resumed or exc.attempts > 1)
                 incident = self._schedule_result(incident, entry.job_schedule_id, result, disabled=disabled)
         # 2. one terminate message per job, with the incident's reason, account and id
         incident = self._enqueue(incident)
