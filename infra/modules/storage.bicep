@@ -234,12 +234,23 @@ resource appTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }
 
-// --- Optional: the operator who deploys can send messages and read the poison queue ----------------------
+// --- Optional: the operator who deploys can send messages, read the poison queue and the incidents ---------
 resource operatorQueueDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
   name: guid(storage.id, operatorPrincipalId, storageQueueDataContributorRoleId)
   scope: storage
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageQueueDataContributorRoleId)
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+  }
+}
+
+// `batch-terminator incidents` and `kill` read and write the incident table.
+resource operatorTableDataContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(storage.id, operatorPrincipalId, storageTableDataContributorRoleId)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', storageTableDataContributorRoleId)
     principalId: operatorPrincipalId
     principalType: operatorPrincipalType
   }
