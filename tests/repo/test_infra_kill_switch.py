@@ -297,3 +297,15 @@ def test_incident_panels_count_by_state_over_time_and_list_the_latest() -> None:
         "incidents-latest.kql",
     ):
         assert _states_compared(_query_text(files[name])) <= INCIDENT_STATES, name
+
+
+def test_the_operator_may_read_and_write_incidents() -> None:
+    storage = _bicep("modules/storage.bicep")
+    operator_roles = re.findall(
+        r"resource \w+ 'Microsoft\.Authorization/roleAssignments@[^']+' = if \(!empty\(operatorPrincipalId\)\) \{"
+        r".*?roleDefinitions', (\w+)\)",
+        storage,
+        re.S,
+    )
+    assert "storageTableDataContributorRoleId" in operator_roles
+    assert "storageQueueDataContributorRoleId" in operator_roles
