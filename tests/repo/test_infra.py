@@ -761,26 +761,13 @@ def test_deploy_doc_points_to_the_spec_for_settings_instead_of_copying_them() ->
 PRODUCERS = ROOT / "docs" / "PRODUCERS.md"
 
 
-def _budget_walkthrough() -> str:
+def test_budget_walkthrough_uses_the_templates_function_receiver_not_a_pasted_key() -> None:
     text = PRODUCERS.read_text(encoding="utf-8")
-    start = text.index("## A budget kill switch")
-    (bicep,) = [
-        b for b in re.findall(r"```bicep\n(.*?)```", text[start:], re.S) if "Microsoft.Consumption/budgets" in b
-    ]
-    return _strip_comments(bicep)
-
-
-def test_budget_walkthrough_routes_the_budget_to_alert_terminate() -> None:
-    bicep = _budget_walkthrough()
-    ((group_symbol, group),) = _resources(bicep, "Microsoft.Insights/actionGroups@")
-    (webhook,) = re.findall(r"serviceUri:\s*'([^']+)'", group)
-    assert webhook == "https://${functionHost}/api/alert_terminate?code=${alertFunctionKey}"
-    assert re.search(r"@secure\(\)\n(?:@[^\n]*\n)*param alertFunctionKey string", bicep)
-    ((_, budget),) = _resources(bicep, "Microsoft.Consumption/budgets@")
-    notifications = _property_block(_property_block(budget, "properties"), "notifications")
-    groups = re.findall(r"contactGroups:\s*\[\s*([\w.]+)\s*\]", notifications)
-    assert groups == [f"{group_symbol}.id"], "exactly one notification should call the kill switch"
-    assert re.search(r"thresholdType:\s*'Actual'", notifications)
+    section = text[text.index("## A budget kill switch") :]
+    assert "?code=" not in section
+    assert "webhookReceivers" not in section
+    assert "KILL_SWITCH_RECEIVER" in section
+    assert "BUDGET_AMOUNT" in section
 
 
 def test_budget_walkthrough_names_the_selection_settings() -> None:
