@@ -23,6 +23,38 @@ STUCK_SHARE = 0.03
 RELEASING_SHARE = 0.05
 RELEASE_DELAYS = 1.5
 
+# The kill-switch phase (docs/CONTRACT.md §9, §10): its own queues, table and Batch accounts, the same Azurite.
+KS_QUEUE_NAME = "soak-ks-terminate"
+KS_POISON_QUEUE_NAME = f"{KS_QUEUE_NAME}-poison"
+KS_CONFIRM_QUEUE_NAME = "soak-ks-confirm"
+KS_INCIDENT_QUEUE_NAME = "soak-ks-incidents"
+KS_TABLE_NAME = "soakincidents"
+KS_OTHER_ACCOUNT = "eu"
+# ALERT_MAX_JOBS in the phase: a `refused` group selects more.
+KS_MAX_JOBS = 8
+# Fault rates per request of the kill switch's list, schedule and pool operations (5xx, drops before and after
+# Batch applied the request, answers slower than the client timeout after Batch applied it).
+KS_FAULT_RATES = {"server_busy": 0.07, "internal": 0.02, "drop": 0.03, "drop_applied": 0.03, "slow": 0.03}
+KS_FAULT_OPERATIONS = frozenset(
+    {
+        "job.list",
+        "jobschedule.list",
+        "jobschedule.get",
+        "jobschedule.disable",
+        "jobschedule.enable",
+        "pool.get",
+        "pool.resize",
+        "pool.stopresize",
+        "pool.disableautoscale",
+        "pool.enableautoscale",
+    }
+)
+# An answer held this long (after Batch applied the request) marks the request the soak kills the host during.
+KS_KILL_DELAY = 3.0
+# How often the soak sends `retry` to a failed incident, or `undo` again to one whose undo failed, before it
+# counts it as failed for good.
+KS_MAX_RESENDS = 3
+
 
 @dataclass(frozen=True)
 class SoakConfig:
@@ -47,6 +79,14 @@ class SoakConfig:
     confirm_max_checks: int = 3
     timeout: float | None = None
     keep: bool = False
+    # Incidents of the kill-switch phase (0: no phase); each has its own group of jobs, schedules and pools.
+    incidents: int = 16
+    ks_resize_seconds: float = 0.5
+
+    @property
+    def ks_deadline_seconds(self) -> float:
+        """How long the kill-switch phase may take before what is unfinished counts as lost."""
+        return 180.0 + self.incidents * 5.0
 
     @property
     def deadline_seconds(self) -> float:

@@ -10,7 +10,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from azure.core.exceptions import AzureError
 from azure.storage.queue import QueueClient
@@ -19,6 +19,9 @@ from local.batch_emulator import BatchEmulator, JobState
 from soak.config import (
     POISON_QUEUE_NAME,
 )
+
+if TYPE_CHECKING:
+    from soak.kill_switch_reconcile import IncidentReport
 
 HOST_MOVED = "(moved by host, no record)"
 STUCK_CODE = "TerminationStuck"
@@ -45,6 +48,7 @@ class AppRecord:
     outcome: str
     code: str | None = None
     terminating_ms: float | None = None
+    incident: str | None = None  # the incident a kill-switch message carried (docs/CONTRACT.md §3)
 
     @property
     def scheduled_a_check(self) -> bool:
@@ -81,6 +85,8 @@ class Report:
     enqueue_seconds: float = 0.0
     processing_seconds: float = 0.0
     wall_seconds: float = 0.0
+    # The kill-switch phase (soak/kill_switch.py), when it ran.
+    incidents: IncidentReport | None = None
 
     @property
     def accounted(self) -> int:
@@ -90,7 +96,8 @@ class Report:
     @property
     def ok(self) -> bool:
         """Nothing lost, nothing counted twice, no terminate applied twice."""
-        return not self.lost and not self.non_idempotent and self.accounted == self.sent
+        phase_ok = self.incidents is None or self.incidents.ok
+        return not self.lost and not self.non_idempotent and self.accounted == self.sent and phase_ok
 
     def table(self) -> str:
         """The soak's result table."""
@@ -114,6 +121,8 @@ class Report:
             ("  duplicate poison records", str(self.duplicate_poison_records)),
             ("wall time", f"{self.wall_seconds:.1f} s (processing {self.processing_seconds:.1f} s)"),
         ]
+        if self.incidents is not None:
+            rows += self.incidents.rows()
         width = max(len(name) for name, _ in rows) + 2
         lines = [f"{name.ljust(width)}{value}" for name, value in rows]
         return "\n".join(lines)
@@ -143,6 +152,8 @@ class Report:
         lines += [f"unexpected: {what} x{count}" for what, count in sorted(self.unexpected.items())]
         lines += [f"LOST: {item}" for item in self.lost[:20]]
         lines += [f"NON-IDEMPOTENT: {item}" for item in self.non_idempotent[:20]]
+        if self.incidents is not None:
+            lines += self.incidents.details()
         return "\n".join(lines)
 
 
@@ -184,7 +195,7 @@ def read_records(log_dir: Path) -> list[AppRecord]:
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
                 item = json.loads(line)
-                found.append(AppRecord(item["j"], item["m"], item["o"], item.get("c"), item.get("t")))
+                found.append(AppRecord(item["j"], item["m"], item["o"], item.get("c"), item.get("t"), item.get("i")))
             except (ValueError, KeyError, TypeError):
                 continue
     return found

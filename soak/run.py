@@ -201,6 +201,10 @@ def run(config: SoakConfig) -> Report:
         report.token_requests = len(identity.requests)
         report.token_failures = report.token_requests - identity.fetches
         report.deliveries = read_deliveries(workdir)
+        if config.incidents:
+            from soak.kill_switch import run_phase
+
+            report.incidents = run_phase(config, workdir, azurite, identity, say)
     finally:
         host.kill()
         batch.stop()

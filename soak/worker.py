@@ -1,4 +1,5 @@
-"""The soak's host process: terminate_job and confirm_termination on local queue hosts, in a SIGKILLable child."""
+"""The soak's host process: terminate_job and confirm_termination (and kill_switch in the kill-switch phase) on
+local queue hosts, in a SIGKILLable child."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from shared.config.settings import PROJECT_ROOT, Settings
 from soak.config import (
     SoakConfig,
 )
+
+DEFAULT_FUNCTIONS = ("terminate_job", "confirm_termination")
 
 
 class HostProcess:
@@ -96,6 +99,7 @@ class RecordLog(logging.Handler):
             "o": outcome,
             "c": getattr(record, "code", None),
             "t": getattr(record, telemetry.TERMINATING_ATTRIBUTE, None),
+            "i": getattr(record, "incident", None),
         }
         self.acquire()
         try:
@@ -110,7 +114,7 @@ class RecordLog(logging.Handler):
 
 
 def run_worker(config_path: Path, generation: int) -> int:
-    """Child process: install the functions with the soak's settings and pump both queues until SIGTERM."""
+    """Child process: install the functions with the soak's settings and pump their queues until SIGTERM."""
     document = json.loads(config_path.read_text(encoding="utf-8"))
     os.environ.update(document["env"])
     log_dir = config_path.parent
@@ -143,7 +147,8 @@ def run_worker(config_path: Path, generation: int) -> int:
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    # One worker process, one thread pool for both functions (dispatcher.py _sync_call_tp), sized as deployed.
+    functions = document.get("functions") or list(DEFAULT_FUNCTIONS)
+    # One worker process, one thread pool for every function (dispatcher.py _sync_call_tp), sized as deployed.
     pool = ThreadPool(config.threads, name="worker")
     hosts = [
         QueueHost.for_function(
@@ -156,7 +161,7 @@ def run_worker(config_path: Path, generation: int) -> int:
             on_invocation=record,
             pool=pool,
         )
-        for name in ("terminate_job", "confirm_termination")
+        for name in functions
     ]
     for host in hosts:
         host.start()

@@ -28,13 +28,14 @@ pytestmark = pytest.mark.integration
 
 
 def test_soak_of_200_messages_loses_nothing() -> None:
-    """`./dev soak --messages 200`: exit 0 and `lost 0`, with Azurite restarted and the host killed midway."""
+    """`./dev soak --messages 200 --incidents 8`: exit 0 and `lost 0`, with Azurite restarted and the host killed
+    midway; then the kill-switch phase, every incident ended and every undo restored."""
     result = subprocess.run(
-        [sys.executable, "-m", "soak", "--messages", "200", "--timeout", "45"],
+        [sys.executable, "-m", "soak", "--messages", "200", "--timeout", "45", "--incidents", "8"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
-        timeout=100,
+        timeout=300,
         check=False,
     )
     output = result.stdout + result.stderr
@@ -58,6 +59,48 @@ def test_soak_of_200_messages_loses_nothing() -> None:
     assert int(confirmed.group(1)) + int(unchecked.group(1)) == kinds["active"] + kinds["releasing"], output
     assert int(confirmed.group(1)) >= kinds["releasing"], output
     assert "unexpected:" not in output, output
+    _assert_kill_switch_phase(output)
+
+
+def _row(output: str, name: str) -> str:
+    """The value of one row of the soak's table (the phase's rows are indented by two spaces)."""
+    found = re.search(rf"^{re.escape(name)}\s{{2,}}(.+)$", output, re.MULTILINE)
+    assert found, f"no row {name!r} in:\n{output}"
+    return found.group(1)
+
+
+def _assert_kill_switch_phase(output: str) -> None:
+    """docs/CONTRACT.md §10 under faults and kills: 8 incidents of every kind, each ended as planned — 6 executed
+    then undone, one refused (TooManyJobs), one cancelled, none failed for good (the one made to fail was
+    retried) — every job of an executed incident terminated once or recorded, every message carrying its
+    incident, every scaled pool and disabled schedule put back as recorded, never a "before" of zero."""
+    assert _row(output, "kill switch").startswith("8 incidents (2 budget, 6 operator; 1 delivered twice)"), output
+    assert (_row(output, "  undone"), _row(output, "  refused"), _row(output, "  cancelled")) == ("6", "1", "1")
+    assert _row(output, "  failed") == "0", output
+    assert re.fullmatch(r"[1-9]\d* \(retried [1-9]\d*\)", _row(output, "  failed on the way")), output
+    jobs = re.fullmatch(r"(\d+) selected: (\d+) terminated, (\d+) poisoned", _row(output, "  jobs"))
+    assert jobs, output
+    assert int(jobs.group(1)) > 0, output
+    assert int(jobs.group(2)) + int(jobs.group(3)) == int(jobs.group(1)), output
+    assert _row(output, "  messages").endswith(" 0 without the incident"), output
+    pools = re.fullmatch(r"(\d+)/(\d+)", _row(output, "  pools restored"))
+    assert pools, output
+    assert pools.group(1) == pools.group(2), output
+    assert int(pools.group(2)) > 0, output
+    assert _row(output, "  pools scaled").startswith(f"{pools.group(2)} of {pools.group(2)} "), output
+    for reason in ("AutoPool", "PoolInUse", "PoolKept"):
+        assert reason in _row(output, "  pools scaled"), output
+    schedules = re.fullmatch(r"(\d+)/(\d+)", _row(output, "  schedules restored"))
+    assert schedules, output
+    assert schedules.group(1) == schedules.group(2), output
+    assert int(schedules.group(2)) > 0, output
+    assert _row(output, "  zero before") == "0", output
+    assert _row(output, "  host kills") == "3", output
+    assert _row(output, "  incident problems") == "0", output
+    # the lost answers and host kills the phase plans were played
+    assert re.search(r"^kill switch faults: jobschedule\.disable: .*lost-answer", output, re.MULTILINE), output
+    assert re.search(r"^kill switch faults: pool\.resize: .*held-for-kill", output, re.MULTILINE), output
+    assert "KILL SWITCH PROBLEM" not in output, output
 
 
 # --------------------------------------------------------------------------- the reconciliation itself
