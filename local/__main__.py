@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from azure.core.exceptions import AzureError
 
-from local.console import print_banner, say, serve, stop_on_signals
+from local.console import incident_lines, print_banner, say, serve, stop_on_signals
 from local.functions import FunctionLoadError
 from local.http_host import DEFAULT_PORT as DEFAULT_HTTP_PORT
 from local.queue_host import QueueHost
@@ -27,9 +27,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="./dev run",
         description="Run batch-terminator on this machine: Azurite, the local queue-trigger, HTTP and timer hosts, "
         "and Batch (the local emulator unless BATCH_ACCOUNT_URL names a real account).",
-        epilog="Budget kill switch demo: ALERT_SELECT_JOB_ID_PREFIX=demo ./dev run, then POST "
-        "tests/payloads/budget-test-action.json (Microsoft's sample Cost Management budget notification) to the "
-        "alert URL the banner prints: alert_terminate selects the active demo jobs and terminates each one. "
+        epilog="Budget kill switch demo (with the emulator): POST tests/payloads/budget-test-action.json (Microsoft's "
+        "sample Cost Management budget notification) to the alert URL the banner prints: the incident it opens "
+        "terminates the active demo jobs, disables demo-schedule and scales the demo pools to zero; "
+        "batch-terminator incidents show|undo ID. "
         "Stopping: Ctrl-C waits for in-flight invocations, a second Ctrl-C stops waiting (see --release-on-stop).",
     )
     parser.add_argument(
@@ -75,7 +76,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--smoke",
         action="store_true",
-        help="self-test on free ports with in-memory Azurite: enqueue 3 messages, POST 1 alert, check, exit 0/1",
+        help="self-test on free ports with in-memory Azurite: enqueue 4 messages, POST 1 alert, then the sample"
+        " budget (an incident, then its undo), check, exit 0/1",
     )
     args = parser.parse_args(argv)
     if args.function_key is not None and not args.function_key.strip():
@@ -104,6 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         print_banner(run, args)
         hosts.extend(run.hosts)
+        stack.enter_context(incident_lines())  # one line per incident state change (docs/CONTRACT.md §8)
         # The same metrics Azure Monitor gets, as one summary line every 10 s (and a last one at the end).
         stack.callback(start_local(say, interval_seconds=10.0).shutdown)
         for host in run.hosts:

@@ -25,11 +25,14 @@ class SummaryExporter(MetricExporter):
         super().__init__()
         self._say = say
         self._last = ""
+        # Set before the provider's shutdown: the last export prints its line even when unchanged, so a run always
+        # ends with its summary.
+        self.final = False
 
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
-        """Print the summary when it changed since the last line (a quiet run prints nothing new)."""
+        """Print the summary when it changed since the last line (a quiet run prints nothing new), or at the end."""
         line = summarize(metrics_data)
-        if line != self._last:
+        if line != self._last or self.final:
             self._say(line)
             self._last = line
         return MetricExportResult.SUCCESS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import socket
 from collections.abc import MutableMapping, Sequence
@@ -14,7 +15,7 @@ import requests
 from azure.core.exceptions import ResourceExistsError
 
 from local.azurite import ACCOUNT_NAME, Azurite, connection_string
-from local.batch_emulator import BatchEmulator, NodeState, Termination
+from local.batch_emulator import BatchEmulator, Job, NodeState, Schedule, Termination
 from local.functions import FunctionLoadError, function_folders
 from local.http_host import HttpHost
 from local.identity import IdentityEndpoint
@@ -37,6 +38,44 @@ DEMO_JOBS = ("demo-job-1", "demo-job-2", "demo-job-3")
 DEMO_RELEASE_JOB = DEMO_JOBS[1]
 DEMO_RELEASE_DELAYS = 1.5
 DEMO_RELEASE_POOL = "demo-release-pool"
+# demo-job-4 is held for good: its job release tasks never finish (on 2 of demo-release-pool's nodes, beside the
+# unusable one), so after CONFIRM_MAX_CHECKS checks it ends as a TerminationStuck record that names those nodes
+# (docs/CONTRACT.md §5b). demo-release-pool is kept (batch-terminator-keep=true): an incident that stops demo-job-4
+# leaves its nodes for that diagnosis.
+DEMO_HELD_JOB = "demo-job-4"
+# The kill switch's demo (docs/CONTRACT.md §10): a fixed pool, an autoscale pool with demo-job-5 on it, and a job
+# schedule whose jobs `demo-schedule:job-{n}` run on the fixed pool.
+DEMO_AUTOSCALE_JOB = "demo-job-5"
+DEMO_FIXED_POOL = "demo-fixed-pool"
+DEMO_FIXED_NODES = (3, 1)  # dedicated, low-priority
+DEMO_AUTOSCALE_POOL = "demo-autoscale-pool"
+DEMO_AUTOSCALE_NODES = 2
+DEMO_AUTOSCALE_FORMULA = "$TargetDedicatedNodes = min(4, $PendingTasks.GetSample(1));"
+DEMO_AUTOSCALE_SECONDS = 300  # Batch's shortest evaluation interval (5 minutes)
+DEMO_SCHEDULE = "demo-schedule"
+DEMO_RECURRENCE_SECONDS = 30
+SMOKE_RECURRENCE_SECONDS = 2
+DEMO_KEEP = {"batch-terminator-keep": "true"}
+# What the emulator's demo needs of the kill switch, unless the environment or the developer's local.settings.json
+# says otherwise: pools scaled to zero (the sample and the deployed default are false) and a selector for the
+# budget (the sample's are empty, so a budget would be refused with NoJobId).
+DEMO_KILL_SWITCH = {"KILL_SWITCH_SCALE_POOLS": "true"}
+DEMO_SELECTORS = {"ALERT_SELECT_JOB_ID_PREFIX": "demo-"}
+SELECTOR_NAMES = ("ALERT_SELECT_JOB_ID_PREFIX", "ALERT_SELECT_POOL_ID", "ALERT_SELECT_METADATA")
+# The smoke test's run does not depend on the developer's settings for what it checks.
+SMOKE_SETTINGS = {
+    **DEMO_KILL_SWITCH,
+    **dict.fromkeys(SELECTOR_NAMES, ""),
+    **DEMO_SELECTORS,
+    "KILL_SWITCH_APPROVAL": "auto",
+    "KILL_SWITCH_DISABLE_SCHEDULES": "true",
+    "TERMINATE_DRY_RUN": "false",
+    "TERMINATE_ALLOWED_JOB_ID_PREFIXES": "",
+    "TERMINATE_HONOR_KEEP": "false",
+    "CONFIRM_MAX_CHECKS": "3",
+    "CONFIRM_FORCE": "false",
+}
+SMOKE_RESIZE_SECONDS = 0.2
 # With the emulator, whose jobs end in seconds, a check this soon after a 202 (the deployed default is 300 s).
 LOCAL_CONFIRM_SECONDS = 5
 SMOKE_CONFIRM_SECONDS = 1
@@ -133,7 +172,11 @@ class Run:
     timers: list[TimerHost] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     confirm_note: str | None = None  # why CONFIRM_AFTER_SECONDS differs from the settings file's
+    kill_switch_note: str | None = None  # the kill switch settings the local run set for the emulator's demo
+    # Each job schedule recurrence the emulator's ticker found due: the job it created, or None (disabled).
+    recurrences: list[tuple[Schedule, Job | None]] = field(default_factory=list)
     _seen_terminations: int = 0
+    _seen_recurrences: int = 0
 
     def timer(self, name: str) -> TimerHost | None:
         """The loaded timer function with this name."""
@@ -146,6 +189,12 @@ class Run:
         ledger = self.emulator.terminations
         fresh, self._seen_terminations = ledger[self._seen_terminations :], len(ledger)
         return fresh
+
+    def new_recurrences(self) -> list[tuple[Schedule, Job | None]]:
+        """Job schedule recurrences the emulator found due since the last call."""
+        seen = self.recurrences[self._seen_recurrences :]
+        self._seen_recurrences += len(seen)
+        return seen
 
 
 def start_http_host(args: argparse.Namespace, stack: contextlib.ExitStack, pool: ThreadPool) -> HttpHost:
@@ -229,29 +278,86 @@ def local_confirmation(
     )
 
 
+def local_kill_switch(args: argparse.Namespace, env: MutableMapping[str, str], *, chosen: set[str]) -> str | None:
+    """With the emulator, the kill switch settings its demo needs unless the developer chose them; a note if set.
+
+    Chosen: named in the environment, or given a value in the developer's own local.settings.json.
+    """
+    if args.smoke:
+        env.update(SMOKE_SETTINGS)
+        return None
+    wanted = {name: value for name, value in DEMO_KILL_SWITCH.items() if name not in chosen}
+    if not chosen.intersection(SELECTOR_NAMES):
+        wanted.update(DEMO_SELECTORS)
+    wanted = {name: value for name, value in wanted.items() if env.get(name, "").strip().lower() != value}
+    if not wanted:
+        return None
+    env.update(wanted)
+    names = " and ".join(f"{name}={value}" for name, value in wanted.items())
+    return (
+        f"{names} with the local emulator, for its demo jobs and pools (the sample's are false and empty); set them in"
+        " the environment or local.settings.json to change that"
+    )
+
+
+def chosen_settings(environ: MutableMapping[str, str], settings_file: Path | None, values: dict[str, str]) -> set[str]:
+    """The settings the developer chose: in the environment, or with a value in their own local.settings.json."""
+    chosen = set(environ)
+    if settings_file is not None and settings_file.name != LOCAL_SETTINGS_FILES[-1]:
+        chosen.update(name for name, value in values.items() if value.strip())
+    return chosen
+
+
 def start_batch_emulator(
     args: argparse.Namespace, stack: contextlib.ExitStack, env: MutableMapping[str, str]
 ) -> tuple[BatchEmulator, IdentityEndpoint]:
-    """The local Batch emulator with the demo jobs, and the managed-identity endpoint its tokens come from."""
+    """The local Batch emulator with the demo jobs, pools and schedule, and the managed-identity endpoint its tokens
+    come from."""
     identity = stack.enter_context(IdentityEndpoint())
     emulator = BatchEmulator(port=0 if args.smoke else args.batch_port, authorize=identity.is_valid)
     emulator.auto_create_jobs = args.any_job
+    if args.smoke:
+        emulator.resize_seconds = SMOKE_RESIZE_SECONDS
     try:
         emulator.start()
     except OSError as exc:
         raise RunError(f"the local Batch emulator cannot listen on port {args.batch_port} ({exc.strerror})") from exc
     stack.callback(emulator.stop)
-    release = DEMO_RELEASE_DELAYS * confirm_delay(env)
+    add_demo_data(emulator, release_seconds=DEMO_RELEASE_DELAYS * confirm_delay(env), smoke=args.smoke)
+    return emulator, identity
+
+
+def add_demo_data(emulator: BatchEmulator, *, release_seconds: float, smoke: bool = False) -> None:
+    """The demo jobs, pools and job schedule (docs/LOCAL.md "The demo data")."""
     # demo-job-2 ran on 3 of its pool's 5 nodes (their release tasks hold it) and another node is unusable, so its
-    # TerminationStuck record (e.g. with CONFIRM_MAX_CHECKS=1) says why (docs/CONTRACT.md §5b).
-    nodes = [node.id for node in emulator.add_pool(DEMO_RELEASE_POOL, dedicated=5).nodes]
+    # TerminationStuck record (e.g. with CONFIRM_MAX_CHECKS=1) says why (docs/CONTRACT.md §5b). demo-job-4 ran on
+    # two others and its release tasks never end: its record says so at the last check, whatever the settings.
+    nodes = [node.id for node in emulator.add_pool(DEMO_RELEASE_POOL, dedicated=5, metadata=DEMO_KEEP).nodes]
     emulator.set_node_states(DEMO_RELEASE_POOL, {nodes[3]: NodeState.UNUSABLE})
     for job_id in DEMO_JOBS:
         if job_id == DEMO_RELEASE_JOB:
-            emulator.add_job(job_id, job_release_seconds=release, pool_id=DEMO_RELEASE_POOL, nodes=nodes[:3])
+            emulator.add_job(job_id, job_release_seconds=release_seconds, pool_id=DEMO_RELEASE_POOL, nodes=nodes[:3])
         else:
             emulator.add_job(job_id)
-    return emulator, identity
+    emulator.add_job(DEMO_HELD_JOB, job_release_seconds=math.inf, pool_id=DEMO_RELEASE_POOL, nodes=nodes[2:5:2])
+    dedicated, low_priority = DEMO_FIXED_NODES
+    emulator.add_pool(DEMO_FIXED_POOL, dedicated=dedicated, low_priority=low_priority)
+    emulator.add_pool(
+        DEMO_AUTOSCALE_POOL,
+        dedicated=DEMO_AUTOSCALE_NODES,
+        auto_scale_formula=DEMO_AUTOSCALE_FORMULA,
+        auto_scale_evaluation_seconds=DEMO_AUTOSCALE_SECONDS,
+    )
+    emulator.add_job(DEMO_AUTOSCALE_JOB, pool_id=DEMO_AUTOSCALE_POOL)
+    # Its first job `demo-schedule:job-1` at once, the next one a recurrence after that job ends — unless the
+    # schedule is disabled then: that recurrence passes and creates nothing.
+    emulator.add_schedule(
+        DEMO_SCHEDULE,
+        recurrence_seconds=SMOKE_RECURRENCE_SECONDS if smoke else DEMO_RECURRENCE_SECONDS,
+        pool_id=DEMO_FIXED_POOL,
+        job_metadata={"demo": "schedule"},
+        first_job=True,
+    )
 
 
 def start_storage(
@@ -285,6 +391,7 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
     env = os.environ
     settings_file, values = load_local_settings()
     confirm_chosen = "CONFIRM_AFTER_SECONDS" in env
+    chosen = chosen_settings(env, settings_file, values)
     apply_settings(values, env)
     if args.smoke:
         # The self-test never touches a configured account, whatever local.settings.json says.
@@ -295,11 +402,17 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
     emulator: BatchEmulator | None = None
     identity: IdentityEndpoint | None = None
     confirm_note: str | None = None
+    kill_switch_note: str | None = None
+    recurrences: list[tuple[Schedule, Job | None]] = []
     if uses_batch_emulator(env):
         confirm_note = local_confirmation(args, env, chosen=confirm_chosen, settings_file=settings_file)
+        kill_switch_note = local_kill_switch(args, env, chosen=chosen)
         emulator, identity = start_batch_emulator(args, stack, env)
         env.update(identity.environ())
         env["BATCH_ACCOUNT_URL"] = emulator.url
+        # Schedules recur without any request coming in; the console prints each recurrence.
+        emulator.on_recurrence = lambda schedule, job: recurrences.append((schedule, job))
+        emulator.start_ticking(0.2 if args.smoke else 1.0)
 
     wiring.reset()
     settings = Settings.from_env()
@@ -327,6 +440,8 @@ def start_everything(args: argparse.Namespace, stack: contextlib.ExitStack) -> R
         timers,
         notes + timer_notes,
         confirm_note=confirm_note,
+        kill_switch_note=kill_switch_note,
+        recurrences=recurrences,
     )
 
 
@@ -347,8 +462,14 @@ def start_timers(run: Run, stack: contextlib.ExitStack, *, sweep_now: bool) -> s
 __all__ = [
     "DEFAULT_AZURITE_PORT",
     "DEFAULT_EMULATOR_PORT",
+    "DEMO_AUTOSCALE_JOB",
+    "DEMO_AUTOSCALE_POOL",
+    "DEMO_FIXED_POOL",
+    "DEMO_HELD_JOB",
     "DEMO_JOBS",
     "DEMO_RELEASE_JOB",
+    "DEMO_RELEASE_POOL",
+    "DEMO_SCHEDULE",
     "SWEEP_FUNCTION",
     "Run",
     "RunError",

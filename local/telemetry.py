@@ -9,15 +9,19 @@ from dataclasses import dataclass
 from opentelemetry import metrics
 from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
 
+from local.metrics_summary import SummaryExporter
+
 
 @dataclass
 class LocalTelemetry:
     """The SDK provider ./dev run installed, printing a summary line every interval."""
 
     provider: SdkMeterProvider
+    exporter: SummaryExporter
 
     def shutdown(self) -> None:
-        """Print the last summary and stop the exporter thread."""
+        """Print the last summary (also when unchanged since the last line) and stop the exporter thread."""
+        self.exporter.final = True
         self.provider.shutdown()
 
 
@@ -30,12 +34,11 @@ def start_local(say: Callable[[str], None], *, interval_seconds: float = 10.0) -
     global _local
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
 
-    from local.metrics_summary import SummaryExporter
-
     with _local_lock:
         if _local is None:
-            reader = PeriodicExportingMetricReader(SummaryExporter(say), export_interval_millis=interval_seconds * 1000)
+            exporter = SummaryExporter(say)
+            reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval_seconds * 1000)
             provider = SdkMeterProvider(metric_readers=[reader])
             metrics.set_meter_provider(provider)
-            _local = LocalTelemetry(provider)
+            _local = LocalTelemetry(provider, exporter)
         return _local

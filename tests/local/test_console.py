@@ -25,10 +25,21 @@ def test_the_budget_demo_says_how_to_select_the_demo_jobs_and_what_to_post(tmp_p
     )
 
 
-def test_with_a_selector_set_the_budget_demo_is_just_the_post(tmp_path: Path) -> None:
-    lines = budget_demo_lines(URL, {"ALERT_SELECT_JOB_ID_PREFIX": "demo"}, with_payload(tmp_path))
-    assert lines[0].startswith("Budget kill switch (ALERT_SELECT_JOB_ID_PREFIX=demo)")
-    assert len(lines) == 2
+def test_with_a_selector_set_the_budget_demo_is_the_post_and_the_incident_commands(tmp_path: Path) -> None:
+    selectors = {"ALERT_SELECT_JOB_ID_PREFIX": "demo-", "ALERT_SELECT_POOL_ID": " "}
+    lines = budget_demo_lines(URL, selectors, with_payload(tmp_path), stuck_after=15)
+    assert lines[0].startswith("Budget kill switch (ALERT_SELECT_JOB_ID_PREFIX=demo-): POST Microsoft's sample")
+    assert lines[2] == (
+        f"  curl -i -X POST '{URL}' -H 'Content-Type: application/json' --data @tests/payloads/budget-test-action.json"
+    )
+    commands = [line.split("#")[0].strip() for line in lines[3:]]
+    assert commands == [
+        ".venv/bin/batch-terminator incidents list",
+        ".venv/bin/batch-terminator incidents show ID",
+        ".venv/bin/batch-terminator incidents undo ID",
+        ".venv/bin/batch-terminator poison list",
+    ]
+    assert "demo-job-4's TerminationStuck record (~15 s after the POST)" in lines[-1]
 
 
 def test_no_budget_demo_without_the_sample_payload(tmp_path: Path) -> None:

@@ -120,19 +120,71 @@ def test_smoke_mode_processes_messages_and_exits_zero() -> None:
         "smoke: confirmed 3 on batch-terminate-confirm (terminating ms: demo-job-1 0, demo-job-2 1500, demo-job-3 0)"
         in out
     )
-    # 5 terminate-side invocations, 3 or 4 checks (demo-job-2's first check may find it still terminating).
+    # The kill switch (docs/CONTRACT.md §10) on the emulator's demo: the sample budget opens an incident that stops
+    # the demo jobs still active, disables demo-schedule and scales its two pools to zero, keeping demo-release-pool.
+    assert re.search(r"^  pool      demo-fixed-pool: 3 dedicated \+ 1 low-priority \(demo-schedule:job-1\)$", out, re.M)
+    assert re.search(r"^  pool      demo-autoscale-pool: autoscale, evaluated every 5 min, now 2 dedicated", out, re.M)
+    schedule = r"^  schedule  demo-schedule: while active, a job demo-schedule:job-N on demo-fixed-pool every 2 s"
+    assert re.search(schedule, out, re.M)
+    assert re.search(r"^  pool      demo-release-pool: .*, kept: batch-terminator-keep=true", out, re.M)
+    assert re.search(
+        r"^  incidents on batch-kill-switch, table batchterminatorincidents: approval auto, schedules disabled,"
+        r" pools scaled to zero; a budget selects ALERT_SELECT_JOB_ID_PREFIX=demo-$",
+        out,
+        re.M,
+    )
+    posted = re.search(
+        r"^smoke: POST /api/alert_terminate \(tests/payloads/budget-test-action\.json\) -> 202"
+        r' \{"incident": "(budget-[0-9a-f]+)", "enqueued": \[\]\}$',
+        out,
+        re.M,
+    )
+    assert posted, out
+    incident = posted.group(1)
+    lines = out.splitlines()
+    # One console line per state change (the §8 records), in order.
+    states = [line for line in lines if line.startswith(f"incident: {incident} ")]
+    assert states == [
+        f"incident: {incident} accepted (budget; jobs=0 schedules=0 pools=0)",
+        f"incident: {incident} executed (budget; jobs=3 schedules=1 pools=2)",
+        f"incident: {incident} undone (budget; jobs=3 schedules=1 pools=2)",
+    ]
+    budget = "Budget 'test-budgetName' notification: spent 1111.32 USD, budget 10000 USD, threshold 8000.0"
+    for job_id in ("demo-job-4", "demo-job-5", "demo-schedule:job-1"):
+        assert f"emulator: job {job_id} terminated (reason: {budget})" in lines
+    assert "emulator: schedule demo-schedule is disabled: its recurrence came and created no job" in lines
+    assert (
+        f"smoke: incident {incident} executed: 3 jobs terminated, demo-schedule disabled (a recurrence passed with no"
+        " job), demo-fixed-pool (before: 3+1) and demo-autoscale-pool (before: autoscale every PT5M) at zero,"
+        " demo-release-pool skipped (PoolKept)"
+    ) in lines
+    # docs/CONTRACT.md §5b v3: the held-for-good job's record names its two release-task nodes and the unusable one.
+    assert re.search(
+        rf"^smoke: demo-job-4 TerminationStuck \(incident {incident}\): releaseTasksRunning=2"
+        r" releaseTaskNodes=tvm-\d+_3-\d{8}t\d{6}z,tvm-\d+_5-\d{8}t\d{6}z unusableNodes=1$",
+        out,
+        re.M,
+    )
+    assert "emulator: schedule demo-schedule created job demo-schedule:job-2 (on demo-fixed-pool)" in lines
+    assert (
+        f"smoke: incident {incident} undone: demo-schedule active again (created demo-schedule:job-2),"
+        " demo-fixed-pool back to 3+1, demo-autoscale-pool autoscale again"
+    ) in lines
+    # Terminate side: 5 + 3 (the incident's); checks: 3 or 4 + 5 (demo-job-4's three); kill_switch: plan and undo.
     invocations = re.search(r"^smoke: (\d+) invocations: (\d+) succeeded, 0 failed, 0 moved to poison", out, re.M)
     assert invocations, out
     assert invocations.group(1) == invocations.group(2), out
-    assert int(invocations.group(1)) in (8, 9), out
-    # The telemetry's last summary line follows the smoke's verdict (printed when the run's objects stop).
-    assert out.rstrip().splitlines()[-2:][0] == "smoke: OK"
+    assert int(invocations.group(1)) in (18, 19), out
+    # The telemetry's last summary line follows the smoke's verdict (printed when the run's objects stop; a periodic
+    # one may come just before it).
+    after = out.rstrip().splitlines()[lines.index("smoke: OK") + 1 :]
+    assert after, out
+    assert all(line.startswith("metrics: ") for line in after), out
     assert re.search(
-        r"^metrics: terminations confirmed=3 poisoned=2 terminated=3 \| batch calls=(7|8) p50<=\d+ms p95<=\d+ms"
+        r"^metrics: terminations confirmed=5 poisoned=3 terminated=6 \| batch calls=\d+ p50<=\d+ms p95<=\d+ms"
         r" \| retries=0"
-        r" \| poison writes=2 \| sweep runs=0 \| alert requests=1$",
-        out,
-        re.MULTILINE,
+        r" \| poison writes=3 \| sweep runs=0 \| alert requests=2$",
+        out.rstrip().splitlines()[-1],
     )
 
 
@@ -151,6 +203,12 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
     lines.wait_for(r"enqueue no-such-job --reason \"try it\"   # a JobNotFound poison record$")
     curl = lines.wait_for(r"^  curl -i -X POST '(http://\S+)' -H 'Content-Type: application/json' -d '(.*)'$")
     assert curl.group(1) == alert_url
+    budget = lines.wait_for(
+        r"^  curl -i -X POST '(\S+)' -H 'Content-Type: application/json' --data @(tests/payloads/budget-\S+\.json)$"
+    )
+    assert budget.group(1) == alert_url
+    for command in ("incidents list", "incidents show ID", "incidents undo ID", "poison list"):
+        lines.wait_for(rf"^  \S*batch-terminator {command}( |$)")
     [assignment] = shlex.split(example.group(1))
     connection_string = assignment.removeprefix("AzureWebJobsStorage=")
     lines.wait_for(r"host listening on batch-terminate")
@@ -176,6 +234,24 @@ def test_run_prints_a_working_example_and_stops_cleanly_on_sigint(
 
     # With the emulator the checks come 5 s after each 202 (docs/CONTRACT.md §5b); demo-job-1 ends at once.
     lines.wait_for(r"INFO batch_terminator: terminate job=demo-job-1 outcome=confirmed status=200 .* terminating_ms=0$")
+
+    # The printed budget command (docs/CONTRACT.md §10): an incident on the demo jobs still active (demo-job-3..5 and
+    # the schedule's job), its schedule and two pools (demo-release-pool is kept); one line per state change.
+    with requests.Session() as session:
+        session.trust_env = False
+        answer = session.post(
+            alert_url,
+            data=(PROJECT_ROOT / budget.group(2)).read_bytes(),
+            headers={"Content-Type": "application/json"},
+            timeout=10,
+        )
+    assert answer.status_code == 202, answer.text
+    incident = answer.json()["incident"]
+    lines.wait_for(rf"^incident: {incident} accepted \(budget; jobs=0 schedules=0 pools=0\)$")
+    lines.wait_for(rf"^incident: {incident} executed \(budget; jobs=4 schedules=1 pools=2\)$")
+    held = r"^emulator: job demo-job-4 terminated \(reason: Budget 'test-budgetName' notification: "
+    if not any(re.search(held, line) for line in lines.seen):  # printed before or after the executed line
+        lines.wait_for(held)
 
     process.send_signal(signal.SIGINT)
     assert process.wait(20) == 0
