@@ -508,7 +508,11 @@ class KillSwitch:
         try:
             pool = batch.pools.get(pool_id)
             if before.enable_auto_scale:
-                if pool.enable_auto_scale and pool.auto_scale_formula == before.auto_scale_formula:
+                if (
+                    pool.enable_auto_scale
+                    and pool.auto_scale_formula == before.auto_scale_formula
+                    and pool.auto_scale_evaluation_interval == before.auto_scale_evaluation_interval
+                ):
                     return None
             elif (
                 not pool.enable_auto_scale
