@@ -76,9 +76,9 @@ def _incidents(axes: Any, figures: dict[str, Figure]) -> None:
         axes.text(0.01, index + 0.47, label, fontsize=8)
     axes.set_yticks(range(len(rows)), [name for name, _ in rows], fontsize=8)
     axes.set_ylim(-0.6, len(rows) - 0.05)
-    axes.set_xlim(
-        0, max([1.0, *(figures[n].extra[INCIDENTS[n][0]] / figures[n].extra[INCIDENTS[n][1]] for n, _ in rows)]) * 1.6
-    )
+    # Room for the labels right of the longest bar, and every target line inside the axes (3x for incident_accept).
+    targets = [found.extra["target_share"] for _, found in rows]
+    axes.set_xlim(0, max(max([1.0, *shares]) * 1.6, max(targets, default=0.0) * 1.1))
     axes.set_xlabel("measured ÷ reference (grey = the reference; black line = target)")
     axes.set_title("Incident scale, same run")
     axes.grid(True, axis="x", alpha=0.3)
