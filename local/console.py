@@ -30,7 +30,8 @@ from local.stack import (
     Run,
 )
 from local.timer_host import format_moment
-from shared.config.settings import HOST_JSON, PROJECT_ROOT, KillSwitchSettings
+from shared.config.kill_switch import KillSwitchSettings
+from shared.config.settings import HOST_JSON, PROJECT_ROOT
 from shared.contract.errors import ConfigurationError
 from shared.rules.sweep_policy import SweepPolicy
 from shared.storage import queues as storage

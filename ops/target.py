@@ -15,9 +15,9 @@ from azure.storage.queue import LinearRetry, QueueClient
 
 from ops.local_settings import local_settings_values
 from shared.config import catalog, readers
+from shared.config.kill_switch import KillSwitchSettings
 from shared.config.settings import (
     PROJECT_ROOT,
-    KillSwitchSettings,
     StorageSettings,
     queue_name_setting,
     queue_options,

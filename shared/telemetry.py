@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence, Sized
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import metrics
 
@@ -17,26 +17,27 @@ from shared.contract.errors import (
     RetryLater,
     TerminatorError,
 )
-from shared.contract.incident import Incident, State
 from shared.contract.outcome import Outcome, Result
 
+if TYPE_CHECKING:  # only for type checks: a terminate_job cold start loads neither
+    from shared.contract.incident import Incident
 
-class SweepSummary(Protocol):
-    """What a sweep run reports (the sweep service's report has these); telemetry imports no service."""
+    class SweepSummary(Protocol):
+        """What a sweep run reports (the sweep service's report has these); telemetry imports no service."""
 
-    outcome: str
-    listed: int
-    kept: int
-    dry_run: bool
-    duration: float
+        outcome: str
+        listed: int
+        kept: int
+        dry_run: bool
+        duration: float
 
-    @property
-    def matched(self) -> Sized: ...
+        @property
+        def matched(self) -> Sized: ...
 
-    @property
-    def enqueued(self) -> Sized: ...
+        @property
+        def enqueued(self) -> Sized: ...
 
-    def summary(self) -> str: ...
+        def summary(self) -> str: ...
 
 
 LOGGER_NAME = "batch_terminator"
@@ -196,7 +197,7 @@ class Telemetry:
 
     def incident_changed(self, incident: Incident) -> None:
         """The one record of an incident entering a state (docs/CONTRACT.md §8, §10); refused and failed at ERROR."""
-        failed = incident.state in (State.REFUSED, State.FAILED)
+        failed = incident.state.value in ("refused", "failed")
         code = incident.error.code if failed and incident.error is not None else None
         extra = {
             "incident": incident.id,

@@ -28,9 +28,7 @@ from shared.config.settings import (
 )
 from shared.contract.terminate_request import DEFAULT_ACCOUNT
 from shared.rules.guards import Guards
-from shared.services.confirm_termination import Confirmer
 from shared.services.terminate_job import Terminator
-from shared.storage.confirm_queue import ConfirmQueue
 from shared.storage.poison_writer import PoisonWriter
 from shared.storage.queues import queue_client
 from shared.telemetry import Telemetry
@@ -38,17 +36,19 @@ from shared.transport.sessions import pin_environment, pooled_session
 
 if TYPE_CHECKING:
     from shared.batch.job_list import BatchReader
-    from shared.config.settings import KillSwitchSettings
+    from shared.config.kill_switch import KillSwitchSettings
     from shared.rules.sweep_policy import SweepPolicy
     from shared.services.alert_terminate import AlertAction
+    from shared.services.confirm_termination import Confirmer
     from shared.services.keep_poison import PoisonKeeper
     from shared.services.kill_switch import Incidents, KillSwitch
     from shared.services.sweep_jobs import Sweeper
+    from shared.storage.confirm_queue import ConfirmQueue
     from shared.storage.incidents import IncidentQueue, IncidentStore
     from shared.storage.terminate_queue import TerminateQueue
 
-# The alert, sweep and keeper services are imported where they are built: a terminate_job cold start (the one that
-# matters in an incident) does not pay for modules it never runs.
+# The confirm, alert, sweep, keeper and kill-switch services are imported where they are built: a terminate_job
+# cold start (the one that matters in an incident) does not pay for modules it never runs.
 
 log = logging.getLogger("batch_terminator")
 
@@ -215,7 +215,7 @@ class Wiring:
 
     def kill_switch_settings(self) -> KillSwitchSettings:
         """INCIDENT_*, KILL_SWITCH_* and ALERT_MAX_JOBS (read apart: a typo there never stops terminate_job)."""
-        from shared.config.settings import KillSwitchSettings
+        from shared.config.kill_switch import KillSwitchSettings
 
         return self._once(
             "kill_switch_settings",
@@ -297,6 +297,8 @@ class Wiring:
     def confirm_queue(self) -> ConfirmQueue:
         """Where checks of terminated jobs wait (docs/CONTRACT.md §5b); needs CONFIRM_QUEUE_NAME."""
 
+        from shared.storage.confirm_queue import ConfirmQueue
+
         def build() -> ConfirmQueue:
             settings = self.settings()
             client = self._confirm_queue_client or queue_client(
@@ -330,6 +332,7 @@ class Wiring:
 
     def confirmer(self) -> Confirmer:
         """The confirm_termination service."""
+        from shared.services.confirm_termination import Confirmer
 
         def build() -> Confirmer:
             settings = self.settings()

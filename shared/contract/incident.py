@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from shared.contract.approval import Approval
 from shared.contract.codec import json_type, load_object
 from shared.contract.errors import BatchError, BatchErrorDetail, InvalidMessage
 from shared.contract.terminate_request import DEFAULT_ACCOUNT, INCIDENT_ID_PATTERN, incident_id_problem
@@ -42,13 +43,6 @@ class Source(enum.StrEnum):
     ALERT = "alert"
     BUDGET = "budget"
     OPERATOR = "operator"
-
-
-class Approval(enum.StrEnum):
-    """Whether a planned incident acts at once or waits for `approve` (KILL_SWITCH_APPROVAL's values)."""
-
-    AUTO = "auto"
-    MANUAL = "manual"
 
 
 # Why a pool the selected jobs ran on is not scaled (docs/CONTRACT.md §10).

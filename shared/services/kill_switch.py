@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from shared.batch.job_schedules import JobSchedules
 from shared.batch.jobs import Job
 from shared.batch.pools import Pool, Pools
-from shared.config.settings import KillSwitchSettings
+from shared.config.kill_switch import KillSwitchSettings
 from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail, InvalidMessage, RetryLater
 from shared.contract.incident import (
     POOL_IN_USE,

@@ -6,17 +6,19 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from shared.batch.client import BatchClient
 from shared.config.settings import Settings
-from shared.contract.confirm_check import ConfirmCheck
 from shared.contract.errors import BatchCallFailed, BatchError, InvalidMessage, JobRefused, RetryLater
 from shared.contract.outcome import Outcome, Result
 from shared.contract.poison_record import PoisonRecord
 from shared.contract.terminate_request import TerminateRequest
 from shared.rules.guards import Clearance, Guards
-from shared.storage.confirm_queue import ConfirmQueue
 from shared.storage.poison_writer import PoisonWriter
+
+if TYPE_CHECKING:  # loaded only where checks are on (docs/CONTRACT.md §5b)
+    from shared.storage.confirm_queue import ConfirmQueue
 
 log = logging.getLogger("batch_terminator")
 
@@ -87,6 +89,8 @@ class Terminator:
 
         if self._confirm is not None and _needs_check(answer):
             # Before returning: if this write fails the message comes again and is checked then (docs/CONTRACT.md §5b).
+            from shared.contract.confirm_check import ConfirmCheck
+
             self._confirm.schedule(
                 ConfirmCheck(
                     request.job_id, request.account, request.reason, delivery.message_id, incident=request.incident
