@@ -7,7 +7,7 @@ kill_switch function's service, one command message at a time.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
@@ -157,6 +157,20 @@ class Incidents:
         return incident
 
 
+class _Listing:
+    """A job lister that keeps what it listed, so one Job - List can serve two decisions."""
+
+    def __init__(self, lister: JobLister) -> None:
+        self._lister = lister
+        self.jobs: list[Job] = []
+
+    def list_jobs(self, *, odata_filter: str | None, select: str, page_size: int) -> Iterator[Job]:
+        """The lister's jobs, each also kept in `jobs`."""
+        for job in self._lister.list_jobs(odata_filter=odata_filter, select=select, page_size=page_size):
+            self.jobs.append(job)
+            yield job
+
+
 class KillSwitch:
     """Runs incident commands (the kill_switch function's service); thread-safe, one per process."""
 
@@ -288,7 +302,10 @@ class KillSwitch:
         if incident.acting_since is not None:
             return self._act(incident)
         batch = self._batch(incident)
-        selection = select_jobs(batch.jobs, job_selector(incident.selectors), select=PLAN_JOB_SELECT)
+        selector = job_selector(incident.selectors)
+        # Without a prefix the selection lists every active job, which is what the pools' in-use check needs too.
+        listing = _Listing(batch.jobs)
+        selection = select_jobs(listing, selector, select=PLAN_JOB_SELECT)
         jobs = list(selection.jobs)
         limit = self._settings.max_jobs
         if len(jobs) > limit:
@@ -303,7 +320,7 @@ class KillSwitch:
         )
         pools: tuple[IncidentPool, ...] = ()
         if self._settings.scale_pools and jobs:
-            active = self._active_jobs(batch)
+            active = listing.jobs if not selector.job_id_prefix else self._active_jobs(batch)
             found: dict[str, Pool | None] = {}
             for key, pool_id in job_pools(jobs).items():
                 found[key] = self._read_pool(batch, pool_id)

@@ -542,3 +542,19 @@ def test_the_incident_table_is_created_when_missing(switch: Switch) -> None:
     assert store.list_incidents() == []
     store.ensure_table()
     store.ensure_table()  # an existing table is no error
+
+
+@pytest.mark.parametrize(("selectors", "lists"), [({"pool": "render"}, 1), ({"prefix": "render"}, 2)])
+def test_planning_lists_the_active_jobs_once_when_the_selection_already_listed_them_all(
+    switch: Switch, batch: BatchEmulator, selectors: dict[str, str], lists: int
+) -> None:
+    fleet(batch)
+    incident = switch.open(**selectors)
+    switch.run()
+    assert switch.show(incident.id)["state"] == "executed"
+    # without a prefix the selection's listing is every active job: the plan's in-use check reuses it (acting
+    # lists once more, to see what runs on the pools now)
+    made = [r.operation for r in batch.requests]
+    planning = made[: made.index("jobschedule.disable")]
+    assert planning.count("job.list") == lists
+    assert [p["skipped"] for p in switch.show(incident.id)["pools"]] == [None]
