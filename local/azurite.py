@@ -22,9 +22,10 @@ AZURITE_TABLE_BIN = PROJECT_ROOT / "node_modules" / ".bin" / "azurite-table"
 ACCOUNT_NAME = "devstoreaccount1"
 ACCOUNT_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 PR_SET_PDEATHSIG = 1
-_LISTENING = re.compile(r"Queue service successfully listens on http://[^:]+:(\d+)")
-# The table service names the port it was given (0 stays 0), so it is given a free one.
-_TABLE_LISTENING = re.compile(r"Table service successfully (?:listens|started) on \S+?:(\d+)")
+_LISTENING = {
+    "queue": re.compile(r"Queue service successfully listens on http://[^:]+:(\d+)"),
+    "table": re.compile(r"Table service successfully (?:listens|started) on \S+?:(\d+)"),
+}
 
 
 def _die_with_parent() -> None:
@@ -54,44 +55,29 @@ def connection_string(port: int, host: str = "127.0.0.1", table_port: int | None
     return text
 
 
-class Azurite:
-    """Azurite's queue service child process, and its table service (the incident table) beside it; in memory,
-    or persisted in `location`."""
+class _Service:
+    """One Azurite service process (`azurite-queue` or `azurite-table`), ready once it says it listens."""
 
-    def __init__(
-        self,
-        port: int = 0,
-        *,
-        location: Path | None = None,
-        host: str = "127.0.0.1",
-        table_port: int | None = 0,
-    ) -> None:
-        self.host = host
+    def __init__(self, name: str, binary: Path, port: int, host: str, location: Path | None) -> None:
+        self.name = name
+        self.binary = binary
         self.port = port
+        self.host = host
         self.location = location
         self._process: subprocess.Popen[str] | None = None
         self._output: deque[str] = deque(maxlen=50)
-        # None: no table service; 0: a free port
-        self.table: _Service | None = None if table_port is None else _Service("table", table_port, host, location)
 
-    @property
-    def table_port(self) -> int | None:
-        """The table service's port (None when it was not asked for)."""
-        return self.table.port if self.table is not None else None
-
-    @property
-    def connection_string(self) -> str:
-        """Connection string for the running services (QueueEndpoint, and TableEndpoint)."""
-        return connection_string(self.port, self.host, self.table_port)
-
-    def start(self, timeout: float = 60.0) -> Azurite:
-        """Start Azurite and wait until it listens."""
-        binary = ensure_installed()
+    def start(self, timeout: float) -> None:
+        """Start the process and wait until it listens (RuntimeError with its output when it does not)."""
+        ensure_installed()
+        if not self.port and self.name == "table":
+            # The table service prints the port it was given (0 stays 0), so it is given a free one.
+            self.port = _free_port(self.host)
         args = [
-            str(binary),
-            "--queueHost",
+            str(self.binary),
+            f"--{self.name}Host",
             self.host,
-            "--queuePort",
+            f"--{self.name}Port",
             str(self.port),
             "--skipApiVersionCheck",
             "--disableTelemetry",
@@ -117,32 +103,85 @@ class Azurite:
         if not ready.wait(timeout) or self._process.poll() is not None:
             output = "".join(self._output)
             self.stop()
-            raise RuntimeError(f"Azurite did not start:\n{output}")
-        if self.table is not None:
-            try:
-                self.table.start(timeout)
-            except RuntimeError:
-                self.stop()
-                raise
-        return self
+            raise RuntimeError(f"Azurite's {self.name} service did not start:\n{output}")
 
     def _pump(self, ready: threading.Event) -> None:
         assert self._process is not None
         assert self._process.stdout is not None
+        listening = _LISTENING[self.name]
         for line in self._process.stdout:
             self._output.append(line)
-            match = _LISTENING.search(line)
+            match = listening.search(line)
             if match:
                 self.port = int(match.group(1))
                 ready.set()
         ready.set()  # the process ended; start() sees poll() is not None
 
     def stop(self) -> None:
+        """Terminate the process (kill it if it does not end)."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+class Azurite:
+    """Azurite's queue service child process, and its table service (the incident table) beside it; in memory,
+    or persisted in `location`."""
+
+    def __init__(
+        self,
+        port: int = 0,
+        *,
+        location: Path | None = None,
+        host: str = "127.0.0.1",
+        table_port: int | None = 0,
+    ) -> None:
+        self.host = host
+        self.location = location
+        self.queue = _Service("queue", AZURITE_BIN, port, host, location)
+        # None: no table service; 0: a free port
+        self.table: _Service | None = (
+            None if table_port is None else _Service("table", AZURITE_TABLE_BIN, table_port, host, location)
+        )
+
+    @property
+    def port(self) -> int:
+        """The queue service's port."""
+        return self.queue.port
+
+    @property
+    def table_port(self) -> int | None:
+        """The table service's port (None when it was not asked for)."""
+        return self.table.port if self.table is not None else None
+
+    @property
+    def connection_string(self) -> str:
+        """Connection string for the running services (QueueEndpoint, and TableEndpoint)."""
+        return connection_string(self.port, self.host, self.table_port)
+
+    def start(self, timeout: float = 60.0) -> Azurite:
+        """Start Azurite's services and wait until they listen."""
+        for service in (self.queue, self.table):
+            if service is None:
+                continue
+            try:
+                service.start(timeout)
+            except RuntimeError:
+                self.stop()
+                raise
+        return self
+
+    def stop(self) -> None:
         """Stop the processes (their in-memory data goes with them)."""
         if self.table is not None:
             self.table.stop()
-        process, self._process = self._process, None
-        _end(process)
+        self.queue.stop()
 
     def __enter__(self) -> Azurite:
         return self.start()
@@ -158,75 +197,3 @@ def _free_port(host: str) -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
-
-
-def _end(process: subprocess.Popen[str] | None) -> None:
-    """Terminate a child process (kill it if it does not end)."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-class _Service:
-    """One more Azurite service process (the table service) on its own port, same data location."""
-
-    def __init__(self, name: str, port: int, host: str, location: Path | None) -> None:
-        self.name = name
-        self.port = port
-        self.host = host
-        self.location = location
-        self._process: subprocess.Popen[str] | None = None
-        self._output: deque[str] = deque(maxlen=50)
-
-    def start(self, timeout: float) -> None:
-        ensure_installed()
-        if not self.port:
-            self.port = _free_port(self.host)
-        args = [
-            str(AZURITE_TABLE_BIN),
-            f"--{self.name}Host",
-            self.host,
-            f"--{self.name}Port",
-            str(self.port),
-            "--skipApiVersionCheck",
-            "--disableTelemetry",
-        ]
-        if self.location is None:
-            args.append("--inMemoryPersistence")
-        else:
-            self.location.mkdir(parents=True, exist_ok=True)
-            args += ["--location", str(self.location)]
-        self._process = subprocess.Popen(
-            args,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=PROJECT_ROOT,
-            env={**os.environ, "NODE_NO_WARNINGS": "1"},
-            start_new_session=True,
-            preexec_fn=_die_with_parent,
-        )
-        ready = threading.Event()
-        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
-        if not ready.wait(timeout) or self._process.poll() is not None:
-            output = "".join(self._output)
-            self.stop()
-            raise RuntimeError(f"Azurite's {self.name} service did not start:\n{output}")
-
-    def _pump(self, ready: threading.Event) -> None:
-        assert self._process is not None
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            self._output.append(line)
-            if _TABLE_LISTENING.search(line):
-                ready.set()
-        ready.set()
-
-    def stop(self) -> None:
-        process, self._process = self._process, None
-        _end(process)
