@@ -1,13 +1,12 @@
 """The terminate_job service over the real Batch client and the real emulator, in-process: no socket is opened.
 
 The unit tier's pattern (httpx's MockTransport): shared.services.terminate_job.Terminator with its adapters, the
-emulator answering through local.in_process.InProcessTransport, sockets forbidden for the whole test.
+emulator answering through local.in_process.InProcessTransport (tests/unit/conftest.py forbids sockets).
 """
 
 from __future__ import annotations
 
 import json
-import socket
 from typing import Any
 
 import pytest
@@ -44,14 +43,6 @@ class Records:
 
     def write(self, record: PoisonRecord) -> None:
         self.written.append(record)
-
-
-@pytest.fixture(autouse=True)
-def no_sockets(monkeypatch: pytest.MonkeyPatch) -> None:
-    def refuse(*args: object, **kwargs: object) -> None:
-        raise AssertionError("the unit tier opens no socket")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
 @pytest.fixture
