@@ -77,3 +77,14 @@ def test_no_co_location_budget_is_left_in_infra_or_deploy_doc() -> None:
     deploy = texts["docs/DEPLOY.md"]
     assert "SCALE.md" in deploy
     assert "batchSize + newBatchThreshold" not in deploy, "docs/DEPLOY.md should point to docs/SCALE.md"
+
+
+def test_the_local_sample_sizes_one_worker_for_every_function() -> None:
+    # Locally every function shares one worker: every queue trigger's held messages, plus timers and HTTP.
+    sample = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    batch, threshold = _queues()["batchSize"], _queues()["newBatchThreshold"]
+    queue_functions = len(_queue_functions())
+    others = len(list(ROOT.glob("*/function.json"))) - queue_functions
+    threads = queue_functions * (batch + threshold) + others
+    assert sample["PYTHON_THREADPOOL_THREAD_COUNT"] == str(threads)
+    assert f"= {queue_functions} × ({batch} + {threshold}) + {others} = {threads}" in SCALE.read_text(encoding="utf-8")
