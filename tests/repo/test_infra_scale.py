@@ -87,4 +87,5 @@ def test_the_local_sample_sizes_one_worker_for_every_function() -> None:
     others = len(list(ROOT.glob("*/function.json"))) - queue_functions
     threads = queue_functions * (batch + threshold) + others
     assert sample["PYTHON_THREADPOOL_THREAD_COUNT"] == str(threads)
-    assert f"= {queue_functions} × ({batch} + {threshold}) + {others} = {threads}" in SCALE.read_text(encoding="utf-8")
+    stated = f"= {queue_functions} \u00d7 ({batch} + {threshold}) + {others} = {threads}"
+    assert stated in SCALE.read_text(encoding="utf-8")
