@@ -21,12 +21,13 @@ from ops.exit_codes import EXIT_NOTHING, EXIT_OK, EXIT_STORAGE, EXIT_USAGE
 from ops.output import cell, invalid_message_text, print_json, warn
 from ops.storage_errors import StorageClient, storage_errors, storage_failure
 from ops.target import ACCOUNTS_SETTING, IncidentTarget, open_queue, open_table
+from shared.config import catalog
 from shared.config.settings import account_aliases
 from shared.contract.errors import ConfigurationError, EnqueueFailed, IncidentWriteFailed, InvalidMessage
 from shared.contract.incident import Approval, Command, Incident, IncidentPool, Selectors, Source, State
 from shared.contract.terminate_request import DEFAULT_ACCOUNT, incident_id_problem
 from shared.rules.incidents import NotAccepted, commands_in, operator_incident_id
-from shared.rules.selection import METADATA_SETTING, POOL_SETTING, PREFIX_SETTING, JobSelector
+from shared.rules.selection import JobSelector
 from shared.services.kill_switch import Incidents, UnknownIncident, utc_now
 from shared.storage.incidents import IncidentQueue, IncidentStore
 from shared.storage.terminate_queue import build_request
@@ -37,7 +38,11 @@ CLI = "batch-terminator"
 OPERATOR_COMMANDS = (Command.APPROVE, Command.CANCEL, Command.RETRY, Command.UNDO)
 # `incidents show` lists this many jobs; --json has them all.
 SHOWN_JOBS = 50
-_OPTION_OF_SETTING = {PREFIX_SETTING: "--prefix", POOL_SETTING: "--pool", METADATA_SETTING: "--metadata"}
+_OPTION_OF_SETTING = {
+    catalog.ALERT_SELECT_JOB_ID_PREFIX.name: "--prefix",
+    catalog.ALERT_SELECT_POOL_ID.name: "--pool",
+    catalog.ALERT_SELECT_METADATA.name: "--metadata",
+}
 
 
 @dataclass(frozen=True)
@@ -336,7 +341,11 @@ def cmd_kill(args: argparse.Namespace, target: IncidentTarget) -> int:
 
 def _selector(args: argparse.Namespace) -> JobSelector:
     """--prefix, --pool and --metadata read as ALERT_SELECT_* are (errors name the option)."""
-    given = {PREFIX_SETTING: args.prefix or "", POOL_SETTING: args.pool or "", METADATA_SETTING: args.metadata or ""}
+    given = {
+        catalog.ALERT_SELECT_JOB_ID_PREFIX.name: args.prefix or "",
+        catalog.ALERT_SELECT_POOL_ID.name: args.pool or "",
+        catalog.ALERT_SELECT_METADATA.name: args.metadata or "",
+    }
     try:
         return JobSelector.from_env(given)
     except ConfigurationError as exc:

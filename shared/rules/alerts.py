@@ -20,12 +20,10 @@ from shared.rules.budget import (
     read_budget_notification,
     read_cost_alert,
 )
-from shared.rules.selection import MAX_JOBS_SETTING, JobSelector
+from shared.rules.selection import JobSelector
 from shared.storage.terminate_queue import build_request
 
 COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
-DIMENSION_SETTING = catalog.ALERT_JOB_ID_DIMENSION.name
-RULES_SETTING = catalog.ALERT_RULES_ALLOWED.name
 DEFAULT_DIMENSION = catalog.ALERT_JOB_ID_DIMENSION.default or "jobId"
 MAX_BODY_BYTES = 64 * 1024
 FIRED = "Fired"
@@ -48,7 +46,9 @@ class AlertSettings:
         env = os.environ if environ is None else environ
         dimension = readers.text(env, catalog.ALERT_JOB_ID_DIMENSION) or DEFAULT_DIMENSION
         if len(dimension) > 256:
-            raise ConfigurationError(DIMENSION_SETTING, "must be a dimension name (at most 256 characters)")
+            raise ConfigurationError(
+                catalog.ALERT_JOB_ID_DIMENSION.name, "must be a dimension name (at most 256 characters)"
+            )
         rules = frozenset(rule.casefold() for rule in readers.items(env, catalog.ALERT_RULES_ALLOWED))
         return cls(
             job_id_dimension=dimension,
@@ -301,8 +301,8 @@ def too_many_jobs(count: int, limit: int) -> AlertRejected:
     return AlertRejected(
         409,
         "TooManyJobs",
-        f"the alert would stop {count} jobs, more than {MAX_JOBS_SETTING}={limit}; nothing was enqueued",
-        (BatchErrorDetail("count", str(count)), BatchErrorDetail(MAX_JOBS_SETTING, str(limit))),
+        f"the alert would stop {count} jobs, more than {catalog.ALERT_MAX_JOBS.name}={limit}; nothing was enqueued",
+        (BatchErrorDetail("count", str(count)), BatchErrorDetail(catalog.ALERT_MAX_JOBS.name, str(limit))),
     )
 
 

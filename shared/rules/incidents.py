@@ -12,6 +12,7 @@ from typing import Any
 from shared.batch.job_schedules import JobSchedule
 from shared.batch.jobs import Job
 from shared.batch.pools import Pool
+from shared.config import catalog
 from shared.contract.errors import BatchError, BatchErrorDetail
 from shared.contract.incident import (
     AUTO_POOL,
@@ -28,7 +29,7 @@ from shared.contract.incident import (
 )
 from shared.contract.terminate_request import schedule_of
 from shared.rules.guards import is_kept
-from shared.rules.selection import MAX_JOBS_SETTING, JobSelector
+from shared.rules.selection import JobSelector
 
 # Job - List's $select for a plan: what selection and the pools need.
 PLAN_JOB_SELECT = "id,state,metadata,executionInfo,poolInfo"
@@ -93,7 +94,7 @@ def too_many_jobs(count: int, limit: int) -> BatchError:
     """The refusal of a plan that selected more jobs than ALERT_MAX_JOBS."""
     return BatchError(
         TOO_MANY_JOBS,
-        f"the incident selected {count} jobs, more than {MAX_JOBS_SETTING}={limit}; nothing was acted on",
+        f"the incident selected {count} jobs, more than {catalog.ALERT_MAX_JOBS.name}={limit}; nothing was acted on",
         (BatchErrorDetail("count", str(count)), BatchErrorDetail("limit", str(limit))),
     )
 

@@ -18,11 +18,6 @@ log = logging.getLogger("batch_terminator.selection")
 
 # Job - List's own maximum; the service may still answer with shorter pages and an odata.nextLink.
 LIST_PAGE_SIZE = 1000
-PREFIX_SETTING = catalog.ALERT_SELECT_JOB_ID_PREFIX.name
-POOL_SETTING = catalog.ALERT_SELECT_POOL_ID.name
-METADATA_SETTING = catalog.ALERT_SELECT_METADATA.name
-MAX_JOBS_SETTING = catalog.ALERT_MAX_JOBS.name
-DEFAULT_MAX_JOBS = int(catalog.ALERT_MAX_JOBS.default or 100)
 
 
 class JobLister(Protocol):
@@ -82,13 +77,15 @@ class JobSelector:
         prefix = readers.job_id_prefix(env, catalog.ALERT_SELECT_JOB_ID_PREFIX)
         pool = readers.text(env, catalog.ALERT_SELECT_POOL_ID)
         if pool is not None and not JOB_ID_PATTERN.fullmatch(pool):
-            raise ConfigurationError(POOL_SETTING, "must be a Batch pool id (letters, digits, - and _, at most 64)")
+            raise ConfigurationError(
+                catalog.ALERT_SELECT_POOL_ID.name, "must be a Batch pool id (letters, digits, - and _, at most 64)"
+            )
         raw_pair = readers.raw(env, catalog.ALERT_SELECT_METADATA)
         pair: tuple[str, str] | None = None
         if raw_pair:
             name, equals, value = raw_pair.partition("=")
             if not equals or not name.strip():
-                raise ConfigurationError(METADATA_SETTING, "must be key=value, e.g. team=render")
+                raise ConfigurationError(catalog.ALERT_SELECT_METADATA.name, "must be key=value, e.g. team=render")
             pair = (name.strip(), value.strip())
         return cls(job_id_prefix=prefix, pool_id=pool, metadata=pair)
 
