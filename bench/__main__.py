@@ -56,18 +56,19 @@ class Plan:
     plan_schedules: int
     plan_pools: int
     plan_rounds: int
+    incident_rounds: int
 
     @classmethod
     def full(cls, messages: int) -> Plan:
         """The real measurement: `messages` per contender for figures 1 and 2, 10,000 for tokens and RSS."""
         rounds = 10
         per_round = max(messages // rounds, 1)
-        return cls("full", per_round, rounds, 100, 10_000, 9, 4.0, 600, 100, 1000, 5, 1, 50, 10_000, 200, 20, 5)
+        return cls("full", per_round, rounds, 100, 10_000, 15, 4.0, 600, 100, 1000, 5, 1, 50, 10_000, 200, 20, 5, 5)
 
     @classmethod
     def smoke(cls) -> Plan:
         """Tiny counts, no sleep-only host runs: proves every figure still runs; the values mean little."""
-        return cls("smoke", 20, 4, 10, 300, 3, 0.25, 48, 16, 40, 1, 1_000, 6, 600, 20, 4, 1)
+        return cls("smoke", 20, 4, 10, 300, 3, 0.25, 48, 16, 40, 1, 1_000, 6, 600, 20, 4, 1, 1)
 
 
 def progress(text: str) -> None:
@@ -122,8 +123,11 @@ def run(plan: Plan, output: Path) -> list[Figure]:
         jobs = plan.incident_jobs
         progress(f"incident accept: {plan.accept_requests} budget notifications against a bare insert + send")
         figures.append(kill_switch.incident_accept(services, log, plan.accept_requests))
-        progress(f"kill switch: one budget notification selecting {jobs} active jobs, and its bare ceiling")
-        figures.append(kill_switch.kill_switch(services, log, jobs))
+        progress(
+            f"kill switch: a budget notification selecting {jobs} active jobs against its bare ceiling,"
+            f" {plan.incident_rounds} round(s)"
+        )
+        figures.append(kill_switch.kill_switch(services, log, jobs, plan.incident_rounds))
         progress(
             f"kill switch plan over {plan.plan_jobs} jobs, {plan.plan_schedules} schedules, {plan.plan_pools} pools"
             f" at 20 ms against its list calls bare, {plan.plan_rounds} round(s)"
