@@ -16,6 +16,7 @@ from ops.storage_errors import storage_errors
 from ops.target import Target, open_queue
 from shared.contract.confirm_check import ConfirmCheck
 from shared.contract.errors import InvalidMessage
+from shared.contract.incident import IncidentCommand
 from shared.contract.terminate_request import TerminateRequest
 from shared.storage.terminate_queue import build_request
 
@@ -152,6 +153,9 @@ def _replay_bodies(entries: list[PoisonEntry], *, force: bool) -> tuple[dict[str
     for entry in entries:
         if entry.problem is not None:
             problems[entry.id] = entry.problem
+        elif _is_incident_command(entry.original):
+            # Kept so that it never expires; it is no terminate request: the incident commands act on it.
+            problems[entry.id] = "a kill-switch command: see batch-terminator incidents show, then retry or undo"
         elif entry.is_check:
             try:
                 bodies[entry.id] = fresh_terminate(entry.original or b"", force=force)
@@ -162,6 +166,15 @@ def _replay_bodies(entries: list[PoisonEntry], *, force: bool) -> tuple[dict[str
     if force and any(entry.id in bodies and not entry.is_check for entry in entries):
         warn("--force applies to the records of checks (e.g. TerminationStuck); other originals are sent unchanged")
     return bodies, problems
+
+
+def _is_incident_command(original: bytes | None) -> bool:
+    """Whether a kept message is a kill-switch command (docs/CONTRACT.md §10) rather than a terminate request."""
+    try:
+        IncidentCommand.parse(original or b"")
+    except InvalidMessage:
+        return False
+    return True
 
 
 def fresh_terminate(check_text: bytes, *, force: bool) -> bytes:

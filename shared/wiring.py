@@ -343,15 +343,16 @@ class Wiring:
         return self._once("confirmer", build)
 
     def keeper(self) -> PoisonKeeper:
-        """The keep_poison service: the host's poison queues (trigger, and confirm when set) into records."""
+        """The keep_poison service: the host's poison queues (trigger; confirm and incident when set) into records."""
         from shared.services.keep_poison import PoisonKeeper
 
         def build() -> PoisonKeeper:
             settings = self.settings()
             env = os.environ if self._environ is None else self._environ
             triggers = [settings.terminate_queue_name]
-            if env.get("CONFIRM_QUEUE_NAME", "").strip():
-                triggers.append(queue_name_setting(env, catalog.CONFIRM_QUEUE_NAME))
+            for setting in (catalog.CONFIRM_QUEUE_NAME, catalog.INCIDENT_QUEUE_NAME):
+                if readers.raw(env, setting):
+                    triggers.append(queue_name_setting(env, setting))
             # The host names its poison queue {queue}-poison; read raw ("none"): a record keeps the text exactly.
             sources = [queue_client(settings.storage, readers.poison_queue_of(name), "none") for name in triggers]
             return PoisonKeeper(

@@ -189,3 +189,25 @@ def test_an_entry_behind_more_than_a_page_of_records_is_still_kept(queues: Queue
     texts = [str(m.content) for m in client.receive_messages(messages_per_page=32, max_messages=64)]
     codes = sorted(json.loads(t)["error"]["code"] for t in texts)
     assert codes == ["HostGaveUp"] + ["JobNotFound"] * 40, "all visible again, the late raw entry kept"
+
+
+def test_a_kill_switch_command_the_host_gave_up_on_is_kept_too(
+    queues: Queues, keeper_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # docs/CONTRACT.md §6, §10: a command that failed every delivery (e.g. the incident table refused the write)
+    # becomes a never-expiring record beside the others, naming the queue it came from.
+    incident_queue = f"{queues.trigger}-ks"
+    monkeypatch.setenv("INCIDENT_QUEUE_NAME", incident_queue)
+    host_poison = raw(queues, f"{incident_queue}-poison")
+    host_poison.create_queue()
+    command = '{"incident": "budget-0123456789abcdef0123", "command": "plan"}'
+    host_poison.send_message(command)
+
+    run()
+
+    [(text, expires)] = entries(queues)
+    assert expires - datetime.now(UTC) > NEVER
+    record = json.loads(text)
+    assert record["originalMessage"] == command
+    assert {v["key"]: v["value"] for v in record["error"]["values"]}["queue"] == f"{incident_queue}-poison"
+    assert host_poison.peek_messages() == []

@@ -783,3 +783,17 @@ def test_installed_console_script_runs_this_tree_from_any_directory(tmp_path: Pa
     script = Path(sys.executable).parent / "batch-terminator"
     result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     help_text_ok(result)
+
+
+def test_replay_skips_a_kept_kill_switch_command() -> None:
+    # A kept kill-switch command is no terminate request: replaying it to the trigger queue would only make an
+    # InvalidMessage record; the incident commands are the way on (docs/CONTRACT.md §10).
+    from ops.poison_commands import _replay_bodies
+    from ops.poison_queue import PoisonEntry
+
+    command = PoisonEntry("e-1", None, 0.0, None, None, {}, b'{"incident": "budget-01234567", "command": "plan"}', None)
+    terminate = PoisonEntry("e-2", None, 0.0, None, None, {}, b'{"jobId": "job-1"}', None)
+    bodies, problems = _replay_bodies([command, terminate], force=False)
+    assert set(problems) == {"e-1"}
+    assert "incidents" in problems["e-1"]
+    assert bodies == {"e-2": b'{"jobId": "job-1"}'}
