@@ -15,7 +15,6 @@ from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
 from azure.storage.queue import QueueClient
 
 from shared.batch.client import BatchClient
-from shared.batch.jobs import JobGetter
 from shared.batch.retry import RetryPolicy
 from shared.batch.tokens import TokenProvider
 from shared.config import catalog, readers
@@ -36,6 +35,7 @@ from shared.transport.sessions import pin_environment, pooled_session
 
 if TYPE_CHECKING:
     from shared.batch.job_list import BatchReader
+    from shared.batch.jobs import JobGetter
     from shared.config.kill_switch import KillSwitchSettings
     from shared.rules.sweep_policy import SweepPolicy
     from shared.services.alert_terminate import AlertAction
@@ -288,6 +288,8 @@ class Wiring:
 
     def job_getter(self) -> JobGetter:
         """Job - Get over the same client (the guards' and the checks' one read)."""
+        from shared.batch.jobs import JobGetter
+
         return self._once("job_getter", lambda: JobGetter(self.batch_clients()))
 
     def guards(self) -> Guards:

@@ -5,11 +5,14 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from shared.batch.jobs import JobReader
 from shared.config.settings import FORCE_API_VERSION, Settings
 from shared.contract.errors import BatchError, BatchErrorDetail, JobRefused
 from shared.contract.terminate_request import TerminateRequest
+
+if TYPE_CHECKING:  # the reader comes from wiring; a terminate_job cold start need not load the Job model
+    from shared.batch.jobs import JobReader
 
 KEEP_METADATA = "batch-terminator-keep"
 # Job - Get with $select: the guards need the state and the metadata, nothing else.
