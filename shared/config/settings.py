@@ -32,7 +32,7 @@ ENCODING_ENV = catalog.MESSAGE_ENCODING.name
 # docs/CONTRACT.md §2 names these three; other 127.x addresses are not taken as loopback (to the letter, and unusual).
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 _DNS_LABEL = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
-_DNS_NAME = re.compile(rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}", re.ASCII | re.IGNORECASE)
+_DNS_NAME = rf"(?:{_DNS_LABEL}\.)*{_DNS_LABEL}"  # re caches it compiled on first use
 _API_VERSION = re.compile(r"(\d{4}-\d{2}-\d{2})(?:\.\d+\.\d+)?", re.ASCII)
 
 
@@ -383,7 +383,7 @@ def _api_version(env: Mapping[str, str]) -> str:
 
 def _is_host(host: str) -> bool:
     """Whether `host` (as urlsplit gives it) is an ASCII DNS name or an IP address."""
-    if _DNS_NAME.fullmatch(host):
+    if re.fullmatch(_DNS_NAME, host, re.ASCII | re.IGNORECASE):
         return True
     try:
         ipaddress.ip_address(host)

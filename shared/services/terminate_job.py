@@ -12,7 +12,6 @@ from shared.batch.client import BatchClient
 from shared.config.settings import Settings
 from shared.contract.errors import BatchCallFailed, BatchError, InvalidMessage, JobRefused, RetryLater
 from shared.contract.outcome import Outcome, Result
-from shared.contract.poison_record import PoisonRecord
 from shared.contract.terminate_request import TerminateRequest
 from shared.rules.guards import Clearance, Guards
 from shared.storage.poison_writer import PoisonWriter
@@ -128,6 +127,8 @@ class Terminator:
         started: float,
         incident: str | None = None,
     ) -> Result:
+        from shared.contract.poison_record import PoisonRecord  # the failure path: most messages never load it
+
         self._poison.write(
             PoisonRecord(
                 error=error,

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import TYPE_CHECKING
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
 from azure.storage.queue import QueueClient
 
 from shared.contract.errors import PoisonWriteFailed
-from shared.contract.poison_record import PoisonRecord
 from shared.telemetry import Telemetry
+
+if TYPE_CHECKING:  # records are built by the services; writing one needs only its text
+    from shared.contract.poison_record import PoisonRecord
 
 log = logging.getLogger("batch_terminator.poison")
 
