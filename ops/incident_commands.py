@@ -181,7 +181,7 @@ def describe(incident: Incident) -> list[str]:
                 (
                     cell(item.job_schedule_id, 64),
                     _result(item.result),
-                    "disabled by this incident" if item.disabled else "",
+                    _schedule_state(incident, item.disabled),
                 )
                 for item in incident.schedules
             ]
@@ -210,6 +210,13 @@ def describe(incident: Incident) -> list[str]:
 def _fields(pairs: list[tuple[str, object]]) -> list[str]:
     width = max(len(name) for name, _ in pairs)
     return [f"  {name.ljust(width)}  {cell(value, 200)}" for name, value in pairs]
+
+
+def _schedule_state(incident: Incident, disabled: bool) -> str:
+    """What this incident did to a schedule, as of its state (undo enables what the incident disabled)."""
+    if not disabled:
+        return ""
+    return "disabled by this incident, then undone" if incident.state is State.UNDONE else ("disabled by this incident")
 
 
 def _indented(rows: Sequence[tuple[str, ...]]) -> list[str]:
