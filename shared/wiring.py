@@ -23,9 +23,7 @@ from shared.config.settings import (
     MAX_SWEEP_CONCURRENCY,
     Settings,
     api_version_retiring,
-    queue_name_setting,
 )
-from shared.contract.terminate_request import DEFAULT_ACCOUNT
 from shared.rules.guards import Guards
 from shared.services.terminate_job import Terminator
 from shared.storage.poison_writer import PoisonWriter
@@ -186,10 +184,6 @@ class Wiring:
             }
 
         return self._once("batch_clients", build)
-
-    def batch_client(self, account: str = DEFAULT_ACCOUNT) -> BatchClient:
-        """The Batch client of one configured account."""
-        return self.batch_clients()[account]
 
     def batch_readers(self) -> dict[str, BatchReader]:
         """Job - List and task counts per configured account (alias → reader)."""
@@ -353,8 +347,9 @@ class Wiring:
             env = os.environ if self._environ is None else self._environ
             triggers = [settings.terminate_queue_name]
             for setting in (catalog.CONFIRM_QUEUE_NAME, catalog.INCIDENT_QUEUE_NAME):
-                if readers.raw(env, setting):
-                    triggers.append(queue_name_setting(env, setting))
+                name = readers.queue_name(env, setting)  # None when unset: that function does not run here
+                if name is not None:
+                    triggers.append(name)
             # The host names its poison queue {queue}-poison; read raw ("none"): a record keeps the text exactly.
             sources = [queue_client(settings.storage, readers.poison_queue_of(name), "none") for name in triggers]
             return PoisonKeeper(

@@ -10,7 +10,7 @@ from http import HTTPStatus
 import requests
 
 from shared.batch.retry import Verdict, classify
-from shared.contract.errors import BatchError, BatchErrorDetail
+from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail
 
 
 def error_detail(response: requests.Response, client_request_id: str | None) -> BatchError:
@@ -89,3 +89,13 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else 'no detail'}"[:512]
+
+
+def unexpected(
+    message: str, *values: tuple[str, str], operation: str | None = None, request_id: str | None = None
+) -> BatchCallFailed:
+    """An answer the app cannot read, as a permanent failure (code UnexpectedResponse) naming the operation."""
+    named = ((("operation", operation),) if operation else ()) + values
+    details = tuple(BatchErrorDetail(key, value) for key, value in named)
+    error = BatchError("UnexpectedResponse", message, details, None, request_id)
+    return BatchCallFailed(error, attempts=1, transient=False)

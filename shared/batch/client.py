@@ -15,13 +15,13 @@ from urllib.parse import parse_qsl, urlsplit
 import requests
 from azure.core.exceptions import AzureError
 
-from shared.batch.answers import _first_line, _network_detail, _retry_after, error_detail
+from shared.batch.answers import _first_line, _network_detail, _retry_after, error_detail, unexpected
 from shared.batch.retry import RetryPolicy, Verdict, classify
 from shared.batch.tokens import TokenProvider
 from shared.batch.urls import BatchUrls, encode
 from shared.config.settings import Settings
 from shared.contract.codec import format_http_date
-from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail
+from shared.contract.errors import BatchCallFailed, BatchError
 from shared.contract.outcome import Outcome, Result
 from shared.contract.terminate_request import DEFAULT_ACCOUNT, TerminateRequest
 from shared.telemetry import Telemetry
@@ -112,9 +112,9 @@ class BatchClient:
         try:
             document = response.json()
         except ValueError as exc:
-            raise _unexpected(f"{label}: the answer is not JSON", ("body", response.text[:200])) from exc
+            raise unexpected(f"{label}: the answer is not JSON", ("body", response.text[:200])) from exc
         if not isinstance(document, dict):
-            raise _unexpected(f"{label}: the answer is not a JSON object")
+            raise unexpected(f"{label}: the answer is not a JSON object")
         return document
 
     def pages(self, url: str, *, label: str, max_pages: int = MAX_PAGES) -> Iterator[dict[str, Any]]:
@@ -127,11 +127,11 @@ class BatchClient:
             document = self.get_json(next_url, label=label)
             values = document.get("value")
             if not isinstance(values, list):
-                raise _unexpected(f"{label}: the answer has no value array")
+                raise unexpected(f"{label}: the answer has no value array")
             yield from (item for item in values if isinstance(item, dict))
             next_url = self._next_url(document.get("odata.nextLink"), path)
             if next_url is not None and (next_url in seen or len(seen) >= max_pages):
-                raise _unexpected(f"paging did not end after {len(seen)} page(s)", ("odata.nextLink", next_url))
+                raise unexpected(f"paging did not end after {len(seen)} page(s)", ("odata.nextLink", next_url))
 
     def post(self, url: str, body: Mapping[str, Any] | None, *, operation: str, label: str) -> requests.Response:
         """POST an action (a job schedule's or a pool's); its 2xx answer, or BatchCallFailed with Batch's error."""
@@ -158,12 +158,12 @@ class BatchClient:
         if link is None or link == "":
             return None
         if not isinstance(link, str):
-            raise _unexpected("odata.nextLink is not a string")
+            raise unexpected("odata.nextLink is not a string")
         try:
             parts = urlsplit(link)
             origin = _origin(link)
         except ValueError as exc:
-            raise _unexpected("odata.nextLink is not a URL", ("odata.nextLink", link[:200])) from exc
+            raise unexpected("odata.nextLink is not a URL", ("odata.nextLink", link[:200])) from exc
         if (
             origin != _origin(self.urls.account_url)
             or parts.path.rstrip("/") != path
@@ -171,7 +171,7 @@ class BatchClient:
             or parts.fragment
         ):
             # Following it would hand the Batch token to whoever the link names.
-            raise _unexpected("odata.nextLink leaves the configured Batch account", ("odata.nextLink", link[:200]))
+            raise unexpected("odata.nextLink leaves the configured Batch account", ("odata.nextLink", link[:200]))
         params = dict(parse_qsl(parts.query, keep_blank_values=True))
         params.setdefault("api-version", self.urls.api_version)
         return f"{self.urls.account_url}{path}?{encode(params)}"
@@ -294,13 +294,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     return scheme, (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
-
-
-def _unexpected(message: str, *values: tuple[str, str]) -> BatchCallFailed:
-    detail = BatchError(
-        code="UnexpectedResponse", message=message, values=tuple(BatchErrorDetail(k, v) for k, v in values)
-    )
-    return BatchCallFailed(detail, attempts=1, transient=False)
 
 
 def _conditional_headers(request: TerminateRequest) -> dict[str, str]:

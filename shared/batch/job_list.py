@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from shared.batch.answers import unexpected
 from shared.batch.client import BatchClient
-from shared.batch.jobs import Job, unexpected
+from shared.batch.jobs import Job
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,16 @@ class BatchReader:
         # Newer api-versions nest the counts under taskCounts (beside taskSlotCounts); older ones answer them flat.
         counts = document.get("taskCounts", document)
         if not isinstance(counts, dict):
-            raise unexpected("Job - Get Task Counts", "the answer has no taskCounts object")
+            raise unexpected("the answer has no taskCounts object", operation="Job - Get Task Counts")
         values: dict[str, int] = {}
         for name in TaskCounts.__dataclass_fields__:
             value = counts.get(name, None if name in ("active", "running") else 0)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 # A count we cannot read must never look like zero: zero active tasks can mean "terminate".
                 raise unexpected(
-                    "Job - Get Task Counts",
                     f"task counts job={job_id}: {name} is not a count",
                     (name, repr(value)[:50]),
+                    operation="Job - Get Task Counts",
                 )
             values[name] = value
         return TaskCounts(**values)

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
+from shared.batch.answers import unexpected
 from shared.batch.client import BatchClient
 from shared.contract.codec import parse_http_date
-from shared.contract.errors import BatchCallFailed, BatchError, BatchErrorDetail
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ class JobGetter:
         try:
             document = response.json()
         except ValueError as exc:
-            raise unexpected("Job - Get", "the answer is not JSON", request_id=request_id) from exc
+            raise unexpected("the answer is not JSON", operation="Job - Get", request_id=request_id) from exc
         if not isinstance(document, dict):
-            raise unexpected("Job - Get", "the answer is not a JSON object", request_id=request_id)
+            raise unexpected("the answer is not a JSON object", operation="Job - Get", request_id=request_id)
         job = Job.from_json({**document, "id": document.get("id") or job_id}, request_id=request_id)
         assert job is not None
         return job
@@ -94,15 +94,6 @@ def metadata_of(document: Mapping[str, Any]) -> dict[str, str]:
             if isinstance(pair, dict) and isinstance(pair.get("name"), str):
                 metadata[pair["name"]] = str(pair.get("value") or "")
     return metadata
-
-
-def unexpected(
-    operation: str, message: str, *values: tuple[str, str], request_id: str | None = None
-) -> BatchCallFailed:
-    """An answer the app cannot read, as a permanent failure of that operation."""
-    details = (BatchErrorDetail("operation", operation), *(BatchErrorDetail(k, v) for k, v in values))
-    error = BatchError("UnexpectedResponse", message, details, None, request_id)
-    return BatchCallFailed(error, attempts=1, transient=False)
 
 
 def _text(value: object) -> str | None:

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from shared.batch.answers import unexpected
 from shared.batch.client import BatchClient
-from shared.batch.jobs import unexpected
 
 # A node's id and state are all a stuck termination's record counts (docs/CONTRACT.md §5b).
 NODE_SELECT = "id,state"
@@ -38,7 +38,7 @@ def list_nodes(client: BatchClient, pool_id: str) -> tuple[ComputeNode, ...]:
             "pools", pool_id, "nodes", query={"maxresults": str(PAGE_SIZE), "$select": NODE_SELECT}
         )
     except ValueError as exc:  # a pool id Batch could not have given: never put it in a URL
-        raise unexpected("Compute Node - List", "the job's pool id failed validation") from exc
+        raise unexpected("the job's pool id failed validation", operation="Compute Node - List") from exc
     return tuple(
         node for item in client.pages(url, label=f"list nodes pool={pool_id}") if (node := ComputeNode.from_json(item))
     )

@@ -39,6 +39,22 @@ class Setting:
     choices: tuple[str, ...] = ()
     required: bool = False
 
+    def default_text(self) -> str:
+        """The declared default (for code that needs it as a constant: the one copy is this declaration)."""
+        if self.default is None:
+            raise ValueError(f"{self.name} declares no default")
+        return self.default
+
+    def default_number(self) -> float:
+        """The declared default of a number setting."""
+        return float(self.default_text())
+
+    def upper_bound(self) -> int:
+        """The declared upper bound of a whole-number setting."""
+        if self.high is None:
+            raise ValueError(f"{self.name} declares no upper bound")
+        return self.high
+
 
 APP = ("terminate_job", "confirm_termination", "alert_terminate", "sweep_jobs", "keep_poison", "kill_switch")
 QUEUE_FUNCTIONS = ("terminate_job", "confirm_termination", "keep_poison", "kill_switch")

@@ -17,11 +17,11 @@ class KillSwitchSettings:
     never stops terminate_job."""
 
     queue_name: str | None = None  # INCIDENT_QUEUE_NAME; needed where incidents are opened or run
-    table_name: str = catalog.INCIDENT_TABLE_NAME.default or "batchterminatorincidents"
+    table_name: str = catalog.INCIDENT_TABLE_NAME.default_text()
     approval: Approval = Approval.AUTO
     disable_schedules: bool = True
     scale_pools: bool = False
-    max_jobs: int = int(catalog.ALERT_MAX_JOBS.default or 100)
+    max_jobs: int = int(catalog.ALERT_MAX_JOBS.default_number())
 
     def queue(self) -> str:
         """INCIDENT_QUEUE_NAME, which kill_switch and an alert opening an incident need."""

@@ -18,15 +18,15 @@ from shared.contract.terminate_request import ALIAS_PATTERN, DEFAULT_ACCOUNT
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 HOST_JSON = PROJECT_ROOT / "host.json"
 
-DEFAULT_API_VERSION = catalog.BATCH_API_VERSION.default or ""
-DEFAULT_TIMEOUT_SECONDS = 30
-DEFAULT_MAX_DEQUEUE_COUNT = 5
+DEFAULT_API_VERSION = catalog.BATCH_API_VERSION.default_text()
+DEFAULT_TIMEOUT_SECONDS = int(catalog.BATCH_TIMEOUT_SECONDS.default_number())
+DEFAULT_MAX_DEQUEUE_COUNT = int(catalog.MAX_DEQUEUE_COUNT.default_number())
 # Job - Terminate takes `force`, and the query spells timeOut, from this api-version on (docs/CONTRACT.md §3, §4).
 FORCE_API_VERSION = "2024-07-01.20.0"
 # Batch has announced the retirement of every api-version before this one (docs/CONTRACT.md §2).
 CURRENT_API_VERSION = "2025-06-01"
 # SWEEP_CONCURRENCY's ceiling; the Batch session pools this many connections (shared.wiring).
-MAX_SWEEP_CONCURRENCY = catalog.SWEEP_CONCURRENCY.high or 64
+MAX_SWEEP_CONCURRENCY = catalog.SWEEP_CONCURRENCY.upper_bound()
 MAX_DEQUEUE_ENV = catalog.MAX_DEQUEUE_COUNT.name
 ENCODING_ENV = catalog.MESSAGE_ENCODING.name
 # docs/CONTRACT.md §2 names these three; other 127.x addresses are not taken as loopback (to the letter, and unusual).
@@ -79,7 +79,7 @@ class ConfirmSettings:
 
     after_seconds: int = 0  # 0: off
     queue_name: str | None = None
-    max_checks: int = 3
+    max_checks: int = int(catalog.CONFIRM_MAX_CHECKS.default_number())
     force: bool = False
 
     @property

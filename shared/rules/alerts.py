@@ -24,7 +24,7 @@ from shared.rules.selection import JobSelector
 from shared.storage.terminate_queue import build_request
 
 COMMON_SCHEMA_ID = "azureMonitorCommonAlertSchema"
-DEFAULT_DIMENSION = catalog.ALERT_JOB_ID_DIMENSION.default or "jobId"
+DEFAULT_DIMENSION = catalog.ALERT_JOB_ID_DIMENSION.default_text()
 MAX_BODY_BYTES = 64 * 1024
 FIRED = "Fired"
 RESOLVED = "Resolved"
@@ -38,7 +38,7 @@ class AlertSettings:
     job_id_dimension: str = DEFAULT_DIMENSION
     rules_allowed: frozenset[str] = frozenset()  # casefolded; empty = every rule
     selector: JobSelector = field(default_factory=JobSelector)
-    max_jobs: int = 100
+    max_jobs: int = int(catalog.ALERT_MAX_JOBS.default_number())
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> AlertSettings:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -117,16 +116,8 @@ def schedule_matches(schedule: JobSchedule, selectors: Selectors) -> bool:
     pair on its own metadata or its job specification's."""
     if not selectors.configured:
         return False
-    if selectors.prefix and not schedule.id.casefold().startswith(selectors.prefix.casefold()):
-        return False
-    if selectors.pool is not None and (schedule.pool_id or "").casefold() != selectors.pool.casefold():
-        return False
-    if selectors.metadata is not None:
-        name, value = selectors.metadata
-        pairs = (*schedule.metadata.items(), *schedule.job_metadata.items())
-        if not any(k.casefold() == name.casefold() and v == value for k, v in pairs):
-            return False
-    return True
+    pairs = (*schedule.metadata.items(), *schedule.job_metadata.items())
+    return job_selector(selectors).holds_for(schedule.id, schedule.pool_id, pairs)
 
 
 def select_schedules(
@@ -186,16 +177,6 @@ def plan_pools(
             skipped = POOL_IN_USE
         planned.append(IncidentPool(pool.id if pool is not None else pool_id, skipped))
     return tuple(planned)
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a plan decided: the jobs, schedules and pools, or the refusal."""
-
-    jobs: tuple[Job, ...]
-    schedules: tuple[JobSchedule, ...]
-    pools: tuple[IncidentPool, ...]
-    refusal: BatchError | None = None
 
 
 # ---- ids

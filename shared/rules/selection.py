@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -53,15 +53,19 @@ class JobSelector:
         """Every condition, checked on the listed job (the server's filter is never taken on trust)."""
         if job.state not in (None, "active") or not is_job_id(job.id):
             return False
-        # Batch ids (jobs and pools) are case-insensitive.
-        if self.job_id_prefix and not job.id.casefold().startswith(self.job_id_prefix.casefold()):
+        return self.holds_for(job.id, job.pool_id, job.metadata.items())
+
+    def holds_for(self, resource_id: str, pool_id: str | None, metadata: Iterable[tuple[str, str]]) -> bool:
+        """Every set condition on an id, its pool and metadata pairs (a job's, or a job schedule's)."""
+        # Batch ids (jobs, schedules and pools) are case-insensitive.
+        if self.job_id_prefix and not resource_id.casefold().startswith(self.job_id_prefix.casefold()):
             return False
-        if self.pool_id is not None and (job.pool_id or "").casefold() != self.pool_id.casefold():
+        if self.pool_id is not None and (pool_id or "").casefold() != self.pool_id.casefold():
             return False
         if self.metadata is not None:
             name, value = self.metadata
             # As Azure tags: names compare case-insensitively, values exactly.
-            if not any(k.casefold() == name.casefold() and v == value for k, v in job.metadata.items()):
+            if not any(k.casefold() == name.casefold() and v == value for k, v in metadata):
                 return False
         return True
 

@@ -10,10 +10,10 @@ from typing import TypeVar
 from shared.config import catalog, readers
 from shared.contract.errors import ConfigurationError
 
-DEFAULT_CONCURRENCY = int(catalog.SWEEP_CONCURRENCY.default or 16)
+DEFAULT_CONCURRENCY = int(catalog.SWEEP_CONCURRENCY.default_number())
 # host.json's functionTimeout is 5 minutes: a run stops reading at 2 and still has time to enqueue what it decided.
-DEFAULT_RUN_BUDGET_SECONDS = float(catalog.SWEEP_RUN_BUDGET_SECONDS.default or 120)
-MAX_CONCURRENCY = catalog.SWEEP_CONCURRENCY.high or 64
+DEFAULT_RUN_BUDGET_SECONDS = catalog.SWEEP_RUN_BUDGET_SECONDS.default_number()
+MAX_CONCURRENCY = catalog.SWEEP_CONCURRENCY.upper_bound()
 T = TypeVar("T")
 
 
@@ -25,7 +25,8 @@ class SweepPolicy:
     idle_minutes: float | None = None
     job_id_prefix: str = ""
     dry_run: bool = False
-    max_jobs: int = 100  # per run, all accounts together: more matches stop nothing
+    # per run, all accounts together: more matches stop nothing
+    max_jobs: int = int(catalog.SWEEP_MAX_JOBS.default_number())
     accounts: tuple[str, ...] = ()  # aliases to sweep; empty = every configured account
     concurrency: int = DEFAULT_CONCURRENCY  # task-count reads in flight at once
     run_budget_seconds: float = DEFAULT_RUN_BUDGET_SECONDS  # no new read starts after this
